@@ -1,0 +1,190 @@
+"""Nearest-neighbour ground truth: which generated samples are copies of training images.
+
+A generated sample ``x`` counts as memorized when its nearest training image is much closer than the
+second nearest one::
+
+    d(x, NN1) / d(x, NN2) < 1/3        (l2 distance on the flattened model input)
+
+This is the rule of Yoon et al. 2023 ("Diffusion probabilistic models generalize when they fail to
+memorize") and Gu et al. 2023 ("On memorization in diffusion models", ``sail-sg/DiffMemorize``,
+``mem_ratio.py``), also used by Bonnaire et al. 2025, Favero et al. 2025 and Buchanan et al. 2025. The
+fraction of flagged samples is the *memorization rate*. Any per-pixel scaling of the inputs (for example
+[0, 255] versus [-1, 1]) leaves the ratio unchanged.
+
+The reference set must hold each training image once (``ArrayDataModule.unique_train_data()``): with two
+identical reference images, a near copy of one of them has ``d1 == d2`` and is not flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["MemorizationLabels", "memorization_labels", "nearest_neighbours"]
+
+# Candidates kept per sample beyond ``k`` before the exact re-ranking (see ``nearest_neighbours``).
+_EXTRA_CANDIDATES = 8
+
+
+@dataclass(frozen=True)
+class MemorizationLabels:
+    """Per-sample nearest-neighbour memorization labels.
+
+    Attributes:
+        ratio: ``[M]`` nearest over second-nearest distance, in [0, 1]; 0 when the nearest distance is 0.
+        memorized: ``[M]`` bool, ``ratio < threshold``.
+        nearest_index: ``[M]`` int64 index of the nearest reference image.
+        nearest_distance: ``[M]`` l2 distance to the nearest reference image.
+        second_distance: ``[M]`` l2 distance to the second-nearest reference image.
+        threshold: the ratio threshold that produced ``memorized``.
+    """
+
+    ratio: Tensor
+    memorized: Tensor
+    nearest_index: Tensor
+    nearest_distance: Tensor
+    second_distance: Tensor
+    threshold: float
+
+    @property
+    def rate(self) -> float:
+        """Fraction of samples flagged as memorized."""
+        return self.memorized.float().mean().item()
+
+
+def _check_pair(samples: Tensor, reference: Tensor) -> None:
+    if samples.dim() < 2 or reference.dim() < 2:
+        raise ValueError(
+            "samples and reference must be batches [M, *shape] and [N, *shape], got shapes "
+            f"{tuple(samples.shape)} and {tuple(reference.shape)}"
+        )
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(
+            f"samples and reference must have the same per-item shape, got {tuple(samples.shape[1:])} "
+            f"and {tuple(reference.shape[1:])}"
+        )
+    if samples.device != reference.device:
+        raise ValueError(
+            f"samples and reference must be on the same device, got {samples.device} and {reference.device}"
+        )
+    if samples.shape[0] == 0:
+        raise ValueError("samples is empty: need at least one sample")
+
+
+def _compute_dtype(samples: Tensor, reference: Tensor) -> torch.dtype:
+    if samples.dtype == torch.float64 or reference.dtype == torch.float64:
+        return torch.float64
+    return torch.float32
+
+
+@torch.no_grad()
+def nearest_neighbours(
+    samples: Tensor, reference: Tensor, k: int = 2, chunk_size: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest reference items of every sample, by l2 distance on flattened inputs.
+
+    Distances are searched block by block, ``chunk_size`` samples against ``chunk_size`` reference items
+    at a time, so memory stays at ``chunk_size**2`` numbers whatever ``M`` and ``N`` are. Each block uses
+    ``||a||^2 - 2 a.b + ||b||^2`` (one matrix product, fast on CPU and GPU). That expansion loses precision
+    for near-identical pairs, so the ``k + 8`` best candidates of each sample are re-ranked with distances
+    computed directly as ``||a - b||``: an exact copy comes out at distance exactly 0.
+
+    Computation is in float64 when either input is float64 and in float32 otherwise (half precision and
+    integer inputs are upcast). Among equally distant candidates the lower reference index comes first.
+
+    Args:
+        samples: ``[M, *shape]`` query items, ``M >= 1``.
+        reference: ``[N, *shape]`` reference items on the same device, ``N >= k``.
+        k: number of neighbours, ``k >= 1``.
+        chunk_size: block size for samples and reference, ``>= 1``.
+
+    Returns:
+        ``(distances, indices)``, both ``[M, k]`` and sorted by increasing distance: l2 distances in the
+        computation dtype and int64 indices into ``reference``.
+
+    Raises:
+        ValueError: on mismatched shapes or devices, empty samples, ``k`` out of range or a bad
+            ``chunk_size``.
+    """
+    _check_pair(samples, reference)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if k > reference.shape[0]:
+        raise ValueError(f"k={k} neighbours requested but the reference set holds {reference.shape[0]} items")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+
+    dtype = _compute_dtype(samples, reference)
+    queries = samples.reshape(samples.shape[0], -1).to(dtype)
+    refs = reference.reshape(reference.shape[0], -1).to(dtype)
+    ref_sq = refs.square().sum(dim=1)
+    num_candidates = min(k + _EXTRA_CANDIDATES, refs.shape[0])
+
+    all_distances, all_indices = [], []
+    for q in queries.split(chunk_size):
+        q_sq = q.square().sum(dim=1, keepdim=True)
+        best_sq = q.new_full((q.shape[0], 0), float("inf"))
+        best_idx = torch.empty((q.shape[0], 0), dtype=torch.long, device=q.device)
+        for start in range(0, refs.shape[0], chunk_size):
+            block = refs[start : start + chunk_size]
+            sq = (q_sq - 2.0 * q @ block.T + ref_sq[start : start + chunk_size]).clamp_min_(0.0)
+            cand_sq, cand_idx = sq.topk(min(num_candidates, block.shape[0]), dim=1, largest=False)
+            best_sq = torch.cat([best_sq, cand_sq], dim=1)
+            best_idx = torch.cat([best_idx, cand_idx + start], dim=1)
+            if best_sq.shape[1] > num_candidates:
+                best_sq, keep = best_sq.topk(num_candidates, dim=1, largest=False)
+                best_idx = best_idx.gather(1, keep)
+        # Exact re-ranking: direct differences, then sort by (distance, index) for deterministic ties.
+        exact = (q[:, None, :] - refs[best_idx]).square().sum(dim=2).sqrt()
+        best_idx, order = best_idx.sort(dim=1)
+        exact = exact.gather(1, order)
+        exact, order = exact.sort(dim=1, stable=True)
+        all_distances.append(exact[:, :k])
+        all_indices.append(best_idx.gather(1, order)[:, :k])
+    return torch.cat(all_distances), torch.cat(all_indices)
+
+
+@torch.no_grad()
+def memorization_labels(
+    samples: Tensor, reference: Tensor, threshold: float = 1 / 3, chunk_size: int = 4096
+) -> MemorizationLabels:
+    """Label generated samples as memorized by the nearest / second-nearest distance ratio test.
+
+    A sample is memorized when ``d1 / d2 < threshold`` with ``d1 <= d2`` its l2 distances to the two
+    nearest reference images (Yoon et al. 2023; Gu et al. 2023, threshold 1/3). ``ratio`` is defined as
+    0 when ``d1 == 0`` (an exact copy), even if ``d2 == 0`` as well.
+
+    Args:
+        samples: ``[M, *shape]`` generated samples, in the model's input space.
+        reference: ``[N, *shape]`` training images, each once (``unique_train_data()``), ``N >= 2``.
+        threshold: ratio below which a sample is memorized, in (0, 1].
+        chunk_size: block size of the nearest-neighbour search (see ``nearest_neighbours``).
+
+    Returns:
+        A ``MemorizationLabels`` with per-sample tensors on the samples' device and the ``rate``.
+
+    Raises:
+        ValueError: when the reference has fewer than two items, the threshold is out of range, or the
+            inputs do not match (see ``nearest_neighbours``).
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    _check_pair(samples, reference)
+    if reference.shape[0] < 2:
+        raise ValueError(
+            "the ratio test needs at least 2 reference (training) images, got "
+            f"{reference.shape[0]}: the second-nearest distance is undefined"
+        )
+    distances, indices = nearest_neighbours(samples, reference, k=2, chunk_size=chunk_size)
+    d1, d2 = distances[:, 0], distances[:, 1]
+    ratio = torch.where(d1 == 0, torch.zeros_like(d1), d1 / d2)
+    return MemorizationLabels(
+        ratio=ratio,
+        memorized=ratio < threshold,
+        nearest_index=indices[:, 0],
+        nearest_distance=d1,
+        second_distance=d2,
+        threshold=float(threshold),
+    )

@@ -80,9 +80,7 @@ def _compute_dtype(samples: Tensor, reference: Tensor) -> torch.dtype:
 
 
 @torch.no_grad()
-def nearest_neighbours(
-    samples: Tensor, reference: Tensor, k: int = 2, chunk_size: int = 4096
-) -> tuple[Tensor, Tensor]:
+def nearest_neighbours(samples: Tensor, reference: Tensor, k: int = 2, chunk_size: int = 4096) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest reference items of every sample, by l2 distance on flattened inputs.
 
     Distances are searched block by block, ``chunk_size`` samples against ``chunk_size`` reference items

@@ -1,0 +1,196 @@
+"""Batched Lanczos with full reorthogonalization."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from memcallback.spectral._common import (
+    apply_flat,
+    check_k,
+    check_operator,
+    check_positive_int,
+    check_which,
+    randn,
+    select,
+)
+from memcallback.spectral.operators import BatchedOperator
+from memcallback.spectral.results import SpectrumResult
+
+
+def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``T = diag(alpha) + diag(beta, 1) + diag(beta, -1)`` from ``alpha [..., n]``, ``beta [..., n-1]``."""
+    T = torch.diag_embed(alpha)
+    return T + torch.diag_embed(beta, offset=1) + torch.diag_embed(beta, offset=-1)
+
+
+def lanczos_tridiagonal(
+    op: BatchedOperator,
+    start: torch.Tensor,
+    num_iters: int,
+    generator: torch.Generator | None,
+    stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs ``P`` independent Lanczos recurrences per sample, one operator call per step.
+
+    Step ``j`` computes ``w = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` with
+    ``alpha_j = <q_j, A q_j>``, removes the components along all previous ``q`` (classical Gram-Schmidt,
+    applied twice), and sets ``beta_j = ||w||``, ``q_{j+1} = w / beta_j``. Then ``Q^T A Q = T``
+    (tridiagonal). On breakdown (``beta_j <= 100 eps ||T||``: the Krylov space is invariant) the
+    recurrence restarts from a random vector orthogonal to all previous ones with ``beta_j = 0``, so
+    ``T`` becomes block-diagonal and stays exact.
+
+    Args:
+        op: the operator (assumed symmetric).
+        start: ``[B, P, d]`` unit start vectors.
+        num_iters: maximum number of steps (``<= op.dim``).
+        generator: for restart vectors.
+        stop: ``stop(alpha [B, P, j+1], beta [B, P, j+1])`` called after each step (``beta[..., -1]`` is
+            the residual coupling of the current step); return True to stop early.
+
+    Returns:
+        ``(alpha [B, P, n], beta [B, P, n], Q [B, P, n, d])`` for the ``n`` steps taken, in float64
+        for ``alpha``/``beta``; ``beta[..., :n-1]`` are the off-diagonals of ``T``.
+    """
+    B, P, d = start.shape
+    Q = torch.zeros(B, P, num_iters, d, dtype=op.dtype, device=op.device)
+    Q[:, :, 0] = start
+    alpha = torch.zeros(B, P, num_iters, dtype=torch.float64, device=op.device)
+    beta = torch.zeros_like(alpha)
+    eps = torch.finfo(op.dtype).eps
+    for j in range(num_iters):
+        q = Q[:, :, j]
+        w = apply_flat(op, q)
+        a = (w * q).sum(-1)
+        w = w - a[..., None] * q
+        if j > 0:
+            w = w - beta[:, :, j - 1, None].to(op.dtype) * Q[:, :, j - 1]
+        basis = Q[:, :, : j + 1]
+        for _ in range(2):
+            w = w - torch.einsum("bpkd,bpk->bpd", basis, torch.einsum("bpkd,bpd->bpk", basis, w))
+        b = torch.linalg.vector_norm(w, dim=-1)
+        alpha[:, :, j], beta[:, :, j] = a.double(), b.double()
+        if (stop is not None and stop(alpha[:, :, : j + 1], beta[:, :, : j + 1])) or j + 1 == num_iters:
+            return alpha[:, :, : j + 1], beta[:, :, : j + 1], Q[:, :, : j + 1]
+        # Gershgorin bound on ||T||, used only as the scale of the breakdown test.
+        off = beta[:, :, : j + 1]
+        scale = (alpha[:, :, : j + 1].abs() + off + torch.nn.functional.pad(off[..., :-1], (1, 0))).amax(-1)
+        broken = beta[:, :, j] <= 100 * eps * scale
+        if bool(broken.any()):
+            beta[:, :, j] = torch.where(broken, 0.0, beta[:, :, j])
+            r = randn(op, (B, P, d), generator)
+            for _ in range(2):
+                r = r - torch.einsum("bpkd,bpk->bpd", basis, torch.einsum("bpkd,bpd->bpk", basis, r))
+            r = r / torch.linalg.vector_norm(r, dim=-1, keepdim=True)
+            w = torch.where(broken[..., None], r, w / torch.where(broken, 1.0, b)[..., None])
+        else:
+            w = w / b[..., None]
+        Q[:, :, j + 1] = w
+    raise AssertionError("unreachable")
+
+
+def _start_vector(op: BatchedOperator, v0: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Unit start vectors ``[B, d]`` from ``v0`` (see :func:`lanczos`) or a random normal draw."""
+    B, d = op.batch_size, op.dim
+    if v0 is None:
+        v = randn(op, (B, d), generator)
+    else:
+        if not isinstance(v0, torch.Tensor) or v0.shape not in (
+            (B, *op.shape),
+            (B, v0.shape[1] if v0.dim() > 1 else -1, *op.shape),
+        ):
+            got = list(v0.shape) if isinstance(v0, torch.Tensor) else type(v0).__name__
+            raise ValueError(f"v0 must have shape [B, *shape] or [B, j, *shape] with B={B}, shape={op.shape}; got {got}.")
+        v = v0.detach().to(device=op.device, dtype=op.dtype).reshape(B, -1, d)
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("v0 contains NaN/inf; pass finite start vectors (or v0=None).")
+        v = (v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(torch.finfo(op.dtype).tiny)).sum(1)
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    if not bool((norm > 0).all()):
+        bad = torch.nonzero(norm.flatten() == 0).flatten().tolist()
+        raise ValueError(f"v0 is zero (or its vectors cancel) for sample(s) {bad[:10]}; pass a non-zero start.")
+    return v / norm
+
+
+def lanczos(
+    op: BatchedOperator,
+    k: int,
+    which: str = "LA",
+    num_iters: int | None = None,
+    tol: float = 1e-4,
+    v0: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_eigenvectors: bool = False,
+) -> SpectrumResult:
+    """``k`` extreme eigenpairs of a symmetric batched operator by Lanczos, per sample.
+
+    After ``m`` steps, ``A Q_m = Q_m T_m + beta_m q_{m+1} e_m^T``; the Ritz pairs
+    ``(theta_i, Q_m s_i)`` of the tridiagonal ``T_m`` (eigendecomposed in float64) approximate
+    eigenpairs of ``A`` with residual ``||A u_i - theta_i u_i|| = |beta_m s_{m,i}|``. Sample ``b``
+    has converged when all ``k`` wanted residuals are ``<= tol * ||T_m||_2`` (``||T_m||_2 =
+    max_i |theta_i|``, an estimate of ``||A||_2`` from below); iteration stops when every sample has
+    converged or after ``num_iters`` steps. Every step is one batched operator call (one product per
+    sample). Full reorthogonalization keeps ``Q`` orthonormal, so no spurious copies appear.
+
+    Args:
+        op: symmetric :class:`BatchedOperator` (e.g. ``jacobian_operator(fn, x)``).
+        k: number of eigenpairs, ``1 <= k <= op.dim``.
+        which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest magnitude.
+        num_iters: maximum number of steps; default ``min(d, max(2k + 20, 100))``; capped at ``d``.
+        tol: relative residual tolerance.
+        v0: warm start, ``[B, *shape]`` or ``[B, j, *shape]`` (e.g. the previous check's eigenvectors).
+            Several vectors are normalized and summed into one start vector: if they span an invariant
+            subspace, the wanted Ritz pairs converge within ``j`` steps.
+        generator: for the random start (when ``v0`` is None) and breakdown restarts. Draws happen on
+            ``generator.device`` and are moved to ``op.device``: a CPU generator gives the same numbers
+            on every device, and bit-identical results on CPU.
+        return_eigenvectors: also return the Ritz vectors ``[B, k, *shape]``.
+
+    Returns:
+        :class:`SpectrumResult` (eigenvalues descending for LA, by descending magnitude for LM,
+        ascending for SA).
+
+    Raises:
+        TypeError: ``op`` is not a :class:`BatchedOperator`.
+        ValueError: unknown ``which``, ``k`` out of range, bad ``num_iters``/``tol``/``v0``.
+        FloatingPointError: the operator returned NaN/inf (the message names the samples).
+    """
+    op = check_operator(op)
+    which = check_which(which)
+    k = check_k(k, op.dim)
+    if num_iters is None:
+        num_iters = min(op.dim, max(2 * k + 20, 100))
+    check_positive_int("num_iters", num_iters)
+    if num_iters < k:
+        raise ValueError(f"num_iters must be >= k = {k} (k Ritz values need k steps), got {num_iters}.")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}.")
+    num_iters = min(num_iters, op.dim)
+    start = _start_vector(op, v0, generator)
+
+    def ritz(alpha: torch.Tensor, beta: torch.Tensor):
+        theta, S = torch.linalg.eigh(tridiagonal(alpha, beta[..., :-1]))
+        idx = select(theta, k, which)
+        values = theta.gather(-1, idx)
+        residuals = (beta[..., -1:] * S[..., -1, :]).abs().gather(-1, idx)
+        scale = theta.abs().amax(-1, keepdim=True)
+        return values, residuals, residuals <= tol * scale, S, idx
+
+    def stop(alpha: torch.Tensor, beta: torch.Tensor) -> bool:
+        return alpha.shape[-1] >= k and bool(ritz(alpha[:, 0], beta[:, 0])[2].all())
+
+    alpha, beta, Q = lanczos_tridiagonal(op, start[:, None], num_iters, generator, stop)
+    values, residuals, converged, S, idx = ritz(alpha[:, 0], beta[:, 0])
+    vectors = None
+    if return_eigenvectors:
+        coeffs = S.gather(-1, idx[:, None, :].expand(-1, S.shape[1], -1)).to(op.dtype)
+        vectors = torch.einsum("bnd,bnk->bkd", Q[:, 0], coeffs).reshape(op.batch_size, k, *op.shape)
+    return SpectrumResult(
+        eigenvalues=values.to(op.dtype),
+        eigenvectors=vectors,
+        residuals=residuals.to(op.dtype),
+        num_matvecs=alpha.shape[-1],
+        converged=converged,
+        which=which,
+    )

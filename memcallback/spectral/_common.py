@@ -23,8 +23,7 @@ def check_which(which: str) -> str:
     """Raises ValueError for an unknown spectrum end."""
     if which not in WHICH:
         raise ValueError(
-            f"which must be one of {WHICH} (largest algebraic, smallest algebraic, largest magnitude), "
-            f"got {which!r}."
+            f"which must be one of {WHICH} (largest algebraic, smallest algebraic, largest magnitude), got {which!r}."
         )
     return which
 
@@ -55,9 +54,7 @@ def randn(op: BatchedOperator, shape: tuple[int, ...], generator: torch.Generato
     return draw.to(device=op.device, dtype=op.dtype)
 
 
-def rademacher(
-    op: BatchedOperator, shape: tuple[int, ...], generator: torch.Generator | None
-) -> torch.Tensor:
+def rademacher(op: BatchedOperator, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
     """Random signs (+1/-1), drawn like :func:`randn`."""
     device = generator.device if generator is not None else op.device
     bits = torch.randint(0, 2, shape, generator=generator, device=device, dtype=torch.int64)

@@ -10,6 +10,7 @@ import torch
 from memcallback.spectral._common import check_positive_int, rademacher
 from memcallback.spectral.operators import BatchedOperator
 
+
 class _Graph:
     """One cached autograd graph of ``fn`` on a block of rows.
 
@@ -29,9 +30,7 @@ class _Graph:
     def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
         if not self.out.requires_grad:
             return torch.zeros_like(V)
-        (g,) = torch.autograd.grad(
-            self.out, self.X, V, retain_graph=True, allow_unused=True, materialize_grads=True
-        )
+        (g,) = torch.autograd.grad(self.out, self.X, V, retain_graph=True, allow_unused=True, materialize_grads=True)
         return g.detach()
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
@@ -44,9 +43,7 @@ class _Graph:
             )
         if not self._JTU.requires_grad:
             return torch.zeros_like(V)
-        (g,) = torch.autograd.grad(
-            self._JTU, self._U, V, retain_graph=True, allow_unused=True, materialize_grads=True
-        )
+        (g,) = torch.autograd.grad(self._JTU, self._U, V, retain_graph=True, allow_unused=True, materialize_grads=True)
         return g.detach()
 
 

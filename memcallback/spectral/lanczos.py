@@ -96,12 +96,13 @@ def _start_vector(op: BatchedOperator, v0: torch.Tensor | None, generator: torch
     if v0 is None:
         v = randn(op, (B, d), generator)
     else:
-        if not isinstance(v0, torch.Tensor) or v0.shape not in (
-            (B, *op.shape),
-            (B, v0.shape[1] if v0.dim() > 1 else -1, *op.shape),
+        n = len(op.shape)
+        if not isinstance(v0, torch.Tensor) or not (
+            (v0.dim() == 1 + n and v0.shape == (B, *op.shape))
+            or (v0.dim() == 2 + n and v0.shape[0] == B and v0.shape[1] >= 1 and v0.shape[2:] == op.shape)
         ):
             got = list(v0.shape) if isinstance(v0, torch.Tensor) else type(v0).__name__
-            raise ValueError(f"v0 must have shape [B, *shape] or [B, j, *shape] with B={B}, shape={op.shape}; got {got}.")
+            raise ValueError(f"v0 must have shape [B, *shape] or [B, j, *shape] (B={B}, shape={op.shape}); got {got}.")
         v = v0.detach().to(device=op.device, dtype=op.dtype).reshape(B, -1, d)
         if not bool(torch.isfinite(v).all()):
             raise ValueError("v0 contains NaN/inf; pass finite start vectors (or v0=None).")

@@ -63,9 +63,7 @@ class SpectralDensity:
     weights: torch.Tensor
     num_matvecs: int
 
-    def histogram(
-        self, bins: int = 50, range: tuple[float, float] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def histogram(self, bins: int = 50, range: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Bins the density per sample.
 
         Args:

@@ -36,10 +36,7 @@ def hutchinson_trace(
     Z = rademacher(op, (B, num_probes, *op.shape), generator)
     forms = (Z * op(Z)).reshape(B, num_probes, -1).sum(-1)
     estimate = forms.mean(1)
-    if num_probes > 1:
-        stderr = forms.std(1) / math.sqrt(num_probes)
-    else:
-        stderr = torch.full_like(estimate, math.inf)
+    stderr = forms.std(1) / math.sqrt(num_probes) if num_probes > 1 else torch.full_like(estimate, math.inf)
     return TraceResult(estimate=estimate, stderr=stderr, num_matvecs=num_probes)
 
 

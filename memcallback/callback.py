@@ -1,0 +1,339 @@
+"""MemorizationMonitor: the Lightning callback that watches a diffusion model for memorization."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from memcallback.aggregation import CheckAggregator
+from memcallback.analysis import SharpnessReport, analyze, probe_noise, resolve_timesteps
+from memcallback.diffusion import check_model
+from memcallback.sharpness import SharpnessConfig
+from memcallback.stopping import StopRule
+
+log = logging.getLogger(__name__)
+
+
+class MemorizationMonitor(Callback):
+    r"""Watch a diffusion model for memorization while it trains, and stop training when it rises.
+
+    At every check the monitor samples a fixed probe set with deterministic DDIM, measures how sharp the
+    learned density is around each probe's trajectory state ``x_t`` (the Hessian of ``log p_t`` is the
+    Jacobian of the score, solved matrix-free or densely), and logs ``memorization/...`` scalars to every
+    logger at the trainer's global step; with a ``WandbLogger`` it adds an eigenvalue histogram, the
+    spectrum, the most memorized samples beside their nearest training images and a per-sample table.
+    Scalars also go to ``trainer.callback_metrics`` so ``ModelCheckpoint`` can monitor them.
+
+    The model must implement :class:`memcallback.DiffusionModel`. Training is never perturbed: the
+    monitor draws from its own generator, restores train/eval flags, grad mode and global RNG states,
+    and leaves no gradients behind; with it on, trained weights are bit-identical to a run without it.
+
+    Args:
+        every_n_train_steps: check every this many optimizer steps (exclusive with ``every_n_epochs``).
+        every_n_epochs: check at the end of every this many training epochs.
+        check_on_train_start: measure the untrained model first (the baseline the stop rule compares to).
+        num_samples: probes per check (sharded over DDP ranks); the same probes at every check.
+        sigmas: measurement noise levels (mapped to the nearest timesteps); the first one is primary.
+        timesteps: explicit measurement timesteps (placed before those from ``sigmas``).
+        num_sampling_steps: DDIM steps used to draw the probes.
+        k: flattest directions resolved per sample.
+        solver: ``"auto"``, ``"dense"`` or ``"lanczos"`` (see :class:`~memcallback.sharpness.SharpnessConfig`).
+        lanczos_iters: Krylov steps per solve (``None``: solver default).
+        tol: Lanczos tolerance.
+        trace_probes: Hutchinson probes (matrix-free path).
+        asymmetry_probes: probes for the asymmetry estimate (matrix-free path).
+        score_statistic: ``"top_mu"``, ``"effective_dim"`` or ``"flat_fraction"``.
+        flag_threshold: per-sample score above which a sample counts as memorized.
+        chunk_size: most vectors per network call (``None``: all at once).
+        seed: seed of the probes and of all solver randomness.
+        monitor: logged key the stop rule watches.
+        mode: ``"max"`` if larger ``monitor`` values mean more memorization, else ``"min"``.
+        threshold: level ``monitor`` must pass before the rule can fire (``None``: any rise counts).
+        min_delta: how much worse than its best value ``monitor`` must be to count as risen.
+        patience: consecutive risen checks that stop training.
+        stop_training: stop the trainer when the rule fires; ``False`` only warns.
+        ground_truth: with a datamodule that has ``unique_train_data()``, also log the nearest-neighbour
+            memorization rate and the AUROC of the score against it.
+        time_budget_s: a check slower than this is discarded as failed (``None``: no budget).
+        log_media: log W&B media (histogram, spectrum, image grid, table) when a ``WandbLogger`` is attached.
+        num_media_samples: most memorized samples shown in the image grid.
+        save_plot: write ``memorization.png`` with the curves over training into the run directory at the end.
+        prefix: namespace of every logged key.
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_train_steps: int | None = 500,
+        every_n_epochs: int | None = None,
+        check_on_train_start: bool = True,
+        num_samples: int = 64,
+        sigmas: Sequence[float] = (0.1,),
+        timesteps: Sequence[int] = (),
+        num_sampling_steps: int = 50,
+        k: int = 8,
+        solver: str = "auto",
+        lanczos_iters: int | None = None,
+        tol: float = 1e-3,
+        trace_probes: int = 16,
+        asymmetry_probes: int = 4,
+        score_statistic: str = "top_mu",
+        flag_threshold: float = 0.5,
+        chunk_size: int | None = None,
+        seed: int = 0,
+        monitor: str = "memorization/score",
+        mode: str = "max",
+        threshold: float | None = 0.3,
+        min_delta: float = 0.05,
+        patience: int = 2,
+        stop_training: bool = True,
+        ground_truth: bool = True,
+        time_budget_s: float | None = None,
+        log_media: bool = True,
+        num_media_samples: int = 16,
+        save_plot: bool = True,
+        prefix: str = "memorization/",
+    ) -> None:
+        super().__init__()
+        if (every_n_train_steps is None) == (every_n_epochs is None):
+            raise ValueError("Set exactly one of every_n_train_steps and every_n_epochs (the other to None); "
+                             f"got every_n_train_steps={every_n_train_steps!r}, every_n_epochs={every_n_epochs!r}.")
+        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs),
+                            ("num_samples", num_samples), ("num_sampling_steps", num_sampling_steps),
+                            ("num_media_samples", num_media_samples)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1.")
+        sigmas, timesteps = tuple(sigmas), tuple(timesteps)
+        if not sigmas and not timesteps:
+            raise ValueError("Give at least one measurement noise level: sigmas=[0.1] or timesteps=[27].")
+        bad = [s for s in sigmas if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1]
+        if bad:
+            raise ValueError(f"sigmas={list(sigmas)} is invalid: expected noise levels in (0, 1), e.g. [0.1].")
+        if time_budget_s is not None and not (isinstance(time_budget_s, (int, float)) and time_budget_s > 0):
+            raise ValueError(f"time_budget_s={time_budget_s!r} is invalid: expected a positive number or None.")
+        if not isinstance(monitor, str) or not monitor.startswith(prefix):
+            raise ValueError(f"monitor={monitor!r} is invalid: expected one of this callback's keys, which start "
+                             f"with {prefix!r} (e.g. '{prefix}score').")
+        self.config = SharpnessConfig(k=k, solver=solver, lanczos_iters=lanczos_iters, tol=tol,
+                                      trace_probes=trace_probes, asymmetry_probes=asymmetry_probes,
+                                      score_statistic=score_statistic, flag_threshold=flag_threshold,
+                                      chunk_size=chunk_size)
+        self.rule = StopRule(mode=mode, threshold=threshold, min_delta=min_delta, patience=patience)
+        self.every_n_train_steps, self.every_n_epochs = every_n_train_steps, every_n_epochs
+        self.check_on_train_start = check_on_train_start
+        self.num_samples, self.sigmas, self.timesteps = num_samples, sigmas, timesteps
+        self.num_sampling_steps, self.seed = num_sampling_steps, seed
+        self.monitor, self.stop_training, self.ground_truth = monitor, stop_training, ground_truth
+        self.time_budget_s, self.log_media, self.num_media_samples = time_budget_s, log_media, num_media_samples
+        self.save_plot, self.prefix = save_plot, prefix
+        self.history: list[dict[str, float]] = []
+        self.stopped_step: int | None = None
+        self.failures = 0
+        self._failure_reported = False
+        self._last_step: int | None = None
+        self._warm_start: dict[int, Tensor] | None = None
+        self._noise: Tensor | None = None
+        self._train_data: Tensor | None = None
+        self._measure_ts: list[int] = []
+        self._aggregator: CheckAggregator | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.rule.mode)
+
+    # ----------------------------------------------------------------------------------------------
+    # Setup
+    # ----------------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        model = check_model(pl_module)
+        self._measure_ts = resolve_timesteps(model, self.sigmas, self.timesteps)
+        if self.config.k > math.prod(model.data_shape):
+            raise ValueError(f"k={self.config.k} is larger than the data dimension {math.prod(model.data_shape)}; "
+                             "choose a smaller k.")
+        probes = probe_noise(self.num_samples, model.data_shape, self.seed)
+        self._noise = probes[trainer.global_rank :: trainer.world_size]
+        if self._noise.shape[0] == 0:
+            raise ValueError(f"num_samples={self.num_samples} is smaller than the number of processes "
+                             f"({trainer.world_size}); every rank needs at least one probe.")
+        self._train_data = None
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.ground_truth and hasattr(datamodule, "unique_train_data"):
+            if getattr(datamodule, "train_data", None) is None and hasattr(datamodule, "setup"):
+                datamodule.setup("fit")
+            self._train_data = datamodule.unique_train_data()
+            if tuple(self._train_data.shape[1:]) != tuple(model.data_shape):
+                raise ValueError(f"The datamodule's training data has sample shape {tuple(self._train_data.shape[1:])}"
+                                 f" but the model's data_shape is {tuple(model.data_shape)}; make them agree.")
+
+    # ----------------------------------------------------------------------------------------------
+    # Schedule
+    # ----------------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.check_on_train_start and trainer.global_step == 0:
+            self._check(trainer, pl_module, can_stop=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        n = self.every_n_train_steps
+        if n is not None and trainer.global_step % n == 0 and trainer.global_step != self._last_step:
+            self._check(trainer, pl_module, can_stop=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = self.every_n_epochs
+        if n is not None and (trainer.current_epoch + 1) % n == 0 and trainer.global_step != self._last_step:
+            self._check(trainer, pl_module, can_stop=True)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate" and not trainer.sanity_checking:
+            self._check(trainer, pl_module, can_stop=False)
+
+    # ----------------------------------------------------------------------------------------------
+    # One check
+    # ----------------------------------------------------------------------------------------------
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, can_stop: bool) -> None:
+        self._last_step = trainer.global_step
+        report, error = self._measure(pl_module)
+        ok = trainer.strategy.reduce_boolean_decision(error is None, all=True)
+        if not ok:
+            self._report_failure(trainer, error or "a check failed on another rank")
+            return
+        values = self._reduce(report, pl_module.device)
+        values["check_failures"] = float(self.failures)
+        step = trainer.global_step
+        self._log_scalars(trainer, values, step)
+        self.history.append({"step": float(step), "epoch": float(trainer.current_epoch), **values})
+        if self.log_media and trainer.is_global_zero:
+            self._log_media(trainer, report, step)
+        self._warm_start = {t: s.eigenvectors for t, s in report.stats.items() if s.eigenvectors is not None} or None
+        rank_zero_info(self._summary_line(values, step))
+        if can_stop:
+            self._decide(trainer, values[self.monitor.removeprefix(self.prefix)], step)
+
+    def _measure(self, pl_module: pl.LightningModule) -> tuple[SharpnessReport | None, str | None]:
+        start = time.perf_counter()
+        try:
+            report = analyze(pl_module, noise=self._noise, timesteps=self._measure_ts, sigmas=(),
+                             config=self.config, num_sampling_steps=self.num_sampling_steps, seed=self.seed,
+                             train_data=self._train_data, warm_start=self._warm_start)
+        except (RuntimeError, ValueError, FloatingPointError, torch.cuda.OutOfMemoryError) as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._warm_start = None
+            return None, f"{type(err).__name__}: {err}"
+        elapsed = time.perf_counter() - start
+        if self.time_budget_s is not None and elapsed > self.time_budget_s:
+            return None, (f"the check took {elapsed:.1f} s, over time_budget_s={self.time_budget_s:g}; lower "
+                          "num_samples or k, use fewer sigmas, or raise the budget")
+        return report, None
+
+    def _reduce(self, report: SharpnessReport, device: torch.device) -> dict[str, float]:
+        per_sample = report.per_sample()
+        if self._aggregator is None:
+            self._aggregator = CheckAggregator(sorted(per_sample), device)
+        labels = report.labels.memorized if report.labels is not None else None
+        values = self._aggregator.reduce(per_sample, report.primary.score, labels)
+        values["seconds"] = report.seconds
+        return values
+
+    def _decide(self, trainer: pl.Trainer, value: float, step: int) -> None:
+        fired = self.rule.update(value)
+        fired = trainer.strategy.reduce_boolean_decision(fired, all=False)
+        if not fired:
+            return
+        self.stopped_step = step
+        message = f"Memorization rose at step {step}: {self.monitor} {self.rule.reason}."
+        if self.stop_training:
+            trainer.should_stop = True
+            rank_zero_info(f"{message} Stopping training.")
+        else:
+            rank_zero_warn(f"{message} (stop_training=False: training goes on.)")
+        for logger in trainer.loggers:
+            logger.log_metrics({f"{self.prefix}stopped": 1.0}, step=step)
+
+    def _report_failure(self, trainer: pl.Trainer, error: str) -> None:
+        self.failures += 1
+        self._log_scalars(trainer, {"check_failures": float(self.failures)}, trainer.global_step)
+        if not self._failure_reported:
+            rank_zero_warn(f"MemorizationMonitor: the check at step {trainer.global_step} failed and was skipped "
+                           f"({error}). Training goes on; later failures are counted in "
+                           f"{self.prefix}check_failures without further warnings.")
+            self._failure_reported = True
+
+    # ----------------------------------------------------------------------------------------------
+    # Output
+    # ----------------------------------------------------------------------------------------------
+    def _log_scalars(self, trainer: pl.Trainer, values: dict[str, float], step: int) -> None:
+        """Send scalars to every logger at ``step`` and into ``trainer.callback_metrics``.
+
+        Like Lightning's ``LearningRateMonitor``, the monitor logs through the loggers directly rather than
+        ``pl_module.log``: it runs in hooks where ``self.log`` is not allowed (train start, ``validate``),
+        its values land at the exact global step whatever ``log_every_n_steps`` is, and pushing them into
+        ``callback_metrics`` keeps them monitorable by ``ModelCheckpoint``. They are already global (reduced
+        over ranks), so every rank writes the same values.
+        """
+        metrics = {f"{self.prefix}{name}": value for name, value in values.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        device = trainer.strategy.root_device
+        for name, value in metrics.items():
+            trainer.callback_metrics[name] = torch.tensor(value, device=device)
+
+    def _log_media(self, trainer: pl.Trainer, report: SharpnessReport, step: int) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        from memcallback.wandb_media import log_media
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                log_media(logger.experiment, report, self._train_data, step=step, prefix=self.prefix,
+                          num_images=self.num_media_samples)
+
+    def _summary_line(self, values: dict[str, float], step: int) -> str:
+        parts = [f"step {step}", f"score {values['score']:.3f}", f"flagged {values['flagged_fraction']:.0%}",
+                 f"d_eff {values['effective_dim']:.1f}", f"mu_max {values['mu_max']:.3f}"]
+        if "nn_rate" in values:
+            parts.append(f"nn-rate {values['nn_rate']:.0%}")
+        if not math.isnan(values.get("auroc", math.nan)):
+            parts.append(f"AUROC {values['auroc']:.3f}")
+        parts.append(f"{values['seconds']:.2f} s")
+        return "[memorization] " + " | ".join(parts)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self.save_plot and self.history and trainer.is_global_zero):
+            return
+        from memcallback.plots import plot_history
+
+        path = Path(trainer.default_root_dir if trainer.log_dir is None else trainer.log_dir) / "memorization.png"
+        plot_history(self.history, path, monitor=self.monitor, prefix=self.prefix,
+                     threshold=self.rule.threshold, stopped_step=self.stopped_step)
+        rank_zero_info(f"[memorization] curves over training written to {path}")
+
+    # ----------------------------------------------------------------------------------------------
+    # State
+    # ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.state_dict(), "history": self.history, "stopped_step": self.stopped_step,
+                "failures": self.failures, "last_step": self._last_step,
+                "probes": {"seed": self.seed, "num_samples": self.num_samples, "timesteps": self._measure_ts}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        probes = state_dict.get("probes", {})
+        if probes and (probes.get("seed"), probes.get("num_samples")) != (self.seed, self.num_samples):
+            rank_zero_warn(f"MemorizationMonitor: the checkpoint was measured with seed={probes.get('seed')} and "
+                           f"num_samples={probes.get('num_samples')}, this run uses seed={self.seed} and "
+                           f"num_samples={self.num_samples}: the curves before and after the resume differ in probes.")
+        self.rule.load_state_dict(state_dict.get("rule", {}))
+        self.history = list(state_dict.get("history", []))
+        self.stopped_step = state_dict.get("stopped_step")
+        self.failures = int(state_dict.get("failures", 0))
+        self._last_step = state_dict.get("last_step")

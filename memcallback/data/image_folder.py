@@ -84,18 +84,17 @@ class ImageFolderDataModule(ArrayDataModule):
         """All images ``[num_items, channels, image_size, image_size]`` in [-1, 1], labels if any."""
         if self.class_subdirs:
             class_dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and _image_files(p))
-            self.class_names = [p.name for p in class_dirs]
             files_per_class = [_image_files(p) for p in class_dirs]
-            files = [f for class_files in files_per_class for f in class_files]
-            labels = torch.cat(
-                [torch.full((len(fs),), i, dtype=torch.long) for i, fs in enumerate(files_per_class)]
-                or [torch.empty(0, dtype=torch.long)]
-            )
-            self.num_classes = len(class_dirs) or None
         else:
-            files = _image_files(self.root)
-            labels = None
+            files_per_class = [_image_files(self.root)]
+        files = [f for class_files in files_per_class for f in class_files]
         if not files:
             where = "in any subdirectory of" if self.class_subdirs else "under"
             raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found {where} {self.root}")
-        return torch.stack([self._read(f) for f in files]), labels
+        images = torch.stack([self._read(f) for f in files])
+        if not self.class_subdirs:
+            return images, None
+        self.class_names = [p.name for p in class_dirs]
+        self.num_classes = len(class_dirs)
+        counts = torch.tensor([len(fs) for fs in files_per_class])
+        return images, torch.arange(len(class_dirs)).repeat_interleave(counts)

@@ -76,3 +76,21 @@ def test_duplicate_class_image_depends_on_the_seed():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DigitsDataModule(**kwargs).setup()
+
+
+def test_hydra_instantiate_with_a_list_of_positions():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {
+            "_target_": "memcallback.data.DigitsDataModule",
+            "num_train": 16,
+            "duplicate": 4,
+            "duplicate_indices": [0, 15],
+            "seed": 1,
+        }
+    )
+    dm = instantiate(cfg)
+    dm.setup()
+    assert dm.train_copies.tolist() == [4] + [1] * 14 + [4]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import lightning as L
 import numpy as np
@@ -29,6 +29,27 @@ def _collate_pair(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_duplication(duplicate: int, duplicate_indices: object) -> None:
+    _check_int("duplicate", duplicate, 1)
+    if isinstance(duplicate_indices, int) and not isinstance(duplicate_indices, bool):
+        _check_int("duplicate_indices", duplicate_indices, 0)
+        names_some = duplicate_indices > 0
+    elif isinstance(duplicate_indices, Iterable) and not isinstance(duplicate_indices, str):
+        positions = list(duplicate_indices)
+        for position in positions:
+            _check_int("every entry of duplicate_indices", position, 0)
+        if len(set(positions)) != len(positions):
+            raise ValueError(f"duplicate_indices must not repeat a position, got {positions}")
+        names_some = len(positions) > 0
+    else:
+        raise ValueError(f"duplicate_indices must be an int or a list of ints, got {duplicate_indices!r}")
+    if duplicate > 1 and not names_some:
+        raise ValueError(
+            f"duplicate={duplicate} has no effect with duplicate_indices={duplicate_indices!r}: set "
+            "duplicate_indices to how many training images to repeat, or to their positions"
+        )
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -100,23 +121,8 @@ class ArrayDataModule(L.LightningDataModule):
         _check_int("batch_size", batch_size, 1)
         if num_train is not None:
             _check_int("num_train", num_train, 1)
-        _check_int("duplicate", duplicate, 1)
-        if isinstance(duplicate_indices, int) and not isinstance(duplicate_indices, bool):
-            _check_int("duplicate_indices", duplicate_indices, 0)
-            names_some = duplicate_indices > 0
-        else:
-            positions = list(duplicate_indices)
-            for position in positions:
-                _check_int("every entry of duplicate_indices", position, 0)
-            if len(set(positions)) != len(positions):
-                raise ValueError(f"duplicate_indices must not repeat a position, got {positions}")
-            names_some = len(positions) > 0
-        if duplicate > 1 and not names_some:
-            raise ValueError(
-                f"duplicate={duplicate} has no effect with duplicate_indices={duplicate_indices!r}: set "
-                "duplicate_indices to how many training images to repeat, or to their positions"
-            )
-        if isinstance(val_fraction, bool) or not 0.0 <= val_fraction < 1.0:
+        _check_duplication(duplicate, duplicate_indices)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be a float in [0, 1), got {val_fraction!r}")
         if samples_per_epoch is not None:
             _check_int("samples_per_epoch", samples_per_epoch, 1)

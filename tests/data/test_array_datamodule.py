@@ -165,6 +165,8 @@ def test_runs_in_a_lightning_trainer():
         ({"duplicate": 2, "duplicate_indices": [0, -2]}, r"every entry of duplicate_indices"),
         ({"val_fraction": 1.0}, r"val_fraction must be a float in \[0, 1\), got 1.0"),
         ({"val_fraction": -0.1}, r"val_fraction must be a float in \[0, 1\)"),
+        ({"val_fraction": "0.1"}, r"val_fraction must be a float in \[0, 1\), got '0.1'"),
+        ({"duplicate": 2, "duplicate_indices": None}, r"duplicate_indices must be an int or a list of ints"),
         ({"samples_per_epoch": 0}, r"samples_per_epoch must be an int >= 1"),
         ({"seed": -1}, r"seed must be an int >= 0"),
         ({"num_workers": -1}, r"num_workers must be an int >= 0"),

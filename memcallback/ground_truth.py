@@ -135,7 +135,8 @@ def nearest_neighbours(samples: Tensor, reference: Tensor, k: int = 2, chunk_siz
                 best_sq, keep = best_sq.topk(num_candidates, dim=1, largest=False)
                 best_idx = best_idx.gather(1, keep)
         # Exact re-ranking: direct differences, then sort by (distance, index) for deterministic ties.
-        exact = (q[:, None, :] - refs[best_idx]).square().sum(dim=2).sqrt()
+        # One candidate column at a time keeps memory at chunk_size * D.
+        exact = torch.stack([(q - refs[idx]).square().sum(dim=1) for idx in best_idx.T], dim=1).sqrt()
         best_idx, order = best_idx.sort(dim=1)
         exact = exact.gather(1, order)
         exact, order = exact.sort(dim=1, stable=True)

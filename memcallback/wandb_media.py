@@ -30,6 +30,8 @@ from memcallback.sharpness import SharpnessStats
 MIN_TILE_SIZE = 32
 #: Most samples per row of the ``most_memorized`` grid.
 GRID_COLUMNS = 8
+#: Most training points drawn behind the scatter (evenly strided subset of larger sets).
+MAX_SCATTER_POINTS = 5000
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -80,22 +82,27 @@ def image_grid(images: Tensor, nrow: int, pad: int = 1, pad_value: float = 1.0) 
     return out[..., 0] if c == 1 else out
 
 
-def pair_grid(samples: Tensor, partners: Tensor | None, ncol: int = GRID_COLUMNS, pad: int = 1) -> np.ndarray:
+def pair_grid(samples: Tensor, partners: Tensor | None, ncol: int = GRID_COLUMNS, pad: int = 1,
+              gap: int = 4) -> np.ndarray:
     """Grid of samples with, when given, each partner (e.g. its nearest training image) directly below it.
 
-    Samples fill rows of ``ncol``; with partners, every row of samples is followed by the row of their
-    partners, and an incomplete last pair of rows is filled with padding.
+    Samples fill rows of ``ncol`` (white padding as in :func:`image_grid`); with partners, every row of
+    samples is followed by the row of their partners, an incomplete last pair of rows is filled with
+    white, and consecutive pairs of rows are set ``gap`` extra white pixels apart.
     """
     ncol = min(ncol, samples.shape[0])
     if partners is None:
         return image_grid(samples, ncol, pad)
     blank = torch.ones_like(samples[:1])
-    tiles = []
+    blocks = []
     for start in range(0, samples.shape[0], ncol):
-        missing = max(0, start + ncol - samples.shape[0])
-        tiles += [samples[start : start + ncol], blank.expand(missing, -1, -1, -1)]
-        tiles += [partners[start : start + ncol], blank.expand(missing, -1, -1, -1)]
-    return image_grid(torch.cat(tiles), ncol, pad)
+        fill = blank.expand(max(0, start + ncol - samples.shape[0]), -1, -1, -1)
+        tiles = torch.cat([samples[start : start + ncol], fill, partners[start : start + ncol], fill])
+        block = image_grid(tiles, ncol, pad)
+        if blocks:
+            blocks.append(np.full((gap, *block.shape[1:]), 255, dtype=np.uint8))
+        blocks.append(block)
+    return np.concatenate(blocks)
 
 
 def log_media(
@@ -159,7 +166,7 @@ def most_memorized_image(samples: Tensor, score: Tensor, train_data: Tensor | No
     """``wandb.Image`` of the ``num_images`` highest-score samples, each above its nearest training image."""
     import wandb
 
-    top = score.argsort(descending=True)[:num_images]
+    top = score.argsort(descending=True, stable=True)[:num_images]
     shown = samples[top]
     partners = None
     caption = "Most memorized samples, highest score first"
@@ -176,7 +183,8 @@ def most_memorized_image(samples: Tensor, score: Tensor, train_data: Tensor | No
 def scatter_image(samples: Tensor, score: Tensor, train_data: Tensor | None) -> np.ndarray:
     """RGB picture of flat samples coloured by score over the training points (matplotlib, Agg canvas).
 
-    The first two coordinates are shown; one-dimensional data is shown against the score.
+    The first two coordinates are shown; one-dimensional data is shown against the score. At most
+    ``MAX_SCATTER_POINTS`` training points are drawn.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -188,7 +196,8 @@ def scatter_image(samples: Tensor, score: Tensor, train_data: Tensor | None) -> 
     ax = fig.add_subplot()
     two_d = x.shape[1] >= 2
     if train_data is not None:
-        ref = train_data.detach().flatten(1).float().cpu().numpy()
+        stride = math.ceil(train_data.shape[0] / MAX_SCATTER_POINTS)
+        ref = train_data[::stride].detach().flatten(1).float().cpu().numpy()
         ax.scatter(ref[:, 0], ref[:, 1] if two_d else np.zeros(len(ref)), s=6, c="0.7", label="training data")
     points = ax.scatter(x[:, 0], x[:, 1] if two_d else s, c=s, s=18, cmap="viridis", vmin=0.0, vmax=1.0,
                         edgecolors="k", linewidths=0.3, label="samples")

@@ -37,7 +37,7 @@ def test_plot_history_writes_a_png_with_one_panel_row_per_quantity(tmp_path, nn_
                         threshold=0.3, stopped_step=stopped_step)
     assert path == tmp_path / "nested" / "dir" / "memorization.png"
     width, height = _png_size(path)
-    assert width == 800 and height == int(round(100 * (2.6 * panels + 0.6)))
+    assert width == 800 and height == round(100 * (2.6 * panels + 0.6))
     assert 10_000 < path.stat().st_size < 1_000_000
     assert matplotlib.get_backend() == backend
 
@@ -49,7 +49,7 @@ def test_plot_history_accepts_a_string_path_and_a_single_row(tmp_path):
 
 def test_plot_history_handles_a_monitor_outside_the_default_panels(tmp_path):
     path = plot_history(_history(), tmp_path / "mu.png", monitor="memorization/mu_max", threshold=0.5)
-    assert _png_size(path)[1] == int(round(100 * (2.6 * 2 + 0.6)))
+    assert _png_size(path)[1] == round(100 * (2.6 * 2 + 0.6))
 
 
 def test_plot_history_rejects_empty_history(tmp_path):

@@ -87,11 +87,12 @@ def test_image_grid_rejects_non_image_batches(shape):
         image_grid(torch.zeros(shape), nrow=2)
 
 
-def test_pair_grid_puts_each_partner_below_its_sample_and_pads_the_last_row():
+def test_pair_grid_puts_each_partner_below_its_sample_and_separates_pairs_of_rows():
     samples = torch.full((3, 1, 1, 1), -1.0)
     partners = torch.full((3, 1, 1, 1), 0.0)
-    grid = pair_grid(samples, partners, ncol=2, pad=0)
-    assert grid.tolist() == [[0, 0], [128, 128], [0, 255], [128, 255]]
+    grid = pair_grid(samples, partners, ncol=2, pad=0, gap=1)
+    assert grid.tolist() == [[0, 0], [128, 128], [255, 255], [0, 255], [128, 255]]
+    assert pair_grid(samples, None, ncol=2, pad=0).tolist() == [[0, 0], [0, 255]]
 
 
 def test_upscale_reaches_the_minimum_size_by_pixel_repetition():
@@ -145,6 +146,14 @@ def test_log_media_most_memorized_grid_is_ordered_by_score_and_shows_the_nearest
     grid = np.asarray(run.calls[0]["memorization/most_memorized"].image)
     expected = pair_grid(upscale(report.samples[-1:]), upscale(train[2:3]))
     np.testing.assert_array_equal(grid, expected)
+
+
+def test_log_media_grid_wraps_after_eight_samples_into_separated_blocks():
+    train = _train((1, 8, 8))
+    report = _report((1, 8, 8), num=12, train=train)
+    run = RecordingRun()
+    log_media(run, report, train, step=0, num_images=10)
+    assert run.calls[0]["memorization/most_memorized"].image.size == (8 * 33 + 1, 2 * (2 * 33 + 1) + 4)
 
 
 def test_log_media_without_training_data_has_no_neighbours():

@@ -168,9 +168,7 @@ class MemorizationMonitor(Callback):
         self._train_data = None
         datamodule = getattr(trainer, "datamodule", None)
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
-            if getattr(datamodule, "train_data", None) is None and hasattr(datamodule, "setup"):
-                datamodule.setup("fit")
-            self._train_data = datamodule.unique_train_data()
+            self._train_data = datamodule.unique_train_data()  # Lightning sets the datamodule up before callbacks
             if tuple(self._train_data.shape[1:]) != tuple(model.data_shape):
                 raise ValueError(f"The datamodule's training data has sample shape {tuple(self._train_data.shape[1:])}"
                                  f" but the model's data_shape is {tuple(model.data_shape)}; make them agree.")
@@ -180,7 +178,7 @@ class MemorizationMonitor(Callback):
     # ----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.check_on_train_start and trainer.global_step == 0:
-            self._check(trainer, pl_module, can_stop=False)
+            self._check(trainer, pl_module, can_stop=True)  # the baseline sets the stop rule's best value
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -1,0 +1,181 @@
+import csv
+import math
+
+import pytest
+import torch
+from conftest import make_data, make_module, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from memcallback.callback import MemorizationMonitor
+
+
+def read_csv_metrics(path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_logs_scalars_at_the_global_step(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(tmp_path, [monitor], logger=logger)
+    trainer.fit(make_module(), datamodule=make_data())
+    rows = [r for r in read_csv_metrics(logger.log_dir + "/metrics.csv") if r.get("memorization/score")]
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 6]  # baseline + every 2 steps
+    for key in ("memorization/score", "memorization/flagged_fraction", "memorization/effective_dim",
+                "memorization/mu_max", "memorization/min_mu", "memorization/asymmetry", "memorization/nn_rate",
+                "memorization/seconds"):
+        assert all(math.isfinite(float(r[key])) for r in rows), key
+    assert "memorization/score" in trainer.callback_metrics  # monitorable by ModelCheckpoint
+    assert [h["step"] for h in monitor.history] == [0, 2, 4, 6]
+    assert 0.0 <= monitor.history[-1]["score"] <= 1.0
+
+
+def test_epoch_schedule(tmp_path, fast_monitor_kwargs) -> None:
+    kwargs = fast_monitor_kwargs | {"every_n_train_steps": None, "every_n_epochs": 1, "check_on_train_start": False}
+    monitor = MemorizationMonitor(**kwargs)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=12)  # 64 samples / 16 per batch: 4 steps an epoch
+    trainer.fit(make_module(), datamodule=make_data())
+    assert [h["step"] for h in monitor.history] == [4, 8, 12]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "ema_decay"),
+    [({"every_n_train_steps": 3}, None), ({"every_n_train_steps": None, "every_n_epochs": 1}, 0.9)],
+)
+def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path, fast_monitor_kwargs, schedule,
+                                                                 ema_decay) -> None:
+    """Step schedule (a check on the last step) and epoch schedule with EMA and gradient accumulation."""
+    def train(callbacks) -> dict[str, torch.Tensor]:
+        module = make_module(ema_decay)
+        trainer = make_trainer(tmp_path, callbacks, max_steps=9, accumulate_grad_batches=2 if ema_decay else 1)
+        trainer.fit(module, datamodule=make_data())
+        state = {k: v.clone() for k, v in module.state_dict().items()}
+        opt = trainer.optimizers[0].state_dict()["state"]
+        state.update({f"opt/{i}/{k}": v.clone() for i, s in opt.items() for k, v in s.items() if torch.is_tensor(v)})
+        return state
+
+    monitor = MemorizationMonitor(**(fast_monitor_kwargs | schedule | {"ground_truth": True}))
+    plain, watched = train([]), train([monitor])
+    assert monitor.history, "the monitor never ran"
+    assert plain.keys() == watched.keys()
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+
+
+def test_validate_under_inference_mode_leaves_no_gradients(tmp_path, fast_monitor_kwargs) -> None:
+    module = make_module()
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    trainer = make_trainer(tmp_path, [monitor], limit_val_batches=1)
+    trainer.validate(module, datamodule=make_data())
+    assert len(monitor.history) == 1 and math.isfinite(monitor.history[0]["score"])
+    assert all(p.grad is None for p in module.parameters())
+
+
+def scripted(monkeypatch, values: list[float]) -> None:
+    """Make every check report the next value of ``values`` as the score (the measurement still runs)."""
+    it = iter(values)
+    original = MemorizationMonitor._reduce
+
+    def fake_reduce(self, report, device):
+        out = original(self, report, device)
+        out["score"] = next(it)
+        return out
+
+    monkeypatch.setattr(MemorizationMonitor, "_reduce", fake_reduce)
+
+
+@pytest.mark.parametrize(
+    ("series", "stop_step"),
+    [([0.0, 0.1, 0.5, 0.6, 0.7, 0.8, 0.9], 6), ([0.0] * 7, None), ([0.6] * 7, None)],
+)
+def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, monkeypatch, series, stop_step) -> None:
+    scripted(monkeypatch, series)
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, threshold=0.3, min_delta=0.05, patience=2)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=12)
+    trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.stopped_step == stop_step
+    # checks at 0, 2, 4, 6 (stop) or up to 12; never a decision without a fresh measurement
+    assert trainer.global_step == (stop_step if stop_step is not None else 12)
+    assert len(monitor.history) == (4 if stop_step else 7)
+
+
+def test_warn_only(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
+    scripted(monkeypatch, [0.0, 0.5, 0.6, 0.7])
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, threshold=0.3, patience=1, stop_training=False)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=6)
+    with pytest.warns(UserWarning, match="training goes on"):
+        trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.stopped_step == 2 and trainer.global_step == 6
+
+
+def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
+    scripted(monkeypatch, [0.0, 0.5, 0.6, 0.7, 0.8])
+    kwargs = fast_monitor_kwargs | {"threshold": 0.3, "min_delta": 0.05, "patience": 3}
+    first = MemorizationMonitor(**kwargs)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),
+                                                                                     datamodule=make_data())
+    assert first.rule.wait_count == 2 and first.stopped_step is None  # half-way through its patience
+    resumed = MemorizationMonitor(**kwargs)
+    trainer = make_trainer(tmp_path, [resumed], max_steps=12)
+    trainer.fit(make_module(), datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    assert resumed.rule.best == 0.0
+    assert resumed.stopped_step == 6  # the third rising check, counted across the resume
+    assert [h["step"] for h in resumed.history] == [0, 2, 4, 6]
+
+
+def test_failed_checks_are_reported_once_and_training_goes_on(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
+    module = make_module()
+    original = module.model_output
+
+    def broken(x_t, t, cond=None):
+        out = original(x_t, t, cond)
+        return out * float("nan") if module.global_step >= 2 else out
+
+    monkeypatch.setattr(module, "model_output", broken)
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=8)
+    with pytest.warns(UserWarning, match="failed and was skipped") as record:
+        trainer.fit(module, datamodule=make_data())
+    assert sum("failed and was skipped" in str(w.message) for w in record) == 1
+    assert trainer.global_step == 8 and monitor.failures == 4  # steps 2, 4, 6, 8
+    assert module.training and torch.is_grad_enabled()
+    assert trainer.callback_metrics["memorization/check_failures"].item() == 4
+
+
+def test_time_budget(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, time_budget_s=1e-6)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=2)
+    with pytest.warns(UserWarning, match="time_budget_s"):
+        trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.failures == 2 and not monitor.history
+
+
+def test_model_without_the_protocol_fails_at_setup(tmp_path, fast_monitor_kwargs) -> None:
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    trainer = make_trainer(tmp_path, [MemorizationMonitor(**fast_monitor_kwargs)], max_steps=1)
+    with pytest.raises(TypeError, match=r"does not implement memcallback\.DiffusionModel"):
+        trainer.fit(BoringModel())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_train_steps": None}, "exactly one"),
+        ({"every_n_epochs": 2}, "exactly one"),
+        ({"every_n_train_steps": 0}, "every_n_train_steps"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"sigmas": [1.5]}, "sigmas"),
+        ({"sigmas": [], "timesteps": []}, "at least one"),
+        ({"monitor": "val/loss"}, "monitor"),
+        ({"mode": "up"}, "mode"),
+        ({"patience": 0}, "patience"),
+        ({"k": 0}, "k=0"),
+        ({"solver": "eig"}, "solver"),
+        ({"time_budget_s": -1}, "time_budget_s"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MemorizationMonitor(**kwargs)

@@ -31,7 +31,9 @@ class MemorizationMonitor(Callback):
     learned density is around each probe's trajectory state ``x_t`` (the Hessian of ``log p_t`` is the
     Jacobian of the score, solved matrix-free or densely), and logs ``memorization/...`` scalars to every
     logger at the trainer's global step; with a ``WandbLogger`` it adds an eigenvalue histogram, the
-    spectrum, the most memorized samples beside their nearest training images and a per-sample table.
+    spectrum, the most memorized samples beside their nearest training images (a scatter plot for
+    non-image data) and a per-sample table. Under DDP the scalars cover every rank's probes, the media
+    rank 0's share.
     Scalars also go to ``trainer.callback_metrics`` so ``ModelCheckpoint`` can monitor them.
 
     The model must implement :class:`memcallback.DiffusionModel`. Training is never perturbed: the
@@ -140,6 +142,7 @@ class MemorizationMonitor(Callback):
         self.stopped_step: int | None = None
         self.failures = 0
         self._failure_reported = False
+        self._media_failure_reported = False
         self._last_step: int | None = None
         self._warm_start: dict[int, Tensor] | None = None
         self._noise: Tensor | None = None
@@ -292,9 +295,16 @@ class MemorizationMonitor(Callback):
         from memcallback.wandb_media import log_media
 
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
+            if not isinstance(logger, WandbLogger):
+                continue
+            try:
                 log_media(logger.experiment, report, self._train_data, step=step, prefix=self.prefix,
                           num_images=self.num_media_samples)
+            except Exception as err:  # media are a convenience: never let them end a training run
+                if not self._media_failure_reported:
+                    rank_zero_warn(f"MemorizationMonitor: W&B media could not be logged ({type(err).__name__}: "
+                                   f"{err}); scalars are unaffected. Set log_media=False to skip them.")
+                    self._media_failure_reported = True
 
     def _summary_line(self, values: dict[str, float], step: int) -> str:
         parts = [f"step {step}", f"score {values['score']:.3f}", f"flagged {values['flagged_fraction']:.0%}",

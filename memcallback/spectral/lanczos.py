@@ -30,34 +30,37 @@ def lanczos_tridiagonal(
     start: torch.Tensor,
     num_iters: int,
     generator: torch.Generator | None,
-    stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stop: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs ``P`` independent Lanczos recurrences per sample, one operator call per step.
 
     Step ``j`` computes ``w = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` with
     ``alpha_j = <q_j, A q_j>``, removes the components along all previous ``q`` (classical Gram-Schmidt,
     applied twice), and sets ``beta_j = ||w||``, ``q_{j+1} = w / beta_j``. Then ``Q^T A Q = T``
-    (tridiagonal). On breakdown (``beta_j <= 100 eps ||T||``: the Krylov space is invariant) the
-    recurrence restarts from a random vector orthogonal to all previous ones with ``beta_j = 0``, so
-    ``T`` becomes block-diagonal and stays exact.
+    (tridiagonal). On breakdown (``beta_j <= sqrt(eps) ||T||``: the Krylov space is invariant, a
+    "block end") the recurrence restarts from a random vector orthogonal to all previous ones, and
+    ``T`` is block-diagonal: its off-diagonal entry at a block end is 0.
 
     Args:
         op: the operator (assumed symmetric).
         start: ``[B, P, d]`` unit start vectors.
         num_iters: maximum number of steps (``<= op.dim``).
         generator: for restart vectors.
-        stop: ``stop(alpha [B, P, j+1], beta [B, P, j+1])`` called after each step (``beta[..., -1]`` is
-            the residual coupling of the current step); return True to stop early.
+        stop: ``stop(alpha, beta, ends)`` (each ``[B, P, j+1]``) called after each step, before any
+            restart; ``beta[..., -1]`` is the current step's residual coupling and ``ends[..., -1]``
+            says whether it broke down. Return True to stop.
 
     Returns:
-        ``(alpha [B, P, n], beta [B, P, n], Q [B, P, n, d])`` for the ``n`` steps taken, in float64
-        for ``alpha``/``beta``; ``beta[..., :n-1]`` are the off-diagonals of ``T``.
+        ``(alpha, beta, ends, Q)``: ``[B, P, n]`` float64 diagonal, raw couplings ``beta_j`` and bool
+        block ends, and the basis ``[B, P, n, d]``, for the ``n`` steps taken. The off-diagonal of
+        ``T`` is ``beta[..., :-1]`` with zeros where ``ends[..., :-1]``.
     """
     B, P, d = start.shape
     Q = torch.zeros(B, P, num_iters, d, dtype=op.dtype, device=op.device)
     Q[:, :, 0] = start
     alpha = torch.zeros(B, P, num_iters, dtype=torch.float64, device=op.device)
     beta = torch.zeros_like(alpha)
+    ends = torch.zeros_like(alpha, dtype=torch.bool)
     eps = torch.finfo(op.dtype).eps
     for j in range(num_iters):
         q = Q[:, :, j]
@@ -65,20 +68,22 @@ def lanczos_tridiagonal(
         a = (w * q).sum(-1)
         w = w - a[..., None] * q
         if j > 0:
-            w = w - beta[:, :, j - 1, None].to(op.dtype) * Q[:, :, j - 1]
+            coupling = torch.where(ends[:, :, j - 1], 0.0, beta[:, :, j - 1]).to(op.dtype)
+            w = w - coupling[..., None] * Q[:, :, j - 1]
         basis = Q[:, :, : j + 1]
         for _ in range(2):
             w = w - torch.einsum("bpkd,bpk->bpd", basis, torch.einsum("bpkd,bpd->bpk", basis, w))
         b = torch.linalg.vector_norm(w, dim=-1)
         alpha[:, :, j], beta[:, :, j] = a.double(), b.double()
-        if (stop is not None and stop(alpha[:, :, : j + 1], beta[:, :, : j + 1])) or j + 1 == num_iters:
-            return alpha[:, :, : j + 1], beta[:, :, : j + 1], Q[:, :, : j + 1]
         # Gershgorin bound on ||T||, used only as the scale of the breakdown test.
-        off = beta[:, :, : j + 1]
+        off = torch.where(ends[:, :, : j + 1], 0.0, beta[:, :, : j + 1])
         scale = (alpha[:, :, : j + 1].abs() + off + torch.nn.functional.pad(off[..., :-1], (1, 0))).amax(-1)
-        broken = beta[:, :, j] <= 100 * eps * scale
+        ends[:, :, j] = beta[:, :, j] <= eps**0.5 * scale
+        done = stop is not None and stop(alpha[:, :, : j + 1], beta[:, :, : j + 1], ends[:, :, : j + 1])
+        if done or j + 1 == num_iters:
+            return alpha[:, :, : j + 1], beta[:, :, : j + 1], ends[:, :, : j + 1], Q[:, :, : j + 1]
+        broken = ends[:, :, j]
         if bool(broken.any()):
-            beta[:, :, j] = torch.where(broken, 0.0, beta[:, :, j])
             r = randn(op, (B, P, d), generator)
             for _ in range(2):
                 r = r - torch.einsum("bpkd,bpk->bpd", basis, torch.einsum("bpkd,bpd->bpk", basis, r))
@@ -88,6 +93,65 @@ def lanczos_tridiagonal(
             w = w / b[..., None]
         Q[:, :, j + 1] = w
     raise AssertionError("unreachable")
+
+
+def block_tridiagonal(alpha: torch.Tensor, beta: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """``T`` from :func:`lanczos_tridiagonal` outputs (zero couplings at block ends)."""
+    return tridiagonal(alpha, torch.where(ends[..., :-1], 0.0, beta[..., :-1]))
+
+
+def _ritz(
+    alpha: torch.Tensor, beta: torch.Tensor, ends: torch.Tensor, k: int, which: str, tol: float, dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Wanted Ritz values, residuals, per-sample convergence and coefficients (``Q^T u``).
+
+    The residual of Ritz pair ``i`` of a block ending at step ``e`` is ``|beta_e s_{last, i}|``. A
+    wanted pair has converged when its residual is ``<= tol * max |theta|`` and, if the recurrence
+    broke down, the restart confirmed the sample's result: an exhausted block restarts (an exactly
+    repeated eigenvalue has one copy per Krylov space; the next block may hold another), and the
+    sample stops once an exhausted block adds nothing to the wanted values, or once a non-exhausted
+    block's own extreme Ritz value has converged.
+
+    Args:
+        alpha, beta, ends: ``[B, n]`` from :func:`lanczos_tridiagonal`.
+
+    Returns:
+        ``(values [B, k], residuals [B, k], converged [B, k], coeffs [B, n, k])``, float64 (bool).
+    """
+    B, n = alpha.shape
+    if not bool(ends.any()):
+        theta, S = torch.linalg.eigh(tridiagonal(alpha, beta[:, :-1]))
+        idx = select(theta, k, which)
+        residuals = (beta[:, -1:] * S[:, -1, :]).abs().gather(-1, idx)
+        converged = residuals <= tol * theta.abs().amax(-1, keepdim=True)
+        return theta.gather(-1, idx), residuals, converged, S.gather(-1, idx[:, None, :].expand(-1, n, -1))
+    values, residuals, oks, coeffs = [], [], [], []
+    for b in range(B):
+        bounds = (torch.nonzero(ends[b, :-1]).flatten() + 1).tolist()
+        thetas, resids, S_full, block = [], [], torch.zeros(n, n, dtype=alpha.dtype, device=alpha.device), []
+        for i, (lo, hi) in enumerate(zip([0, *bounds], [*bounds, n], strict=True)):
+            th, S = torch.linalg.eigh(tridiagonal(alpha[b, lo:hi], beta[b, lo : hi - 1]))
+            thetas.append(th)
+            resids.append((beta[b, hi - 1] * S[-1]).abs())
+            S_full[lo:hi, lo:hi] = S
+            block += [i] * (hi - lo)
+        theta, res, current = torch.cat(thetas), torch.cat(resids), torch.tensor(block) == len(bounds)
+        idx = select(theta, k, which)
+        scale = theta.abs().max()
+        converged = res[idx] <= tol * scale
+        ok = True
+        if bool(ends[b, -1]) and n < dim:
+            previous = theta[~current]
+            ok = ok and previous.numel() >= k
+            ok = ok and bool(((previous[select(previous, k, which)] - theta[idx]).abs() <= tol * scale).all())
+        elif bounds and not bool(ends[b, -1]):
+            extreme = select(theta[current], 1, which)
+            ok = ok and bool((res[current][extreme] <= tol * scale).all())
+        values.append(theta[idx])
+        residuals.append(res[idx])
+        oks.append(converged & ok)
+        coeffs.append(S_full[:, idx])
+    return torch.stack(values), torch.stack(residuals), torch.stack(oks), torch.stack(coeffs)
 
 
 def _start_vector(op: BatchedOperator, v0: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
@@ -148,6 +212,12 @@ def lanczos(
             on every device, and bit-identical results on CPU.
         return_eigenvectors: also return the Ritz vectors ``[B, k, *shape]``.
 
+    A single Krylov space holds one copy of an exactly repeated eigenvalue. When the recurrence breaks
+    down (an invariant subspace, e.g. an exact warm start or a repeated eigenvalue) it restarts from a
+    random orthogonal vector, and the sample counts as converged only once the restart confirms the
+    result (see ``_ritz``): exact multiplicities come out right, at the price of extra steps after an
+    exact warm start (about as many as the next eigenvalue needs).
+
     Returns:
         :class:`SpectrumResult` (eigenvalues descending for LA, by descending magnitude for LM,
         ascending for SA).
@@ -170,23 +240,16 @@ def lanczos(
     num_iters = min(num_iters, op.dim)
     start = _start_vector(op, v0, generator)
 
-    def ritz(alpha: torch.Tensor, beta: torch.Tensor):
-        theta, S = torch.linalg.eigh(tridiagonal(alpha, beta[..., :-1]))
-        idx = select(theta, k, which)
-        values = theta.gather(-1, idx)
-        residuals = (beta[..., -1:] * S[..., -1, :]).abs().gather(-1, idx)
-        scale = theta.abs().amax(-1, keepdim=True)
-        return values, residuals, residuals <= tol * scale, S, idx
+    def stop(alpha: torch.Tensor, beta: torch.Tensor, ends: torch.Tensor) -> bool:
+        if alpha.shape[-1] < k:
+            return False
+        return bool(_ritz(alpha[:, 0], beta[:, 0], ends[:, 0], k, which, tol, op.dim)[2].all())
 
-    def stop(alpha: torch.Tensor, beta: torch.Tensor) -> bool:
-        return alpha.shape[-1] >= k and bool(ritz(alpha[:, 0], beta[:, 0])[2].all())
-
-    alpha, beta, Q = lanczos_tridiagonal(op, start[:, None], num_iters, generator, stop)
-    values, residuals, converged, S, idx = ritz(alpha[:, 0], beta[:, 0])
+    alpha, beta, ends, Q = lanczos_tridiagonal(op, start[:, None], num_iters, generator, stop)
+    values, residuals, converged, coeffs = _ritz(alpha[:, 0], beta[:, 0], ends[:, 0], k, which, tol, op.dim)
     vectors = None
     if return_eigenvectors:
-        coeffs = S.gather(-1, idx[:, None, :].expand(-1, S.shape[1], -1)).to(op.dtype)
-        vectors = torch.einsum("bnd,bnk->bkd", Q[:, 0], coeffs).reshape(op.batch_size, k, *op.shape)
+        vectors = torch.einsum("bnd,bnk->bkd", Q[:, 0], coeffs.to(op.dtype)).reshape(op.batch_size, k, *op.shape)
     return SpectrumResult(
         eigenvalues=values.to(op.dtype),
         eigenvectors=vectors,

@@ -7,7 +7,7 @@ import math
 import torch
 
 from memcallback.spectral._common import check_operator, check_positive_int, rademacher
-from memcallback.spectral.lanczos import lanczos_tridiagonal, tridiagonal
+from memcallback.spectral.lanczos import block_tridiagonal, lanczos_tridiagonal
 from memcallback.spectral.operators import BatchedOperator
 from memcallback.spectral.results import SpectralDensity, TraceResult
 
@@ -69,8 +69,8 @@ def slq_density(
     check_positive_int("num_iters", num_iters)
     B, d = op.batch_size, op.dim
     start = rademacher(op, (B, num_probes, d), generator) / math.sqrt(d)
-    alpha, beta, _ = lanczos_tridiagonal(op, start, min(num_iters, d), generator)
-    theta, S = torch.linalg.eigh(tridiagonal(alpha, beta[..., :-1]))
+    alpha, beta, ends, _ = lanczos_tridiagonal(op, start, min(num_iters, d), generator)
+    theta, S = torch.linalg.eigh(block_tridiagonal(alpha, beta, ends))
     weights = S[..., 0, :].square() / num_probes
     return SpectralDensity(
         nodes=theta.reshape(B, -1).to(op.dtype),

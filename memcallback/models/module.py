@@ -85,6 +85,9 @@ class DiffusionModule(pl.LightningModule):
         shape = data_shape if data_shape is not None else getattr(network, "data_shape", None)
         if shape is None:
             raise ValueError("pass data_shape=(...) or use a network with a `data_shape` attribute.")
+        # Plain containers (not OmegaConf nodes from Hydra), so checkpoints load with torch.load(weights_only=True).
+        schedule_kwargs = dict(schedule_kwargs or {})
+        data_shape = None if data_shape is None else [int(n) for n in data_shape]
 
         self.save_hyperparameters(ignore=["network"])
         self.hparams["network"] = network_spec(network)

@@ -92,11 +92,12 @@ def test_callbacks_and_trainer_instantiate(tmp_path):
 
     cfg = make_cfg(tmp_path, ["trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=3"])
     callbacks = instantiate_group(cfg.callbacks)
-    assert [type(c).__name__ for c in callbacks] == ["ModelCheckpoint"]
+    assert "ModelCheckpoint" in [type(c).__name__ for c in callbacks]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     assert trainer.max_steps == 7 and trainer.checkpoint_callback._every_n_train_steps == 3
     assert instantiate_group(make_cfg(tmp_path, ["callbacks=none"]).callbacks) == []
-    assert instantiate_group(make_cfg(tmp_path, ["~callbacks.model_checkpoint"]).callbacks) == []
+    remaining = instantiate_group(make_cfg(tmp_path, ["~callbacks.model_checkpoint"]).callbacks)
+    assert "ModelCheckpoint" not in [type(c).__name__ for c in remaining]
 
 
 def test_ddp_trainer_config(tmp_path):

@@ -19,10 +19,10 @@ class _Graph:
     reverse pass over the (create_graph) graph of ``g``, built once on first use.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, first_sample: int, m: int):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, row_offset: int, m: int):
         self.X = rows.detach().clone().requires_grad_(True)
         out = fn(self.X)
-        _check_fn_output(out, self.X, first_sample, m)
+        _check_fn_output(out, self.X, row_offset, m)
         self.out = out
         self._U: torch.Tensor | None = None
         self._JTU: torch.Tensor | None = None
@@ -47,7 +47,8 @@ class _Graph:
         return g.detach()
 
 
-def _check_fn_output(out: object, X: torch.Tensor, first_sample: int, m: int) -> None:
+def _check_fn_output(out: object, X: torch.Tensor, row_offset: int, m: int) -> None:
+    """Checks ``fn``'s output on rows ``row_offset, ...`` of ``x`` repeated ``m`` times per sample."""
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"fn must return a tensor of the same shape as its input, got {type(out).__name__}.")
     if out.shape != X.shape:
@@ -57,7 +58,7 @@ def _check_fn_output(out: object, X: torch.Tensor, first_sample: int, m: int) ->
         )
     finite = torch.isfinite(out.detach().reshape(out.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
-        bad = sorted({first_sample + int(r) // m for r in torch.nonzero(~finite).flatten()})
+        bad = sorted({(row_offset + int(r)) // m for r in torch.nonzero(~finite).flatten()})
         raise ValueError(
             f"fn(x) is not finite (NaN/inf) for sample(s) {bad[:10]}; check the model and the inputs of "
             f"those samples (e.g. sigma_t = 0 or an overflowing network)."
@@ -128,7 +129,7 @@ class JacobianOperator(BatchedOperator):
             first = rows.start // m
             block = self._x[first : math.ceil(rows.stop / m)].repeat_interleave(m, dim=0)
             block = block[rows.start - first * m : rows.stop - first * m]
-            graph = _Graph(self.fn, block, first, m)
+            graph = _Graph(self.fn, block, rows.start, m)
             if cacheable:
                 graphs.append(graph)
             yield rows, graph
@@ -142,7 +143,8 @@ class JacobianOperator(BatchedOperator):
         step = n if self.chunk_size is None else self.chunk_size
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
-    def _products(self, V: torch.Tensor, transpose: bool, forward: bool) -> torch.Tensor:
+    def _products(self, V: torch.Tensor, product: str) -> torch.Tensor:
+        """``product`` in ``"J"`` (J v), ``"JT"`` (J^T v), ``"S"`` ((J v + J^T v) / 2)."""
         B, m = V.shape[:2]
         with torch.inference_mode(False), torch.enable_grad():
             flat = V.reshape(B * m, *self.shape).to(self.dtype)
@@ -151,24 +153,24 @@ class JacobianOperator(BatchedOperator):
             out = torch.empty_like(flat)
             for rows, graph in self._graphs(m):
                 chunk = flat[rows]
-                if forward and transpose:
+                if product == "S":
                     out[rows] = 0.5 * (graph.matvec(chunk) + graph.rmatvec(chunk))
-                elif forward:
+                elif product == "J":
                     out[rows] = graph.matvec(chunk)
                 else:
                     out[rows] = graph.rmatvec(chunk)
         return out.reshape(V.shape).detach()
 
     def _apply(self, V: torch.Tensor) -> torch.Tensor:
-        return self._products(V, transpose=self.symmetrize, forward=True)
+        return self._products(V, "S" if self.symmetrize else "J")
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
         """``J v`` for ``V [B, m, *shape]`` (counts ``m`` products)."""
-        return self._run(lambda W: self._products(W, transpose=False, forward=True), V, "matvec")
+        return self._run(lambda W: self._products(W, "J"), V, "matvec")
 
     def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
         """``J^T v`` for ``V [B, m, *shape]`` (counts ``m`` products)."""
-        return self._run(lambda W: self._products(W, transpose=True, forward=False), V, "rmatvec")
+        return self._run(lambda W: self._products(W, "JT"), V, "rmatvec")
 
     def asymmetry(self, num_probes: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
         """Relative asymmetry ``||J - J^T||_F / ||J||_F`` per sample, from Rademacher probes.

@@ -202,7 +202,7 @@ def lanczos(
         op: symmetric :class:`BatchedOperator` (e.g. ``jacobian_operator(fn, x)``).
         k: number of eigenpairs, ``1 <= k <= op.dim``.
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest magnitude.
-        num_iters: maximum number of steps; default ``min(d, max(2k + 20, 100))``; capped at ``d``.
+        num_iters: maximum number of steps; default ``min(d, max(2k + 20, 150))``; capped at ``d``.
         tol: relative residual tolerance.
         v0: warm start, ``[B, *shape]`` or ``[B, j, *shape]`` (e.g. the previous check's eigenvectors).
             Several vectors are normalized and summed into one start vector: if they span an invariant
@@ -231,7 +231,7 @@ def lanczos(
     which = check_which(which)
     k = check_k(k, op.dim)
     if num_iters is None:
-        num_iters = min(op.dim, max(2 * k + 20, 100))
+        num_iters = min(op.dim, max(2 * k + 20, 150))
     check_positive_int("num_iters", num_iters)
     if num_iters < k:
         raise ValueError(f"num_iters must be >= k = {k} (k Ritz values need k steps), got {num_iters}.")

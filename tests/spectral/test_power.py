@@ -70,3 +70,14 @@ def test_bad_inputs_raise_clear_errors():
         power_iteration(op, 1, shift=float("inf"))
     with pytest.raises(ValueError, match="at most block_size"):
         power_iteration(op, 1, v0=torch.ones(2, 3, 4), block_size=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float32_and_float64(dtype, extremes, norm):
+    from conftest import mlp_case
+
+    fn64, x, S = mlp_case()
+    fn = (lambda z: fn64(z.double()).to(dtype)) if dtype == torch.float32 else fn64
+    res = power_iteration(jacobian_operator(fn, x.to(dtype)), 5, "LA", generator=gen())
+    assert res.eigenvalues.dtype == dtype and res.converged.all()
+    assert ((res.eigenvalues.double() - extremes(S, 5, "LA")).abs() <= 1e-3 * norm(S)[:, None]).all()

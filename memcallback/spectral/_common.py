@@ -74,11 +74,3 @@ def apply_flat(op: BatchedOperator, V: torch.Tensor) -> torch.Tensor:
     """Applies ``op`` to flat vectors ``V [B, m, d]`` and returns ``[B, m, d]``."""
     B, m = V.shape[:2]
     return op(V.reshape(B, m, *op.shape)).reshape(B, m, op.dim)
-
-
-def orthonormalize(V: torch.Tensor, against: torch.Tensor | None = None) -> torch.Tensor:
-    """Orthonormal columns spanning ``V [B, d, p]`` (after removing ``against [B, d, q]``, twice)."""
-    if against is not None:
-        for _ in range(2):
-            V = V - against @ (against.mT @ V)
-    return torch.linalg.qr(V).Q

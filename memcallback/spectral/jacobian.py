@@ -78,6 +78,10 @@ class JacobianOperator(BatchedOperator):
     exceeds it, the graph is rebuilt chunk by chunk on every call (one extra forward per call, bounded
     memory) instead of cached.
 
+    With ``rowwise=False``, ``fn`` is only ever called on ``x`` itself (for functions that close over
+    per-sample data of length ``B``, such as class labels): ``m`` vectors per sample then take ``m``
+    passes over the one cached graph, and ``chunk_size`` is not available.
+
     Rows must be independent (no BatchNorm in train mode, no dropout): the batched Jacobian is then
     block-diagonal, and one batched pass gives every sample its own product.
     """
@@ -88,6 +92,7 @@ class JacobianOperator(BatchedOperator):
         x: torch.Tensor,
         symmetrize: bool = True,
         chunk_size: int | None = None,
+        rowwise: bool = True,
     ):
         if not callable(fn):
             raise ValueError(f"fn must be callable ([B, *shape] -> [B, *shape]), got {type(fn).__name__}.")
@@ -102,6 +107,11 @@ class JacobianOperator(BatchedOperator):
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}.")
         if chunk_size is not None:
             check_positive_int("chunk_size", chunk_size)
+            if not rowwise:
+                raise ValueError(
+                    "chunk_size needs rowwise=True: chunks call fn on subsets of rows, which a function with "
+                    "per-sample data of length B cannot take. Drop chunk_size or make fn row-wise."
+                )
         with torch.inference_mode(False):
             finite = torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(dim=1)
             if not bool(finite.all()):
@@ -111,6 +121,7 @@ class JacobianOperator(BatchedOperator):
             self.fn = fn
             self.symmetrize = bool(symmetrize)
             self.chunk_size = chunk_size
+            self.rowwise = bool(rowwise)
             self._x = x.detach().clone()
             self._cache: dict[int, list[_Graph]] = {}
             with torch.enable_grad():
@@ -151,6 +162,10 @@ class JacobianOperator(BatchedOperator):
             if flat.is_inference():
                 flat = flat.clone()
             out = torch.empty_like(flat)
+            if not self.rowwise and m > 1:
+                columns = flat.reshape(B, m, *self.shape).transpose(0, 1)
+                products = [self._products(column[:, None], product) for column in columns]
+                return torch.stack(products, dim=1).reshape(V.shape)
             for rows, graph in self._graphs(m):
                 chunk = flat[rows]
                 if product == "S":
@@ -197,6 +212,7 @@ def jacobian_operator(
     symmetrize: bool = True,
     *,
     chunk_size: int | None = None,
+    rowwise: bool = True,
 ) -> JacobianOperator:
     """Builds the batched Jacobian operator of ``fn`` at ``x``.
 
@@ -205,12 +221,15 @@ def jacobian_operator(
             row ``i`` of the output may depend on row ``i`` of the input only. It must accept any number
             of rows ``n``: it is called on ``x``, on ``x`` with each row repeated ``m`` times (``m``
             vectors per sample) and on chunks of rows, so per-sample side data such as the time must be
-            a scalar or broadcast from ``[1]``, not a ``[B]`` tensor. Parameters it closes over are
-            treated as constants and never get a ``.grad``.
+            a scalar or broadcast from ``[1]``, not a ``[B]`` tensor (else pass ``rowwise=False``).
+            Parameters it closes over are treated as constants and never get a ``.grad``.
         x: ``[B, *shape]`` points. Works under ``torch.no_grad()`` and ``torch.inference_mode()``.
         symmetrize: the operator's ``__call__`` gives ``(J + J^T) v / 2`` if True, ``J v`` otherwise.
         chunk_size: at most this many rows (``B * m`` in total for ``m`` vectors per sample) go through
-            ``fn`` at once; ``None`` for no limit.
+            ``fn`` at once; ``None`` for no limit. Needs ``rowwise``.
+        rowwise: ``fn`` accepts any number of rows (see ``fn``). Set False when it closes over per-sample
+            data of length ``B`` (e.g. ``cond [B]``): ``fn`` then only ever sees ``x`` itself, and ``m``
+            vectors per sample cost ``m`` sequential passes instead of one batched pass.
 
     Returns:
         A :class:`JacobianOperator` with ``matvec`` (J v), ``rmatvec`` (J^T v) and ``asymmetry``.
@@ -219,4 +238,4 @@ def jacobian_operator(
         ValueError: if ``fn`` is not callable, ``x`` is not a floating tensor ``[B, *shape]``, ``x`` or
             ``fn(x)`` is not finite, or ``fn(x).shape != x.shape``.
     """
-    return JacobianOperator(fn, x, symmetrize=symmetrize, chunk_size=chunk_size)
+    return JacobianOperator(fn, x, symmetrize=symmetrize, chunk_size=chunk_size, rowwise=rowwise)

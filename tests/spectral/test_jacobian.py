@@ -143,3 +143,25 @@ def test_bad_inputs_raise_clear_errors():
     kink = jacobian_operator(lambda z: z.abs().sqrt(), torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
     with pytest.raises(FloatingPointError, match=r"sample\(s\) \[1\]"):
         kink(torch.ones(2, 1, 2))
+
+
+def test_rowwise_false_supports_per_sample_side_data():
+    net = _net()
+    x = torch.randn(3, 12, generator=gen(), dtype=torch.float64)
+    labels = torch.tensor([[0.5], [-1.0], [2.0]], dtype=torch.float64)  # one per sample: not row-wise
+
+    def fn(z):
+        assert z.shape[0] == 3, "fn must only see the B original rows"
+        return net(z) * labels
+
+    def rowwise_fn(z):  # the same map, written row-wise for the reference
+        return net(z) * labels.repeat_interleave(z.shape[0] // 3, dim=0)
+
+    op = jacobian_operator(fn, x, rowwise=False)
+    ref = jacobian_operator(rowwise_fn, x)
+    V = torch.randn(3, 4, 12, generator=gen(1), dtype=torch.float64)
+    for product in ("__call__", "matvec", "rmatvec"):
+        torch.testing.assert_close(getattr(op, product)(V), getattr(ref, product)(V))
+    assert op.num_matvecs == 12
+    with pytest.raises(ValueError, match="chunk_size needs rowwise=True"):
+        jacobian_operator(fn, x, chunk_size=2, rowwise=False)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import pytest
 
 from memcallback.data import DigitsDataModule
 from memcallback.models import DiffusionModule, ResidualMLP
-
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def make_module(ema_decay: float | None = None) -> DiffusionModule:

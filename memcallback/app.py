@@ -35,6 +35,8 @@ def validate(cfg: DictConfig) -> None:
     _check_int(cfg, "eval_samples", 0, "samples of the final memorization check; 0 skips it")
     _check_int(cfg, "eval_steps", 1, "DDIM steps of the final memorization check")
     _check_int(cfg, "eval_seed", 0, "seed of the final check's initial noise")
+    if cfg.torch_threads is not None:
+        _check_int(cfg, "torch_threads", 1, "intra-op CPU threads, or null for torch's default")
     threshold = cfg.memorization_threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
         raise ValueError(f"memorization_threshold must be a number in (0, 1], got {threshold!r}.")
@@ -69,9 +71,12 @@ def memorization_rate(
 
 
 def _wandb_dir(loggers: list[Logger]) -> str | None:
+    """The W&B run folder (off rank 0 the experiment is a dummy without a real ``dir``)."""
     for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger.experiment is not None and hasattr(logger.experiment, "dir"):
-            return str(Path(logger.experiment.dir).parent)
+        if isinstance(logger, WandbLogger):
+            files_dir = getattr(logger.experiment, "dir", None)
+            if isinstance(files_dir, str):
+                return str(Path(files_dir).parent)
     return None
 
 
@@ -124,6 +129,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
 
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     _fill_data_shape(cfg, datamodule.data_shape)

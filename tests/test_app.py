@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 
@@ -23,10 +24,16 @@ def make_cfg(overrides):
 
 @pytest.fixture(autouse=True)
 def _quiet_offline_wandb(tmp_path, monkeypatch):
+    """Offline, silent W&B writing under tmp_path; one torch thread (tiny models, possibly busy CI)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("experiment", ["digits_memorize", "digits_generalize", "toy_memorize"])
@@ -60,6 +67,7 @@ def test_conditional_model_trains_on_labels(tmp_path):
         ("trainer.max_steps=-1", "trainer.max_steps"),
         ("eval_samples=-4", "eval_samples"),
         ("memorization_threshold=2", "memorization_threshold"),
+        ("torch_threads=0", "torch_threads"),
     ],
 )
 def test_bad_values_fail_before_training(tmp_path, override, match):

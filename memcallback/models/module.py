@@ -92,7 +92,7 @@ class DiffusionModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["network"])
         self.hparams["network"] = network_spec(network)
         self.network = network
-        self.schedule = NoiseSchedule.create(schedule, num_timesteps=num_timesteps, **dict(schedule_kwargs or {}))
+        self.schedule = NoiseSchedule.create(schedule, num_timesteps=num_timesteps, **schedule_kwargs)
         self.prediction_type = prediction_type
         self.data_shape = tuple(int(n) for n in shape)
         self.conditional = getattr(network, "num_classes", None) is not None

@@ -19,6 +19,13 @@ from pathlib import Path
 import torch
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def _find_config(checkpoint: Path, config: Path | None) -> Path:
     candidates = [config] if config is not None else [p / ".hydra" / "config.yaml" for p in checkpoint.parents[:3]]
     for path in candidates:
@@ -53,10 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("checkpoint", type=Path)
         p.add_argument("--config", type=Path, default=None, help="Hydra config.yaml of the training run")
-        p.add_argument("--samples", type=int, default=64)
-        p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+        p.add_argument("--samples", type=_positive_int, default=64)
+        p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threshold", type=float, default=1 / 3, help="nearest/second-nearest distance ratio")
+    sub.choices["rate"].add_argument("--threshold", type=float, default=1 / 3,
+                                     help="nearest/second-nearest distance ratio under which a sample is a copy")
     sub.choices["analyze"].add_argument("--sigmas", type=float, nargs="+", default=[0.1])
     sub.choices["analyze"].add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args(argv)

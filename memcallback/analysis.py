@@ -109,8 +109,10 @@ def measurement_mode(model: object) -> Iterator[None]:
                 model.eval()
             yield
     finally:
+        if is_module:
+            model.train(modes[0])  # runs any custom train() override (e.g. weight swaps) ...
         for m, mode in zip(modules, modes, strict=True):
-            m.training = mode
+            m.training = mode  # ... then restores submodules that were deliberately kept in eval mode
         for p, g in zip(params, grads, strict=True):
             p.grad = g
 
@@ -125,14 +127,13 @@ def analyze(
     num_sampling_steps: int = 50,
     seed: int = 0,
     noise: Tensor | None = None,
-    cond: Tensor | None = None,
-    guidance_scale: float = 1.0,
     train_data: Tensor | None = None,
     warm_start: dict[int, Tensor] | None = None,
 ) -> SharpnessReport:
     """Measure how sharp the learned density is around the model's own samples.
 
-    Draws ``num_samples`` probes ``x_T`` from a fixed seed (or takes ``noise``), runs deterministic DDIM,
+    Draws ``num_samples`` probes ``x_T`` from a fixed seed (or takes ``noise``), runs deterministic DDIM
+    (unconditional: a conditional model is measured with its null condition),
     records the states ``x_t`` at the measurement timesteps and computes, per sample, the statistics of
     :class:`~memcallback.sharpness.SharpnessStats` at each of them (eigenvalues of the symmetrized
     Hessian of ``log p_t`` and their normalized form ``mu = 1 + sigma^2 lambda``, the most negative one,
@@ -149,8 +150,6 @@ def analyze(
         num_sampling_steps: DDIM steps (the measurement timesteps are added to the grid).
         seed: seed of the probe noise and of every random vector the solvers draw.
         noise: explicit initial noises ``[B, *data_shape]`` (e.g. a rank's shard of a probe set).
-        cond: optional conditions ``[B]`` for a conditional model.
-        guidance_scale: classifier-free guidance weight for sampling and for the measured score.
         train_data: ``[N, *data_shape]`` unique training samples for the nearest-neighbour ground truth.
         warm_start: ``{t: eigenvectors [B, k, *shape]}`` from a previous report, for Lanczos.
 
@@ -170,15 +169,14 @@ def analyze(
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed + 1)
     with measurement_mode(model):
-        out = ddim_sample(model, noise.to(device, dtype), num_sampling_steps, cond=cond,
-                          guidance_scale=guidance_scale, record=ts)
+        out = ddim_sample(model, noise.to(device, dtype), num_sampling_steps, record=ts)
         if not torch.isfinite(out.sample).all():
             raise FloatingPointError("The model produced non-finite values while sampling the probes; "
                                      "check the training loss and learning rate.")
         stats = {}
         for t in ts:
             sigma = model.schedule.sigma(t, torch.float64).item()
-            fn = score_function(model, t, cond, guidance_scale)
+            fn = score_function(model, t)
             v0 = None if warm_start is None else warm_start.get(t)
             stats[t] = measure_sharpness(fn, out.trajectory[t], t, sigma, config, v0=v0, generator=generator)
     report = SharpnessReport(stats=stats, samples=out.sample.detach())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,8 @@ from torch import Tensor
 from memcallback.aggregation import CheckAggregator
 from memcallback.analysis import SharpnessReport, analyze, probe_noise, resolve_timesteps
 from memcallback.diffusion import check_model
-from memcallback.sharpness import SharpnessConfig
+from memcallback.sharpness import SharpnessConfig, SharpnessStats
 from memcallback.stopping import StopRule
-
-log = logging.getLogger(__name__)
 
 
 class MemorizationMonitor(Callback):
@@ -54,6 +52,7 @@ class MemorizationMonitor(Callback):
         tol: Lanczos tolerance.
         trace_probes: Hutchinson probes (matrix-free path).
         asymmetry_probes: probes for the asymmetry estimate (matrix-free path).
+        min_eigenvalue: also solve for the sharpest direction (matrix-free path; free when dense).
         score_statistic: ``"top_mu"``, ``"effective_dim"`` or ``"flat_fraction"``.
         flag_threshold: per-sample score above which a sample counts as memorized.
         chunk_size: most vectors per network call (``None``: all at once).
@@ -76,7 +75,7 @@ class MemorizationMonitor(Callback):
     def __init__(
         self,
         *,
-        every_n_train_steps: int | None = 500,
+        every_n_train_steps: int | None = 250,
         every_n_epochs: int | None = None,
         check_on_train_start: bool = True,
         num_samples: int = 64,
@@ -89,13 +88,14 @@ class MemorizationMonitor(Callback):
         tol: float = 1e-3,
         trace_probes: int = 16,
         asymmetry_probes: int = 4,
+        min_eigenvalue: bool = True,
         score_statistic: str = "top_mu",
         flag_threshold: float = 0.5,
         chunk_size: int | None = None,
         seed: int = 0,
         monitor: str = "memorization/score",
         mode: str = "max",
-        threshold: float | None = 0.3,
+        threshold: float | None = 0.1,
         min_delta: float = 0.05,
         patience: int = 2,
         stop_training: bool = True,
@@ -115,6 +115,8 @@ class MemorizationMonitor(Callback):
                             ("num_media_samples", num_media_samples)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed={seed!r} is invalid: expected an int >= 0.")
         sigmas, timesteps = tuple(sigmas), tuple(timesteps)
         if not sigmas and not timesteps:
             raise ValueError("Give at least one measurement noise level: sigmas=[0.1] or timesteps=[27].")
@@ -128,8 +130,8 @@ class MemorizationMonitor(Callback):
                              f"with {prefix!r} (e.g. '{prefix}score').")
         self.config = SharpnessConfig(k=k, solver=solver, lanczos_iters=lanczos_iters, tol=tol,
                                       trace_probes=trace_probes, asymmetry_probes=asymmetry_probes,
-                                      score_statistic=score_statistic, flag_threshold=flag_threshold,
-                                      chunk_size=chunk_size)
+                                      min_eigenvalue=min_eigenvalue, score_statistic=score_statistic,
+                                      flag_threshold=flag_threshold, chunk_size=chunk_size)
         self.rule = StopRule(mode=mode, threshold=threshold, min_delta=min_delta, patience=patience)
         self.every_n_train_steps, self.every_n_epochs = every_n_train_steps, every_n_epochs
         self.check_on_train_start = check_on_train_start
@@ -148,7 +150,6 @@ class MemorizationMonitor(Callback):
         self._noise: Tensor | None = None
         self._train_data: Tensor | None = None
         self._measure_ts: list[int] = []
-        self._aggregator: CheckAggregator | None = None
 
     @property
     def state_key(self) -> str:
@@ -160,33 +161,55 @@ class MemorizationMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         model = check_model(pl_module)
         self._measure_ts = resolve_timesteps(model, self.sigmas, self.timesteps)
-        if self.config.k > math.prod(model.data_shape):
-            raise ValueError(f"k={self.config.k} is larger than the data dimension {math.prod(model.data_shape)}; "
-                             "choose a smaller k.")
+        dim, num_t = math.prod(model.data_shape), model.schedule.num_timesteps
+        if self.config.k > dim:
+            raise ValueError(f"k={self.config.k} is larger than the data dimension {dim}; choose a smaller k.")
+        if self.num_sampling_steps > num_t:
+            raise ValueError(f"num_sampling_steps={self.num_sampling_steps} exceeds the model's {num_t} timesteps.")
         probes = probe_noise(self.num_samples, model.data_shape, self.seed)
         self._noise = probes[trainer.global_rank :: trainer.world_size]
         if self._noise.shape[0] == 0:
             raise ValueError(f"num_samples={self.num_samples} is smaller than the number of processes "
                              f"({trainer.world_size}); every rank needs at least one probe.")
+        self._warm_start = None  # eigenvectors belong to one shard of probes: never carried across stages
         self._train_data = None
         datamodule = getattr(trainer, "datamodule", None)
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
-            self._train_data = datamodule.unique_train_data()  # Lightning sets the datamodule up before callbacks
-            if tuple(self._train_data.shape[1:]) != tuple(model.data_shape):
-                raise ValueError(f"The datamodule's training data has sample shape {tuple(self._train_data.shape[1:])}"
-                                 f" but the model's data_shape is {tuple(model.data_shape)}; make them agree.")
+            train = datamodule.unique_train_data()  # Lightning sets the datamodule up before callbacks
+            if tuple(train.shape[1:]) != tuple(model.data_shape):
+                raise ValueError(f"The datamodule's training data has sample shape {tuple(train.shape[1:])} but the "
+                                 f"model's data_shape is {tuple(model.data_shape)}; make them agree.")
+            if len(train) < 2:
+                raise ValueError("ground_truth=True needs at least 2 distinct training images for the nearest-"
+                                 "neighbour ratio; set ground_truth=False.")
+            self._train_data = train.to(pl_module.device)
+        known = self._metric_names()
+        if self.monitor.removeprefix(self.prefix) not in known:
+            raise ValueError(f"monitor={self.monitor!r} is not logged by this MemorizationMonitor; choose one of "
+                             f"{sorted(self.prefix + name for name in known)}.")
+
+    def _metric_names(self) -> set[str]:
+        """Every key (without prefix) a successful check logs, given the measured timesteps and ground truth."""
+        per_sample = {*SharpnessStats.SCALARS, "flagged_fraction", "converged_fraction"}
+        names = per_sample | {f"t{t}/{n}" for t in self._measure_ts for n in per_sample} | {"seconds", "check_failures"}
+        return names | ({"nn_rate", "auroc"} if self._train_data is not None else set())
 
     # ----------------------------------------------------------------------------------------------
     # Schedule
     # ----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.check_on_train_start and trainer.global_step == 0:
-            self._check(trainer, pl_module, can_stop=True)  # the baseline sets the stop rule's best value
+        if trainer.global_step == 0:
+            if self.check_on_train_start:
+                self._check(trainer, pl_module, can_stop=True)  # the baseline sets the stop rule's best value
+        elif self.history:  # resumed: make the last values monitorable again until the next check
+            last = {k: v for k, v in self.history[-1].items() if k not in ("step", "epoch")}
+            self._set_callback_metrics(trainer, last)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         n = self.every_n_train_steps
-        if n is not None and trainer.global_step % n == 0 and trainer.global_step != self._last_step:
+        step = trainer.global_step
+        if n is not None and step > 0 and step % n == 0 and step != self._last_step:
             self._check(trainer, pl_module, can_stop=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -206,7 +229,7 @@ class MemorizationMonitor(Callback):
         report, error = self._measure(pl_module)
         ok = trainer.strategy.reduce_boolean_decision(error is None, all=True)
         if not ok:
-            self._report_failure(trainer, error or "a check failed on another rank")
+            self._report_failure(trainer, error or "it failed on another rank", local=error is not None)
             return
         values = self._reduce(report, pl_module.device)
         values["check_failures"] = float(self.failures)
@@ -226,8 +249,8 @@ class MemorizationMonitor(Callback):
             report = analyze(pl_module, noise=self._noise, timesteps=self._measure_ts, sigmas=(),
                              config=self.config, num_sampling_steps=self.num_sampling_steps, seed=self.seed,
                              train_data=self._train_data, warm_start=self._warm_start)
-        except (RuntimeError, ValueError, FloatingPointError, torch.cuda.OutOfMemoryError) as err:
-            if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+        except Exception as err:  # a failed check is skipped and reported, never allowed to end training
+            if isinstance(err, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             self._warm_start = None
             return None, f"{type(err).__name__}: {err}"
@@ -239,10 +262,10 @@ class MemorizationMonitor(Callback):
 
     def _reduce(self, report: SharpnessReport, device: torch.device) -> dict[str, float]:
         per_sample = report.per_sample()
-        if self._aggregator is None:
-            self._aggregator = CheckAggregator(sorted(per_sample), device)
         labels = report.labels.memorized if report.labels is not None else None
-        values = self._aggregator.reduce(per_sample, report.primary.score, labels)
+        with torch.inference_mode(False):  # states must be normal tensors, also under trainer.validate()
+            aggregator = CheckAggregator(sorted(per_sample), device)
+            values = aggregator.reduce(per_sample, report.primary.score, labels)
         values["seconds"] = report.seconds
         return values
 
@@ -261,13 +284,14 @@ class MemorizationMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"{self.prefix}stopped": 1.0}, step=step)
 
-    def _report_failure(self, trainer: pl.Trainer, error: str) -> None:
+    def _report_failure(self, trainer: pl.Trainer, error: str, local: bool) -> None:
         self.failures += 1
         self._log_scalars(trainer, {"check_failures": float(self.failures)}, trainer.global_step)
-        if not self._failure_reported:
-            rank_zero_warn(f"MemorizationMonitor: the check at step {trainer.global_step} failed and was skipped "
-                           f"({error}). Training goes on; later failures are counted in "
-                           f"{self.prefix}check_failures without further warnings.")
+        if not self._failure_reported and (local or trainer.is_global_zero):
+            where = f" on rank {trainer.global_rank}" if trainer.world_size > 1 else ""
+            warnings.warn(f"MemorizationMonitor: the check at step {trainer.global_step} failed{where} and was "
+                          f"skipped ({error}). Training goes on; later failures are counted in "
+                          f"{self.prefix}check_failures without further warnings.", stacklevel=2)
             self._failure_reported = True
 
     # ----------------------------------------------------------------------------------------------
@@ -282,12 +306,14 @@ class MemorizationMonitor(Callback):
         ``callback_metrics`` keeps them monitorable by ``ModelCheckpoint``. They are already global (reduced
         over ranks), so every rank writes the same values.
         """
-        metrics = {f"{self.prefix}{name}": value for name, value in values.items()}
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics({f"{self.prefix}{name}": value for name, value in values.items()}, step=step)
+        self._set_callback_metrics(trainer, values)
+
+    def _set_callback_metrics(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
         device = trainer.strategy.root_device
-        for name, value in metrics.items():
-            trainer.callback_metrics[name] = torch.tensor(value, device=device)
+        for name, value in values.items():
+            trainer.callback_metrics[f"{self.prefix}{name}"] = torch.tensor(value, device=device)
 
     def _log_media(self, trainer: pl.Trainer, report: SharpnessReport, step: int) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -317,11 +343,12 @@ class MemorizationMonitor(Callback):
         return "[memorization] " + " | ".join(parts)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not (self.save_plot and self.history and trainer.is_global_zero):
             return
         from memcallback.plots import plot_history
 
-        path = Path(trainer.default_root_dir if trainer.log_dir is None else trainer.log_dir) / "memorization.png"
+        path = Path(log_dir or trainer.default_root_dir) / "memorization.png"
         plot_history(self.history, path, monitor=self.monitor, prefix=self.prefix,
                      threshold=self.rule.threshold, stopped_step=self.stopped_step)
         rank_zero_info(f"[memorization] curves over training written to {path}")
@@ -340,7 +367,12 @@ class MemorizationMonitor(Callback):
             rank_zero_warn(f"MemorizationMonitor: the checkpoint was measured with seed={probes.get('seed')} and "
                            f"num_samples={probes.get('num_samples')}, this run uses seed={self.seed} and "
                            f"num_samples={self.num_samples}: the curves before and after the resume differ in probes.")
-        self.rule.load_state_dict(state_dict.get("rule", {}))
+        if probes and self._measure_ts and list(probes.get("timesteps", [])) != list(self._measure_ts):
+            rank_zero_warn(f"MemorizationMonitor: the checkpoint measured timesteps {probes.get('timesteps')}, this "
+                           f"run measures {self._measure_ts}; the stop rule starts afresh.")
+            self.rule.reset()
+        else:
+            self.rule.load_state_dict(state_dict.get("rule", {}))
         self.history = list(state_dict.get("history", []))
         self.stopped_step = state_dict.get("stopped_step")
         self.failures = int(state_dict.get("failures", 0))

@@ -198,6 +198,11 @@ def measure_sharpness(
     dim = x[0].numel()
     if config.k > dim:
         raise ValueError(f"k={config.k} is larger than the data dimension {dim}; choose k <= {dim}.")
+    if x.dtype in (torch.float16, torch.bfloat16):  # the network runs in its own precision, linear algebra in fp32
+        model_dtype, score_fn_lowp = x.dtype, score_fn
+        score_fn = lambda z: score_fn_lowp(z.to(model_dtype)).float()  # noqa: E731
+        x = x.float()
+        v0 = None if v0 is None else v0.float()
     s2 = sigma**2
     with torch.no_grad():
         s = score_fn(x.detach()).detach()

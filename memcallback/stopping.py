@@ -42,7 +42,11 @@ class StopRule:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience={patience!r} is invalid: expected an int >= 1.")
         self.mode, self.threshold, self.min_delta, self.patience = mode, threshold, float(min_delta), patience
-        self.best = math.inf if mode == "max" else -math.inf
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every measurement: no best value, no wait count, not stopped."""
+        self.best = math.inf if self.mode == "max" else -math.inf
         self.wait_count = 0
         self.stopped = False
         self.reason = ""

@@ -94,6 +94,9 @@ def ddim_sample(
         raise ValueError(f"noise must have shape [B, *{tuple(model.data_shape)}], got {tuple(noise.shape)}.")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}.")
+    if eta > 0 and generator is None:
+        raise ValueError("eta > 0 draws noise at every step: pass generator=torch.Generator().manual_seed(...) "
+                         "so the global RNG is left alone.")
     schedule = model.schedule
     grid = sampling_timesteps(schedule.num_timesteps, num_steps, record)
     wanted = {int(t) for t in record}

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-from conftest import make_data, make_module, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from tiny_training import make_data, make_module, make_trainer
 
 from memcallback.callback import MemorizationMonitor
 
@@ -69,6 +69,41 @@ def test_validate_under_inference_mode_leaves_no_gradients(tmp_path, fast_monito
     trainer.validate(module, datamodule=make_data())
     assert len(monitor.history) == 1 and math.isfinite(monitor.history[0]["score"])
     assert all(p.grad is None for p in module.parameters())
+
+
+def test_validate_then_fit_then_validate(tmp_path, fast_monitor_kwargs) -> None:
+    """One monitor across stages: inference-mode states from validate() must not break fit()."""
+    module, data = make_module(), make_data()
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    trainer = make_trainer(tmp_path, [monitor], limit_val_batches=1, max_steps=2)
+    trainer.validate(module, datamodule=data)
+    trainer.fit(module, datamodule=data)
+    trainer.validate(module, datamodule=data)
+    assert [h["step"] for h in monitor.history] == [0, 0, 2, 2] and monitor.failures == 0
+
+
+def test_no_step_zero_check_during_accumulation(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = MemorizationMonitor(**(fast_monitor_kwargs | {"check_on_train_start": False}))
+    trainer = make_trainer(tmp_path, [monitor], max_steps=4, accumulate_grad_batches=2)
+    trainer.fit(make_module(), datamodule=make_data())
+    assert [h["step"] for h in monitor.history] == [2, 4]
+
+
+def test_unknown_monitor_key_fails_at_setup(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, monitor="memorization/scor")
+    with pytest.raises(ValueError, match=r"is not logged by this MemorizationMonitor.*memorization/score"):
+        make_trainer(tmp_path, [monitor], max_steps=1).fit(make_module(), datamodule=make_data())
+
+
+def test_resumed_run_keeps_its_metrics_monitorable(tmp_path, fast_monitor_kwargs) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    first = MemorizationMonitor(**fast_monitor_kwargs)
+    make_trainer(tmp_path, [first, ckpt], max_steps=2, enable_checkpointing=True).fit(make_module(),
+                                                                                     datamodule=make_data())
+    resumed = MemorizationMonitor(**(fast_monitor_kwargs | {"every_n_train_steps": 100}))
+    trainer = make_trainer(tmp_path, [resumed], max_steps=3)
+    trainer.fit(make_module(), datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
+    assert trainer.callback_metrics["memorization/score"].item() == pytest.approx(first.history[-1]["score"])
 
 
 def scripted(monkeypatch, values: list[float]) -> None:
@@ -174,6 +209,7 @@ def test_model_without_the_protocol_fails_at_setup(tmp_path, fast_monitor_kwargs
         ({"k": 0}, "k=0"),
         ({"solver": "eig"}, "solver"),
         ({"time_budget_s": -1}, "time_budget_s"),
+        ({"seed": None}, "seed"),
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from conftest import make_data, make_module, make_trainer
 from lightning.pytorch.loggers import WandbLogger
+from tiny_training import make_data, make_module, make_trainer
 
 from memcallback.callback import MemorizationMonitor
 

@@ -70,6 +70,20 @@ def memorization_rate(
     return float(memorization_labels(samples, reference.cpu(), threshold=threshold).rate)
 
 
+def _checkpoint_paths(trainer: pl.Trainer) -> tuple[str | None, str | None]:
+    """``(latest, best)``: the newest checkpoint written (a ``last.ckpt`` or an unmonitored checkpoint) and the
+    best one by a monitored metric. Lightning's ``save_last`` only refreshes ``last.ckpt`` when the monitored
+    checkpoint improves, hence a separate unmonitored callback for the latest weights."""
+    latest = best = None
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor is None:
+            latest = latest or callback.best_model_path or None
+        else:
+            best = best or callback.best_model_path or None
+        latest = latest or callback.last_model_path or None
+    return latest or best, best
+
+
 def _wandb_dir(loggers: list[Logger]) -> str | None:
     """The W&B run folder (off rank 0 the experiment is a dummy without a real ``dir``)."""
     for logger in loggers:
@@ -146,12 +160,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                                      cfg.eval_seed, cfg.memorization_threshold)
             for logger in trainer.loggers:
                 logger.log_metrics({"eval/memorization_rate": rate}, step=trainer.global_step)
-        checkpoint = trainer.checkpoint_callback
+        latest, best = _checkpoint_paths(trainer)
         summary = {
             "task_name": cfg.task_name,
             "output_dir": str(out),
-            "checkpoint": (checkpoint.last_model_path or checkpoint.best_model_path or None) if checkpoint else None,
-            "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None,
+            "checkpoint": latest,
+            "best_checkpoint": best,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
             "memorization_rate": rate,
             "eval_samples": cfg.eval_samples,

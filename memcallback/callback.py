@@ -97,7 +97,7 @@ class MemorizationMonitor(Callback):
         mode: str = "max",
         threshold: float | None = 0.1,
         min_delta: float = 0.05,
-        patience: int = 2,
+        patience: int = 1,
         stop_training: bool = True,
         ground_truth: bool = True,
         time_budget_s: float | None = None,

@@ -95,3 +95,13 @@ def test_train_py_is_a_hydra_app(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "train.py"), "trainer.max_stepz=3"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode != 0 and "Could not override 'trainer.max_stepz'" in bad.stderr
+
+
+def test_latest_checkpoint_is_the_final_step(tmp_path):
+    """last.ckpt follows training even when the held-out loss (the best checkpoint's monitor) gets worse."""
+    overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    summary = run(make_cfg(["logger=none", "~callbacks.memorization", "trainer.max_steps=9", *overrides]),
+                  output_dir=tmp_path)
+    assert Path(summary["checkpoint"]).name == "last.ckpt"
+    assert torch.load(summary["checkpoint"], weights_only=True, map_location="cpu")["global_step"] == 9
+    assert Path(summary["best_checkpoint"]).name.startswith("step")

@@ -97,7 +97,9 @@ def test_callbacks_and_trainer_instantiate(tmp_path):
     assert trainer.max_steps == 7 and trainer.checkpoint_callback._every_n_train_steps == 3
     assert instantiate_group(make_cfg(tmp_path, ["callbacks=none"]).callbacks) == []
     remaining = instantiate_group(make_cfg(tmp_path, ["~callbacks.model_checkpoint"]).callbacks)
-    assert "ModelCheckpoint" not in [type(c).__name__ for c in remaining]
+    assert [c.monitor for c in remaining if type(c).__name__ == "ModelCheckpoint"] == [None]  # last_checkpoint
+    names = [type(c).__name__ for c in instantiate_group(make_cfg(tmp_path, []).callbacks)]
+    assert names == ["ModelCheckpoint", "ModelCheckpoint", "MemorizationMonitor"]
 
 
 def test_ddp_trainer_config(tmp_path):

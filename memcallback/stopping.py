@@ -70,8 +70,9 @@ class StopRule:
         if fired:
             self.stopped = True
             where = "" if self.threshold is None else f" past the threshold {self.threshold:g} and"
+            checks = "1 check" if self.wait_count == 1 else f"{self.wait_count} consecutive checks"
             self.reason = (f"the value {value:.4g} stayed{where} above its best {self.best:.4g} by more than "
-                           f"{self.min_delta:g} for {self.wait_count} consecutive checks")
+                           f"{self.min_delta:g} for {checks}")
             if self.mode == "min":
                 self.reason = self.reason.replace("above", "below")
         return fired

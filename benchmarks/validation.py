@@ -1,0 +1,502 @@
+"""Validation study of MemorizationMonitor on 8x8 digits: detection, curves, early stopping, cost.
+
+One command per study; each writes a markdown fragment and PNG plots into ``--out`` (default
+``docs/validation``) and prints the command that made every table::
+
+    python benchmarks/validation.py train      # train and cache the runs (the other studies do it on demand)
+    python benchmarks/validation.py detect     # per-sample AUROC / TPR@1%FPR per statistic, sigma, solver
+    python benchmarks/validation.py curves     # score and nearest-neighbour rate over training, per N
+    python benchmarks/validation.py stopping   # where the callback stops vs the rate, val-loss and budget
+    python benchmarks/validation.py cost       # time per check, fraction of training, dense vs Lanczos vs power
+
+Runs (N distinct training digits in {16, 64, 256, all 1617}, 8000 steps, one torch thread) are cached in
+``--cache`` (default ``<tempdir>/memcallback-validation``), outside git; see ``validation_runs.py``.
+``--quick`` uses N in {16, all}, 4000 steps and fewer probes (a smoke test, not the reported numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from validation_detect import (
+    CALLBACK_SCORES,
+    STATISTICS,
+    auroc_tpr,
+    fpr_threshold,
+    measure_stage,
+    pooled,
+    solver_rows,
+    youden_threshold,
+)
+from validation_runs import (
+    CHECK_EVERY,
+    CURVE_SIGMAS,
+    FrechetPCA,
+    RunSpec,
+    checkpoint,
+    datamodule,
+    first_step,
+    fmt,
+    generate,
+    heldout_loss,
+    parse_n,
+    train,
+)
+
+from memcallback import analyze
+from memcallback.analysis import measurement_mode
+from memcallback.diffusion import ddim_sample, score_function
+from memcallback.sharpness import SharpnessConfig, measure_sharpness
+from memcallback.spectral import jacobian_operator, lanczos, power_iteration
+from memcallback.stopping import StopRule
+
+DEFAULT_RULE = {"threshold": 0.1, "min_delta": 0.05, "patience": 1}
+
+
+# --------------------------------------------------------------------------------------------------
+# Output helpers
+# --------------------------------------------------------------------------------------------------
+class Writer:
+    """Collects one study's markdown (printed as it goes) and saves it to ``<out>/<study>.md``."""
+
+    def __init__(self, out: Path, study: str) -> None:
+        self.out, self.study = out, study
+        self.command = "python benchmarks/validation.py " + " ".join(sys.argv[1:])
+        self.lines: list[str] = [f"<!-- written by `{self.command}` -->", ""]
+        out.mkdir(parents=True, exist_ok=True)
+
+    def text(self, text: str) -> None:
+        print(text)
+        self.lines.append(text)
+
+    def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
+        self.text(f"**{title}** (made by `{self.command}`)\n")
+        self.text("| " + " | ".join(header) + " |")
+        self.text("|" + "---|" * len(header))
+        for row in rows:
+            self.text("| " + " | ".join(row) + " |")
+        self.text("")
+
+    def figure(self, fig: Figure, name: str) -> None:
+        path = self.out / name
+        FigureCanvasAgg(fig)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        self.text(f"![{name}]({name}) (made by `{self.command}`)\n")
+
+    def save(self) -> None:
+        (self.out / f"{self.study}.md").write_text("\n".join(self.lines) + "\n")
+
+
+def specs(args: argparse.Namespace) -> list[RunSpec]:
+    """The runs of the study."""
+    return [RunSpec(parse_n(n), args.steps) for n in args.n]
+
+
+def _train_one(cache: Path, spec: RunSpec) -> dict:
+    torch.set_num_threads(1)
+    return train(cache, spec)
+
+
+def runs(args: argparse.Namespace) -> list[dict]:
+    """Every run's record, training the missing ones (``--jobs`` at a time, one thread each)."""
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        return list(pool.map(_train_one, [args.cache] * len(args.n), specs(args)))
+
+
+def timestep_key(sigma: float) -> str:
+    """History key prefix of a noise level (``t27`` for sigma 0.1 on the linear schedule)."""
+    from memcallback.diffusion import NoiseSchedule
+
+    return f"t{NoiseSchedule.create('linear', num_timesteps=1000).timestep_for_sigma(sigma)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Studies
+# --------------------------------------------------------------------------------------------------
+def study_train(args: argparse.Namespace, w: Writer) -> None:
+    """Train (or load) the runs and list their wall times."""
+    rows = [[str(r["n"]), str(r["max_steps"]), fmt(r["wall_s"], 0), fmt(r["history"][-1]["nn_rate"], 2)]
+            for r in runs(args)]
+    w.table("Cached runs", ["N", "steps", "wall s (with 3-sigma monitor)", "final nn rate (64 probes)"], rows)
+
+
+def study_detect(args: argparse.Namespace, w: Writer) -> None:
+    """AUROC / TPR@1%FPR per statistic and sigma; flag-threshold calibration; solver budgets."""
+    records = runs(args)
+    stages = []
+    for spec, rec in zip(specs(args), records, strict=True):
+        train_data = datamodule(spec.num_train).unique_train_data()
+        for step in args.stages:
+            stages.append(measure_stage(checkpoint(args.cache, spec, step), train_data, rec["n"], step,
+                                        CURVE_SIGMAS, args.probes))
+    ns = sorted({s.n for s in stages})
+    w.text(f"Probes: {args.probes} fresh DDIM-50 samples (seed 1) per model and stage; stages {args.stages}; "
+           "statistics from the exact 64x64 symmetrized Hessian; label: d1/d2 < 1/3 to the N training digits.\n")
+    rows = []
+    for n in ns:
+        for step in args.stages:
+            stage = next(s for s in stages if s.n == n and s.step == step)
+            aucs = [fmt(auroc_tpr(stage.memorized, stage.values["top_mu k=8", sg])[0]) for sg in CURVE_SIGMAS]
+            rows.append([str(n), str(step), f"{stage.memorized.sum()}/{stage.memorized.size}", *aucs])
+    w.table("Label balance and AUROC of the current score (top_mu k=8) per model and stage",
+            ["N", "step", "memorized / probes", *[f"AUROC sigma={s}" for s in CURVE_SIGMAS]], rows)
+
+    groups = [(f"N={n}", (n,)) for n in ns if n != max(ns)] + [("N=16+64", (16, 64))]
+    rows = []
+    for sigma in CURVE_SIGMAS:
+        for name, (desc, _) in STATISTICS.items():
+            row = [str(sigma), name]
+            for _, group in groups:
+                labels, values = pooled(stages, group, (name, sigma))
+                auc, tpr = auroc_tpr(labels, values)
+                row += [fmt(auc), fmt(tpr, 2)]
+            rows.append([*row, desc])
+    header = ["sigma", "statistic"]
+    for gname, group in groups:
+        labels, _ = pooled(stages, group, ("mu_max", CURVE_SIGMAS[0]))
+        header += [f"AUROC {gname} ({labels.sum()}+/{(~labels).sum()}-)", f"TPR@1%FPR {gname}"]
+    w.table("Per-sample detection, pooled over stages (+/-: memorized/not; 1% FPR needs >= 100 negatives)",
+            [*header, "orientation (larger = memorized)"], rows)
+
+    _calibration(args, stages, ns, w)
+    _roc_plot(stages, ns, w)
+    _solver_table(args, records, w)
+
+
+def _calibration(args: argparse.Namespace, stages: list, ns: list[int], w: Writer) -> None:
+    """Flag thresholds for every score the callback offers: Youden on N=16+64, and 1% FPR on the negatives."""
+    rows = []
+    all_ns = tuple(ns)
+    for sigma in CURVE_SIGMAS:
+        for name in CALLBACK_SCORES:
+            key = (name, sigma)
+            labels, values = pooled(stages, (16, 64), key, "scores")
+            _, neg_all = pooled(stages, all_ns, key, "scores")
+            lab_all, _ = pooled(stages, all_ns, key, "scores")
+            _, gen_values = pooled(stages, (max(ns),), key, "scores")
+            for rule, thr in (("Youden N=16+64", youden_threshold(labels, values)),
+                              ("1% FPR all N", fpr_threshold(neg_all[~lab_all], 0.01))):
+                tpr = (values[labels] > thr).mean()
+                fpr = (values[~labels] > thr).mean()
+                gen_fpr = (gen_values > thr).mean()
+                rows.append([str(sigma), name, rule, fmt(thr), fmt(tpr, 2), fmt(fpr, 3), fmt(gen_fpr, 3),
+                             fmt(auroc_tpr(labels, values)[0])])
+    w.table("Flag-threshold calibration (score > threshold flags a sample; k=8)",
+            ["sigma", "score_statistic", "rule", "threshold", "TPR N=16+64", "FPR N=16+64",
+             f"flagged on N={max(ns)}", "AUROC N=16+64"], rows)
+    rows = []
+    for stage in stages:
+        row = [str(stage.n), str(stage.step), fmt(stage.memorized.mean(), 2)]
+        row += [fmt((stage.scores["top_mu", sg] > thr).mean(), 2) for sg in CURVE_SIGMAS for thr in args.flag]
+        rows.append(row)
+    w.table("Flagged fraction (top_mu k=8) against the nn rate, per model and stage",
+            ["N", "step", "nn rate", *[f"flagged sigma={sg}, thr {t}" for sg in CURVE_SIGMAS for t in args.flag]],
+            rows)
+
+
+def _roc_plot(stages: list, ns: list[int], w: Writer) -> None:
+    from sklearn.metrics import roc_curve
+
+    fig = Figure(figsize=(13, 4))
+    for ax, sigma in zip(fig.subplots(1, len(CURVE_SIGMAS)), CURVE_SIGMAS, strict=True):
+        for n in ns:
+            if n == max(ns):
+                continue
+            for name, style in (("top_mu k=8", "-"), ("effective_dim", ":"), ("hessian_score_norm", "--")):
+                labels, values = pooled(stages, (n,), (name, sigma))
+                if labels.all() or not labels.any():
+                    continue
+                fpr, tpr, _ = roc_curve(labels, values)
+                ax.plot(fpr, tpr, style, label=f"N={n} {name}", color=f"C{ns.index(n)}")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+        ax.set(title=f"sigma = {sigma}", xlabel="false positive rate", ylabel="true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("ROC of sharpness statistics vs the nearest-neighbour label (pooled over stages)")
+    w.figure(fig, "detect_roc.png")
+
+
+def _solver_table(args: argparse.Namespace, records: list[dict], w: Writer) -> None:
+    rows = []
+    for spec in specs(args):
+        if spec.n not in (16, 64):
+            continue
+        train_data = datamodule(spec.num_train).unique_train_data()
+        per_cfg: dict[tuple[str, int, int], list[dict]] = {}
+        for step in args.stages:
+            for row in solver_rows(checkpoint(args.cache, spec, step), train_data, args.solver_sigma,
+                                   args.solver_probes, (4, 8, 16)):
+                per_cfg.setdefault((row["solver"], row["k"], row["iters"]), []).append(row)
+        for (solver, k, iters), items in per_cfg.items():
+            labels = np.concatenate([r["labels"] for r in items])
+            score = np.concatenate([r["score"] for r in items])
+            auc, tpr = auroc_tpr(labels, score)
+            rows.append([str(spec.n), solver, str(k), str(iters), fmt(auc), fmt(tpr, 2),
+                         fmt(max(r["error"] for r in items), 4), fmt(statistics.mean(r["converged"] for r in items), 2),
+                         str(max(r["matvecs"] for r in items)), fmt(statistics.mean(r["seconds"] for r in items), 2)])
+    w.table(f"Solver budget at sigma={args.solver_sigma} (top_mu score, pooled over stages {args.stages}; Lanczos "
+            "computes everything the callback logs: top-k, smallest eigenvalue, 16 Hutchinson and 4 asymmetry probes)",
+            ["N", "solver", "k", "max Lanczos steps", "AUROC", "TPR@1%FPR", "max |score - dense|", "converged",
+             "products / sample", f"s per check ({args.solver_probes} probes)"], rows)
+
+
+def study_curves(args: argparse.Namespace, w: Writer) -> None:
+    """Score and nn rate over training per N; Spearman correlation; how early the score rises."""
+    records = runs(args)
+    fig = Figure(figsize=(13, 4))
+    axes = fig.subplots(1, len(CURVE_SIGMAS), sharey=True)
+    rows = []
+    for ax, sigma in zip(axes, CURVE_SIGMAS, strict=True):
+        key = timestep_key(sigma)
+        pooled_score, pooled_rate = [], []
+        for i, rec in enumerate(records):
+            steps = [int(h["step"]) for h in rec["history"]]
+            score = [h[f"{key}/score"] for h in rec["history"]]
+            rate = [h["nn_rate"] for h in rec["history"]]
+            ax.plot(steps, score, "-", color=f"C{i}", label=f"N={rec['n']} score")
+            ax.plot(steps, rate, "--", color=f"C{i}", label=f"N={rec['n']} nn rate")
+            pooled_score += score
+            pooled_rate += rate
+            rho = spearmanr(score, rate).statistic if len(set(rate)) > 1 else float("nan")
+            s_up = first_step(steps, score, DEFAULT_RULE["threshold"])
+            r5, r10 = first_step(steps, rate, 0.05), first_step(steps, rate, 0.10)
+            lead = None if s_up is None or r5 is None else r5 - s_up
+            rows.append([str(sigma), str(rec["n"]), fmt(rho, 2), fmt(s_up), fmt(r5), fmt(r10), fmt(lead),
+                         fmt(max(score), 3), fmt(max(rate), 2)])
+        rows.append([str(sigma), "all pooled", fmt(spearmanr(pooled_score, pooled_rate).statistic, 2),
+                     *["-"] * 6])
+        ax.axhline(DEFAULT_RULE["threshold"], color="0.6", lw=0.8, ls=":")
+        ax.set(title=f"sigma = {sigma}", xlabel="training step", ylabel="score (solid) / nn rate (dashed)",
+               ylim=(-0.02, 1.02))
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Memorization score (top_mu k=8, 64 probes) and nearest-neighbour rate every {CHECK_EVERY} steps")
+    w.table("Score vs nn rate over training (64 callback probes per check, every 250 steps incl. step 0)",
+            ["sigma", "N", "Spearman rho", "score first > 0.1", "rate first > 5%", "rate first > 10%",
+             "lead (rate>5% minus score>0.1)", "max score", "max rate"], rows)
+    w.figure(fig, "curves.png")
+
+
+def replay(history: list[dict], key: str, threshold: float, min_delta: float, patience: int) -> int | None:
+    """The step where the callback's stop rule fires on a recorded history (``None``: never)."""
+    rule = StopRule(mode="max", threshold=threshold, min_delta=min_delta, patience=patience)
+    return next((int(h["step"]) for h in history if rule.update(h[key])), None)
+
+
+def val_loss_stop(val_loss: list[list[float]], patience: int = 3) -> int | None:
+    """Lightning ``EarlyStopping(monitor="val/loss", patience=3, min_delta=0)`` replayed: step it fires."""
+    best, wait = float("inf"), 0
+    for step, value in val_loss:
+        if value < best:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return int(step)
+    return None
+
+
+def study_stopping(args: argparse.Namespace, w: Writer) -> None:
+    """Callback stop vs the rate crossing 5%/10%, vs the val-loss rule and a fixed budget; quality there."""
+    records = runs(args)
+    fd = FrechetPCA()
+    key = f"{timestep_key(args.sigma)}/score"
+    rows, quality, plots = [], [], []
+    for spec, rec in zip(specs(args), records, strict=True):
+        hist = rec["history"]
+        steps = [int(h["step"]) for h in hist]
+        rate = {int(h["step"]): h["nn_rate"] for h in hist}
+        stop = replay(hist, key, **DEFAULT_RULE)
+        vstop = val_loss_stop(rec["val_loss"])
+        best_val = int(min(rec["val_loss"], key=lambda sv: sv[1])[0]) if rec["val_loss"] else None
+        r5, r10 = first_step(steps, list(rate.values()), 0.05), first_step(steps, list(rate.values()), 0.10)
+        rows.append([str(rec["n"]), fmt(stop), fmt(rate.get(stop), 2), fmt(r5), fmt(r10), fmt(vstop),
+                     fmt(rate.get(vstop), 2), fmt(best_val), fmt(rate[spec.max_steps], 2)])
+        for name, step in (("callback", stop), ("val-loss rule", vstop), ("budget", spec.max_steps)):
+            if step is None or step == 0:
+                continue
+            module = checkpoint(args.cache, spec, step)
+            quality.append([str(rec["n"]), name, str(step), fmt(rate[step], 2),
+                            fmt(heldout_loss(module, spec.num_train), 4),
+                            fmt(fd(generate(module, args.fd_samples, seed=2)), 2)])
+        plots.append((rec, stop, vstop, r5))
+    w.table(f"Where training stops (callback defaults replayed on the recorded score at sigma={args.sigma}: "
+            f"threshold {DEFAULT_RULE['threshold']}, min_delta {DEFAULT_RULE['min_delta']}, patience "
+            f"{DEFAULT_RULE['patience']}, a check every {CHECK_EVERY} steps; rates from the 64 callback probes)",
+            ["N", "callback stop", "nn rate there", "rate first > 5%", "rate first > 10%",
+             "val-loss EarlyStopping(patience=3)", "nn rate there", "best val/loss step", "rate at 8000 (budget)"],
+            rows)
+    w.table(f"Sample quality at the stop: held-out denoising loss (val/loss, 180 held-out digits) and FD-PCA20 "
+            f"(Frechet distance of {args.fd_samples} DDIM-50 samples to all 1797 digits in the top-20 PCA space)",
+            ["N", "stopped by", "step", "nn rate", "held-out loss", "FD-PCA20"], quality)
+    train_fd = [[str(spec.n), fmt(fd(datamodule(spec.num_train).unique_train_data()), 2)] for spec in specs(args)]
+    w.table("FD-PCA20 of the training digits themselves (what a perfect copy of the training set scores)",
+            ["N", "FD-PCA20"], train_fd)
+    _rule_grid(args, records, w)
+    _stopping_plot(plots, w)
+
+
+def _rule_grid(args: argparse.Namespace, records: list[dict], w: Writer) -> None:
+    rows = []
+    for sigma in CURVE_SIGMAS:
+        key = f"{timestep_key(sigma)}/score"
+        for threshold in (0.05, 0.1, 0.2):
+            for patience in (1, 2):
+                row = [str(sigma), str(threshold), str(patience)]
+                for rec in records:
+                    stop = replay(rec["history"], key, threshold, DEFAULT_RULE["min_delta"], patience)
+                    rate = {int(h["step"]): h["nn_rate"] for h in rec["history"]}
+                    row.append("never" if stop is None else f"{stop} ({rate[stop]:.2f})")
+                rows.append(row)
+    w.table(f"Stop rule grid (min_delta {DEFAULT_RULE['min_delta']}): stop step (nn rate there) per N",
+            ["sigma", "threshold", "patience", *[f"N={r['n']}" for r in records]], rows)
+
+
+def _stopping_plot(plots: list, w: Writer) -> None:
+    fig = Figure(figsize=(4 * len(plots), 3.6))
+    for ax, (rec, stop, vstop, r5) in zip(fig.subplots(1, len(plots)), plots, strict=True):
+        steps = [h["step"] for h in rec["history"]]
+        ax.plot(steps, [h["nn_rate"] for h in rec["history"]], color="C3", label="nn rate")
+        ax.plot(steps, [h["score"] for h in rec["history"]], color="C0", label="score (sigma 0.1)")
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*rec["val_loss"], strict=True), color="C2", marker=".", label="val/loss")
+        ax2.set_ylabel("held-out loss", color="C2")
+        for step, color, name in ((stop, "C0", "callback stop"), (vstop, "C2", "val-loss stop"),
+                                  (r5, "C3", "rate > 5%")):
+            if step is not None:
+                ax.axvline(step, color=color, ls="--", lw=1, label=name)
+        ax.set(title=f"N = {rec['n']}", xlabel="training step", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Where each rule stops (never-stopping runs show no callback line)")
+    w.figure(fig, "stopping.png")
+
+
+def study_cost(args: argparse.Namespace, w: Writer) -> None:
+    """Time per check at the defaults and its fraction of training; dense vs Lanczos vs power iteration."""
+    records = runs(args)
+    torch.set_num_threads(1)
+    spec = specs(args)[0]
+    module = checkpoint(args.cache, spec, spec.max_steps)
+    train_data = datamodule(spec.num_train).unique_train_data()
+    step_s = _step_time(args.cost_steps)
+    rows = []
+    for solver in ("dense", "lanczos"):
+        cfg = SharpnessConfig(solver=solver)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            analyze(module, num_samples=64, sigmas=(args.sigma,), config=cfg, train_data=train_data)
+            times.append(time.perf_counter() - start)
+        check = statistics.median(times)
+        rows.append([solver, fmt(check, 3), fmt(100 * check / (CHECK_EVERY * step_s), 1),
+                     fmt(100 * check / (500 * step_s), 1)])
+    w.table(f"Cost of one check (64 probes, DDIM-50, sigma={args.sigma}, k=8, N={spec.n} model at step "
+            f"{spec.max_steps}, median of {args.repeats}) vs training ({1000 * step_s:.1f} ms/step measured "
+            f"over {args.cost_steps} steps without callback)",
+            ["solver", "s per check", "% of training at every 250 steps", "% at every 500 steps"], rows)
+    rec = records[0]
+    seconds = [h["seconds"] for h in rec["history"]]
+    w.text(f"In the recorded N={rec['n']} run (3 noise levels per check, so ~3x the one-level cost) the "
+           f"{len(seconds)} checks took median {statistics.median(seconds):.2f} s, "
+           f"{sum(seconds):.1f} s of {rec['wall_s']:.0f} s wall time "
+           f"({100 * sum(seconds) / rec['wall_s']:.1f}%), on a CPU shared with another training process.\n")
+    w.table(f"Top-8 eigenvalues of S at sigma={args.sigma} on the same 64 probes: solver against the dense "
+            f"reference (median of {args.repeats})",
+            ["method", "products / sample", "max |mu - mu_dense|", "all converged", "s"], _solver_cost(args, module))
+
+
+def _step_time(steps: int) -> float:
+    import lightning.pytorch as pl
+
+    from memcallback.models import DiffusionModule, ResidualMLP
+
+    pl.seed_everything(0, verbose=False)
+    module = DiffusionModule(ResidualMLP((1, 8, 8), hidden=256, num_blocks=3))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, default_root_dir=tempfile.gettempdir())
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule(16))
+    return (time.perf_counter() - start) / steps
+
+
+def _solver_cost(args: argparse.Namespace, module: torch.nn.Module) -> list[list[str]]:
+    t = module.schedule.timestep_for_sigma(args.sigma)
+    sigma2 = module.schedule.sigma(t, torch.float64).item() ** 2
+    noise = torch.Generator().manual_seed(0)
+    with measurement_mode(module):
+        x = ddim_sample(module, torch.randn(64, *module.data_shape, generator=noise), 50, record=[t]).trajectory[t]
+        fn = score_function(module, t)
+        ref = measure_sharpness(fn, x, t, sigma2**0.5, SharpnessConfig(k=8, solver="dense")).mu
+        op = jacobian_operator(fn, x)
+        methods = {
+            "dense (jacrev + eigh)": lambda: measure_sharpness(fn, x, t, sigma2**0.5, SharpnessConfig(solver="dense")),
+            "lanczos (tol 1e-3)": lambda: lanczos(op, 8, which="LA", tol=1e-3, generator=torch.Generator()),
+            "power iteration (shifted block, tol 1e-3)": lambda: power_iteration(
+                op, 8, which="LA", tol=1e-3, generator=torch.Generator()),
+        }
+        rows = []
+        for name, run in methods.items():
+            times, result = [], None
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                result = run()
+                times.append(time.perf_counter() - start)
+            if name.startswith("dense"):
+                mu, products, conv = result.mu, 64, True
+            else:
+                mu, products = 1.0 + sigma2 * result.eigenvalues, result.num_matvecs
+                conv = bool(result.converged.all())
+            rows.append([name, str(products), fmt((mu - ref).abs().max().item(), 4), str(conv),
+                         fmt(statistics.median(times), 3)])
+    return rows
+
+
+STUDIES = {"train": study_train, "detect": study_detect, "curves": study_curves, "stopping": study_stopping,
+           "cost": study_cost}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--quick", action="store_true", help="N in {16, all}, 4000 steps, 128 probes")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "memcallback-validation")
+    parser.add_argument("--out", type=Path, default=Path("docs/validation"))
+    parser.add_argument("--n", nargs="+", default=["16", "64", "256", "all"], help="training-set sizes")
+    parser.add_argument("--steps", type=int, default=8000, help="training steps per run")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes at a time")
+    parser.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
+    parser.add_argument("--probes", type=int, default=256, help="probes per model and stage (detect)")
+    parser.add_argument("--flag", type=float, nargs="+", default=[0.1, 0.5], help="flag thresholds to tabulate")
+    parser.add_argument("--sigma", type=float, default=0.1, help="noise level of the stop rule and cost")
+    parser.add_argument("--solver-probes", type=int, default=128, help="probes per model and stage (solver table)")
+    parser.add_argument("--solver-sigma", type=float, default=0.1, help="noise level of the solver table")
+    parser.add_argument("--fd-samples", type=int, default=512)
+    parser.add_argument("--cost-steps", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.steps, args.stages, args.probes = ["16", "all"], 4000, [1000, 4000], 128
+        args.solver_probes, args.fd_samples, args.repeats = 64, 256, 3
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    writer = Writer(args.out, args.study)
+    STUDIES[args.study](args, writer)
+    writer.text(f"_{args.study}: {time.perf_counter() - start:.0f} s wall, torch {torch.__version__}, 1 thread._")
+    writer.save()
+
+
+if __name__ == "__main__":
+    main()

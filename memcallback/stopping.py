@@ -37,8 +37,9 @@ class StopRule:
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                       or not math.isfinite(threshold)):
             raise ValueError(f"threshold={threshold!r} is invalid: expected a finite float or None.")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-            raise ValueError(f"min_delta={min_delta!r} is invalid: expected a float >= 0.")
+        if (isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0
+                or not math.isfinite(min_delta)):
+            raise ValueError(f"min_delta={min_delta!r} is invalid: expected a finite float >= 0.")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience={patience!r} is invalid: expected an int >= 1.")
         self.mode, self.threshold, self.min_delta, self.patience = mode, threshold, float(min_delta), patience

@@ -2,7 +2,6 @@ import csv
 import math
 
 import pytest
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from tiny_training import make_data, make_module, make_trainer
@@ -37,29 +36,6 @@ def test_epoch_schedule(tmp_path, fast_monitor_kwargs) -> None:
     trainer = make_trainer(tmp_path, [monitor], max_steps=12)  # 64 samples / 16 per batch: 4 steps an epoch
     trainer.fit(make_module(), datamodule=make_data())
     assert [h["step"] for h in monitor.history] == [4, 8, 12]
-
-
-@pytest.mark.parametrize(
-    ("schedule", "ema_decay"),
-    [({"every_n_train_steps": 3}, None), ({"every_n_train_steps": None, "every_n_epochs": 1}, 0.9)],
-)
-def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path, fast_monitor_kwargs, schedule,
-                                                                 ema_decay) -> None:
-    """Step schedule (a check on the last step) and epoch schedule with EMA and gradient accumulation."""
-    def train(callbacks) -> dict[str, torch.Tensor]:
-        module = make_module(ema_decay)
-        trainer = make_trainer(tmp_path, callbacks, max_steps=9, accumulate_grad_batches=2 if ema_decay else 1)
-        trainer.fit(module, datamodule=make_data())
-        state = {k: v.clone() for k, v in module.state_dict().items()}
-        opt = trainer.optimizers[0].state_dict()["state"]
-        state.update({f"opt/{i}/{k}": v.clone() for i, s in opt.items() for k, v in s.items() if torch.is_tensor(v)})
-        return state
-
-    monitor = MemorizationMonitor(**(fast_monitor_kwargs | schedule | {"ground_truth": True}))
-    plain, watched = train([]), train([monitor])
-    assert monitor.history, "the monitor never ran"
-    assert plain.keys() == watched.keys()
-    assert all(torch.equal(plain[k], watched[k]) for k in plain)
 
 
 def test_validate_under_inference_mode_leaves_no_gradients(tmp_path, fast_monitor_kwargs) -> None:
@@ -157,33 +133,6 @@ def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs, mon
     assert resumed.rule.best == 0.0
     assert resumed.stopped_step == 6  # the third rising check, counted across the resume
     assert [h["step"] for h in resumed.history] == [0, 2, 4, 6]
-
-
-def test_failed_checks_are_reported_once_and_training_goes_on(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
-    module = make_module()
-    original = module.model_output
-
-    def broken(x_t, t, cond=None):
-        out = original(x_t, t, cond)
-        return out * float("nan") if module.global_step >= 2 else out
-
-    monkeypatch.setattr(module, "model_output", broken)
-    monitor = MemorizationMonitor(**fast_monitor_kwargs)
-    trainer = make_trainer(tmp_path, [monitor], max_steps=8)
-    with pytest.warns(UserWarning, match="failed and was skipped") as record:
-        trainer.fit(module, datamodule=make_data())
-    assert sum("failed and was skipped" in str(w.message) for w in record) == 1
-    assert trainer.global_step == 8 and monitor.failures == 4  # steps 2, 4, 6, 8
-    assert module.training and torch.is_grad_enabled()
-    assert trainer.callback_metrics["memorization/check_failures"].item() == 4
-
-
-def test_time_budget(tmp_path, fast_monitor_kwargs) -> None:
-    monitor = MemorizationMonitor(**fast_monitor_kwargs, time_budget_s=1e-6)
-    trainer = make_trainer(tmp_path, [monitor], max_steps=2)
-    with pytest.warns(UserWarning, match="time_budget_s"):
-        trainer.fit(make_module(), datamodule=make_data())
-    assert monitor.failures == 2 and not monitor.history
 
 
 def test_model_without_the_protocol_fails_at_setup(tmp_path, fast_monitor_kwargs) -> None:

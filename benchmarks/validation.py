@@ -8,6 +8,7 @@ One command per study; each writes a markdown fragment and PNG plots into ``--ou
     python benchmarks/validation.py curves     # score and nearest-neighbour rate over training, per N
     python benchmarks/validation.py stopping   # where the callback stops vs the rate, val-loss and budget
     python benchmarks/validation.py cost       # time per check, fraction of training, dense vs Lanczos vs power
+    python benchmarks/validation.py toy        # the 2-D toy: ring + isolated repeated points
 
 Runs (N distinct training digits in {16, 64, 256, all 1617}, 8000 steps, one torch thread) are cached in
 ``--cache`` (default ``<tempdir>/memcallback-validation``), outside git; see ``validation_runs.py``.
@@ -35,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from validation_detect import (
     CALLBACK_SCORES,
     STATISTICS,
+    TOY_STATISTICS,
     auroc_tpr,
     fpr_threshold,
     measure_stage,
+    measure_toy,
     pooled,
+    rate_matching_threshold,
     solver_rows,
     youden_threshold,
 )
@@ -53,6 +57,7 @@ from validation_runs import (
     fmt,
     generate,
     heldout_loss,
+    history,
     parse_n,
     train,
 )
@@ -64,6 +69,7 @@ from memcallback.sharpness import SharpnessConfig, measure_sharpness
 from memcallback.spectral import jacobian_operator, lanczos, power_iteration
 from memcallback.stopping import StopRule
 
+PER_STAGE = ("top_mu k=4", "top_mu k=8")
 DEFAULT_RULE = {"threshold": 0.1, "min_delta": 0.05, "patience": 1}
 
 
@@ -150,10 +156,12 @@ def study_detect(args: argparse.Namespace, w: Writer) -> None:
     for n in ns:
         for step in args.stages:
             stage = next(s for s in stages if s.n == n and s.step == step)
-            aucs = [fmt(auroc_tpr(stage.memorized, stage.values["top_mu k=8", sg])[0]) for sg in CURVE_SIGMAS]
+            aucs = [fmt(auroc_tpr(stage.memorized, stage.values[name, sg])[0]) for name in PER_STAGE
+                    for sg in CURVE_SIGMAS]
             rows.append([str(n), str(step), f"{stage.memorized.sum()}/{stage.memorized.size}", *aucs])
-    w.table("Label balance and AUROC of the current score (top_mu k=8) per model and stage",
-            ["N", "step", "memorized / probes", *[f"AUROC sigma={s}" for s in CURVE_SIGMAS]], rows)
+    w.table("Label balance and AUROC of the top_mu score per model and stage (a single stage: no easy early negatives)",
+            ["N", "step", "memorized / probes", *[f"{name} sigma={s}" for name in PER_STAGE for s in CURVE_SIGMAS]],
+            rows)
 
     groups = [(f"N={n}", (n,)) for n in ns if n != max(ns)] + [("N=16+64", (16, 64))]
     rows = []
@@ -178,34 +186,33 @@ def study_detect(args: argparse.Namespace, w: Writer) -> None:
 
 
 def _calibration(args: argparse.Namespace, stages: list, ns: list[int], w: Writer) -> None:
-    """Flag thresholds for every score the callback offers: Youden on N=16+64, and 1% FPR on the negatives."""
-    rows = []
-    all_ns = tuple(ns)
+    """Flag thresholds for every score the callback offers: Youden on N=16+64, 1% FPR, and rate matching."""
+    rows, matched = [], {}
     for sigma in CURVE_SIGMAS:
         for name in CALLBACK_SCORES:
             key = (name, sigma)
             labels, values = pooled(stages, (16, 64), key, "scores")
-            _, neg_all = pooled(stages, all_ns, key, "scores")
-            lab_all, _ = pooled(stages, all_ns, key, "scores")
+            lab_all, val_all = pooled(stages, tuple(ns), key, "scores")
             _, gen_values = pooled(stages, (max(ns),), key, "scores")
+            match, _ = rate_matching_threshold(stages, key)
+            matched[key] = match
             for rule, thr in (("Youden N=16+64", youden_threshold(labels, values)),
-                              ("1% FPR all N", fpr_threshold(neg_all[~lab_all], 0.01))):
-                tpr = (values[labels] > thr).mean()
-                fpr = (values[~labels] > thr).mean()
-                gen_fpr = (gen_values > thr).mean()
-                rows.append([str(sigma), name, rule, fmt(thr), fmt(tpr, 2), fmt(fpr, 3), fmt(gen_fpr, 3),
+                              ("1% FPR, all N", fpr_threshold(val_all[~lab_all], 0.01)),
+                              ("rate matching", match)):
+                err = np.mean([abs((s.scores[key] > thr).mean() - s.memorized.mean()) for s in stages])
+                rows.append([str(sigma), name, rule, fmt(thr, 2), fmt((values[labels] > thr).mean(), 2),
+                             fmt((values[~labels] > thr).mean(), 3), fmt((gen_values > thr).mean(), 3), fmt(err, 3),
                              fmt(auroc_tpr(labels, values)[0])])
-    w.table("Flag-threshold calibration (score > threshold flags a sample; k=8)",
-            ["sigma", "score_statistic", "rule", "threshold", "TPR N=16+64", "FPR N=16+64",
-             f"flagged on N={max(ns)}", "AUROC N=16+64"], rows)
-    rows = []
-    for stage in stages:
-        row = [str(stage.n), str(stage.step), fmt(stage.memorized.mean(), 2)]
-        row += [fmt((stage.scores["top_mu", sg] > thr).mean(), 2) for sg in CURVE_SIGMAS for thr in args.flag]
-        rows.append(row)
-    w.table("Flagged fraction (top_mu k=8) against the nn rate, per model and stage",
-            ["N", "step", "nn rate", *[f"flagged sigma={sg}, thr {t}" for sg in CURVE_SIGMAS for t in args.flag]],
-            rows)
+    w.table("Flag-threshold calibration (score > threshold flags a sample). Rate matching: the threshold whose "
+            "flagged fraction is closest to the nn rate, averaged over every model and stage",
+            ["sigma", "score", "rule", "threshold", "TPR N=16+64", "FPR N=16+64", f"flagged on N={max(ns)}",
+             "mean |flagged - nn rate|", "AUROC N=16+64"], rows)
+    cols = [(name, args.sigma, matched[name, args.sigma]) for name in CALLBACK_SCORES] + [
+        ("top_mu k=8", args.sigma, 0.5)]
+    rows = [[str(st.n), str(st.step), fmt(st.memorized.mean(), 2),
+             *[fmt((st.scores[name, sg] > thr).mean(), 2) for name, sg, thr in cols]] for st in stages]
+    w.table(f"Flagged fraction against the nn rate per model and stage at sigma={args.sigma}",
+            ["N", "step", "nn rate", *[f"{name} > {thr:g}" for name, _, thr in cols]], rows)
 
 
 def _roc_plot(stages: list, ns: list[int], w: Writer) -> None:
@@ -216,7 +223,8 @@ def _roc_plot(stages: list, ns: list[int], w: Writer) -> None:
         for n in ns:
             if n == max(ns):
                 continue
-            for name, style in (("top_mu k=8", "-"), ("effective_dim", ":"), ("hessian_score_norm", "--")):
+            for name, style in (("top_mu k=4", "-"), ("top_mu k=8", "-."), ("effective_dim", ":"),
+                                ("hessian_score_norm", "--")):
                 labels, values = pooled(stages, (n,), (name, sigma))
                 if labels.all() or not labels.any():
                     continue
@@ -255,7 +263,8 @@ def _solver_table(args: argparse.Namespace, records: list[dict], w: Writer) -> N
 
 def study_curves(args: argparse.Namespace, w: Writer) -> None:
     """Score and nn rate over training per N; Spearman correlation; how early the score rises."""
-    records = runs(args)
+    records = [{**rec, "history": history(args.cache, spec, rec, args.k)} for spec, rec in zip(specs(args), runs(args),
+                                                                                            strict=True)]
     fig = Figure(figsize=(13, 4))
     axes = fig.subplots(1, len(CURVE_SIGMAS), sharey=True)
     rows = []
@@ -282,11 +291,13 @@ def study_curves(args: argparse.Namespace, w: Writer) -> None:
         ax.set(title=f"sigma = {sigma}", xlabel="training step", ylabel="score (solid) / nn rate (dashed)",
                ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Memorization score (top_mu k=8, 64 probes) and nearest-neighbour rate every {CHECK_EVERY} steps")
-    w.table("Score vs nn rate over training (64 callback probes per check, every 250 steps incl. step 0)",
+    fig.suptitle(f"Memorization score (top_mu k={args.k}, 64 probes) and nearest-neighbour rate every {CHECK_EVERY} "
+                 "steps")
+    w.table(f"Score (top_mu k={args.k}) vs nn rate over training (64 callback probes per check, every 250 steps "
+            "incl. step 0)",
             ["sigma", "N", "Spearman rho", "score first > 0.1", "rate first > 5%", "rate first > 10%",
              "lead (rate>5% minus score>0.1)", "max score", "max rate"], rows)
-    w.figure(fig, "curves.png")
+    w.figure(fig, f"curves_k{args.k}.png")
 
 
 def replay(history: list[dict], key: str, threshold: float, min_delta: float, patience: int) -> int | None:
@@ -310,7 +321,8 @@ def val_loss_stop(val_loss: list[list[float]], patience: int = 3) -> int | None:
 
 def study_stopping(args: argparse.Namespace, w: Writer) -> None:
     """Callback stop vs the rate crossing 5%/10%, vs the val-loss rule and a fixed budget; quality there."""
-    records = runs(args)
+    records = [{**rec, "history": history(args.cache, spec, rec, args.k)} for spec, rec in zip(specs(args), runs(args),
+                                                                                            strict=True)]
     fd = FrechetPCA()
     key = f"{timestep_key(args.sigma)}/score"
     rows, quality, plots = [], [], []
@@ -332,7 +344,7 @@ def study_stopping(args: argparse.Namespace, w: Writer) -> None:
                             fmt(heldout_loss(module, spec.num_train), 4),
                             fmt(fd(generate(module, args.fd_samples, seed=2)), 2)])
         plots.append((rec, stop, vstop, r5))
-    w.table(f"Where training stops (callback defaults replayed on the recorded score at sigma={args.sigma}: "
+    w.table(f"Where training stops (callback rule replayed on the top_mu k={args.k} score at sigma={args.sigma}: "
             f"threshold {DEFAULT_RULE['threshold']}, min_delta {DEFAULT_RULE['min_delta']}, patience "
             f"{DEFAULT_RULE['patience']}, a check every {CHECK_EVERY} steps; rates from the 64 callback probes)",
             ["N", "callback stop", "nn rate there", "rate first > 5%", "rate first > 10%",
@@ -345,7 +357,7 @@ def study_stopping(args: argparse.Namespace, w: Writer) -> None:
     w.table("FD-PCA20 of the training digits themselves (what a perfect copy of the training set scores)",
             ["N", "FD-PCA20"], train_fd)
     _rule_grid(args, records, w)
-    _stopping_plot(plots, w)
+    _stopping_plot(plots, w, key, f"stopping_k{args.k}.png")
 
 
 def _rule_grid(args: argparse.Namespace, records: list[dict], w: Writer) -> None:
@@ -360,27 +372,31 @@ def _rule_grid(args: argparse.Namespace, records: list[dict], w: Writer) -> None
                     rate = {int(h["step"]): h["nn_rate"] for h in rec["history"]}
                     row.append("never" if stop is None else f"{stop} ({rate[stop]:.2f})")
                 rows.append(row)
-    w.table(f"Stop rule grid (min_delta {DEFAULT_RULE['min_delta']}): stop step (nn rate there) per N",
+    w.table(f"Stop rule grid (top_mu k={args.k}, min_delta {DEFAULT_RULE['min_delta']}): stop step (nn rate there) "
+            "per N",
             ["sigma", "threshold", "patience", *[f"N={r['n']}" for r in records]], rows)
 
 
-def _stopping_plot(plots: list, w: Writer) -> None:
-    fig = Figure(figsize=(4 * len(plots), 3.6))
-    for ax, (rec, stop, vstop, r5) in zip(fig.subplots(1, len(plots)), plots, strict=True):
+def _stopping_plot(plots: list, w: Writer, key: str, name: str) -> None:
+    fig = Figure(figsize=(4.2 * len(plots), 6), layout="constrained")
+    axes = fig.subplots(2, len(plots), sharex="col")
+    for col, (rec, stop, vstop, r5) in enumerate(plots):
+        top, bottom = axes[0, col], axes[1, col]
         steps = [h["step"] for h in rec["history"]]
-        ax.plot(steps, [h["nn_rate"] for h in rec["history"]], color="C3", label="nn rate")
-        ax.plot(steps, [h["score"] for h in rec["history"]], color="C0", label="score (sigma 0.1)")
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*rec["val_loss"], strict=True), color="C2", marker=".", label="val/loss")
-        ax2.set_ylabel("held-out loss", color="C2")
-        for step, color, name in ((stop, "C0", "callback stop"), (vstop, "C2", "val-loss stop"),
+        top.plot(steps, [h["nn_rate"] for h in rec["history"]], color="C3", label="nn rate")
+        top.plot(steps, [h[key] for h in rec["history"]], color="C0", label=f"score {key}")
+        bottom.plot(*zip(*rec["val_loss"], strict=True), color="C2", marker=".", label="val/loss")
+        for step, color, what in ((stop, "C0", "callback stop"), (vstop, "C2", "val-loss stop"),
                                   (r5, "C3", "rate > 5%")):
             if step is not None:
-                ax.axvline(step, color=color, ls="--", lw=1, label=name)
-        ax.set(title=f"N = {rec['n']}", xlabel="training step", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Where each rule stops (never-stopping runs show no callback line)")
-    w.figure(fig, "stopping.png")
+                for ax in (top, bottom):
+                    ax.axvline(step, color=color, ls="--", lw=1, label=what if ax is top else None)
+        top.set(title=f"N = {rec['n']}", ylim=(-0.02, 1.02))
+        bottom.set(xlabel="training step", ylabel="held-out loss" if col == 0 else None)
+        top.legend(fontsize=7, loc="upper left")
+    axes[0, 0].set_ylabel("nn rate / score")
+    fig.suptitle("Where each rule stops (no dashed blue line: the callback never stopped)")
+    w.figure(fig, name)
 
 
 def study_cost(args: argparse.Namespace, w: Writer) -> None:
@@ -464,8 +480,45 @@ def _solver_cost(args: argparse.Namespace, module: torch.nn.Module) -> list[list
     return rows
 
 
+def study_toy(args: argparse.Namespace, w: Writer) -> None:
+    """The 2-D toy (ring + 4 isolated repeated points): AUROC per statistic and sigma, and a scatter plot."""
+    from memcallback.data import ToyMixtureDataModule
+
+    spec = RunSpec(None, args.toy_steps, toy=True)
+    _train_one(args.cache, spec)
+    dm = ToyMixtureDataModule(seed=0)
+    dm.setup("fit")
+    train_data = dm.unique_train_data()
+    rows, last = [], None
+    for step in args.toy_stages:
+        samples, labels, values = measure_toy(checkpoint(args.cache, spec, step), train_data, CURVE_SIGMAS,
+                                              args.probes)
+        for sigma in CURVE_SIGMAS:
+            cells = []
+            for name in TOY_STATISTICS:
+                auc, tpr = auroc_tpr(labels, values[name, sigma])
+                cells.append(f"{fmt(auc)} / {fmt(tpr, 2)}")
+            rows.append([str(step), str(sigma), f"{labels.sum()}/{labels.size}", *cells])
+        last = (step, samples, labels, values)
+    w.table(f"2-D toy ({args.probes} probes, seed 1, k=1, dense): AUROC / TPR@1%FPR vs the nn label",
+            ["step", "sigma", "memorized / probes", *TOY_STATISTICS], rows)
+    step, samples, labels, values = last
+    fig = Figure(figsize=(13, 4))
+    for ax, sigma in zip(fig.subplots(1, len(CURVE_SIGMAS)), CURVE_SIGMAS, strict=True):
+        points = ax.scatter(samples[:, 0], samples[:, 1], c=values["top_mu k=1", sigma], s=8, cmap="viridis",
+                            vmin=0, vmax=1)
+        ax.scatter(samples[labels, 0], samples[labels, 1], facecolors="none", edgecolors="red", s=40, lw=0.6,
+                   label="nn label: memorized")
+        ax.scatter(train_data[-4:, 0], train_data[-4:, 1], marker="x", color="black", s=40, label="isolated points")
+        ax.set(title=f"sigma = {sigma}", aspect="equal")
+        ax.legend(fontsize=7, loc="lower left")
+        fig.colorbar(points, ax=ax, label="score top_mu k=1")
+    fig.suptitle(f"2-D toy at step {step}: samples coloured by the memorization score")
+    w.figure(fig, "toy.png")
+
+
 STUDIES = {"train": study_train, "detect": study_detect, "curves": study_curves, "stopping": study_stopping,
-           "cost": study_cost}
+           "cost": study_cost, "toy": study_toy}
 
 
 def main() -> None:
@@ -479,12 +532,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     parser.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--probes", type=int, default=256, help="probes per model and stage (detect)")
-    parser.add_argument("--flag", type=float, nargs="+", default=[0.1, 0.5], help="flag thresholds to tabulate")
+    parser.add_argument("--k", type=int, default=8, help="flattest directions of the top_mu score (curves, stopping)")
     parser.add_argument("--sigma", type=float, default=0.1, help="noise level of the stop rule and cost")
     parser.add_argument("--solver-probes", type=int, default=128, help="probes per model and stage (solver table)")
     parser.add_argument("--solver-sigma", type=float, default=0.1, help="noise level of the solver table")
     parser.add_argument("--fd-samples", type=int, default=512)
     parser.add_argument("--cost-steps", type=int, default=500)
+    parser.add_argument("--toy-steps", type=int, default=4000, help="training steps of the 2-D toy")
+    parser.add_argument("--toy-stages", type=int, nargs="+", default=[1000, 2000, 4000])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.quick:

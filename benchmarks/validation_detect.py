@@ -23,6 +23,7 @@ from memcallback.sharpness import SharpnessConfig, SharpnessStats
 #: from the theory: memorized = sharp = small mu, small effective dimension, few flat directions, large
 #: ``||s||^2`` and ``||H s||``, a very negative smallest eigenvalue, and a near-symmetric Jacobian).
 STATISTICS: dict[str, tuple[str, Callable[[SharpnessStats], torch.Tensor]]] = {
+    "top_mu k=2": ("1 - mean clamp(mu, 0, 1) over the 2 flattest", lambda s: _top_mu(s, 2)),
     "top_mu k=4": ("1 - mean clamp(mu, 0, 1) over the 4 flattest", lambda s: _top_mu(s, 4)),
     "top_mu k=8": ("1 - mean clamp(mu, 0, 1) over the 8 flattest (current default)", lambda s: _top_mu(s, 8)),
     "top_mu k=16": ("1 - mean clamp(mu, 0, 1) over the 16 flattest", lambda s: _top_mu(s, 16)),
@@ -34,9 +35,10 @@ STATISTICS: dict[str, tuple[str, Callable[[SharpnessStats], torch.Tensor]]] = {
     "min_mu": ("-mu_min (sharpest direction)", lambda s: -s.min_mu),
     "asymmetry": ("-||J - J^T|| / ||J||", lambda s: -s.asymmetry),
 }
-#: statistics the callback can use as its score today (``SharpnessConfig.score_statistic``), with k=8.
+#: statistics the callback can use as its score today (``SharpnessConfig.score_statistic``; k=8 unless named).
 CALLBACK_SCORES: dict[str, Callable[[SharpnessStats], torch.Tensor]] = {
-    "top_mu": lambda s: _top_mu(s, 8),
+    "top_mu k=4": lambda s: _top_mu(s, 4),
+    "top_mu k=8": lambda s: _top_mu(s, 8),
     "effective_dim": lambda s: 1.0 - (s.effective_dim / 64).clamp(0.0, 1.0),
     "flat_fraction": lambda s: 1.0 - (s.flat_count.float() / 8).clamp(max=1.0),
 }
@@ -96,6 +98,17 @@ def youden_threshold(labels: np.ndarray, values: np.ndarray) -> float:
     return float((thresholds[i] + lower.max()) / 2) if lower.size else float(thresholds[i])
 
 
+def rate_matching_threshold(stages: list[Stage], key: tuple[str, float]) -> tuple[float, float]:
+    """The threshold (grid of 0.01) whose flagged fraction best matches the nn rate, averaged over stages.
+
+    Returns the threshold and the mean absolute difference between flagged fraction and nn rate.
+    """
+    grid = np.round(np.arange(0.0, 1.0, 0.01), 2)
+    errors = [np.mean([abs((s.scores[key] > thr).mean() - s.memorized.mean()) for s in stages]) for thr in grid]
+    i = int(np.argmin(errors))
+    return float(grid[i]), float(errors[i])
+
+
 def fpr_threshold(negatives: np.ndarray, max_fpr: float) -> float:
     """The smallest threshold with at most ``max_fpr`` of ``negatives`` above it."""
     return float(np.quantile(negatives, 1.0 - max_fpr, method="higher"))
@@ -123,3 +136,25 @@ def solver_rows(module: torch.nn.Module, train_data: torch.Tensor, sigma: float,
                          "error": float(np.abs(score - exact).max()), "matvecs": rep.primary.num_matvecs,
                          "seconds": seconds, "converged": rep.primary.converged.float().mean().item()})
     return rows
+
+
+#: candidate statistics for 2-D data (k=1: the flattest of the two directions).
+TOY_STATISTICS: dict[str, Callable[[SharpnessStats], torch.Tensor]] = {
+    "top_mu k=1": lambda s: _top_mu(s, 1),
+    "effective_dim": lambda s: -s.effective_dim,
+    "flat_count": lambda s: -s.flat_count.float(),
+    "score_norm_sq": lambda s: s.score_norm_sq,
+    "hessian_score_norm": lambda s: s.hessian_score_norm,
+    "min_mu": lambda s: -s.min_mu,
+}
+
+
+def measure_toy(module: torch.nn.Module, train_data: torch.Tensor, sigmas: tuple[float, ...], num_samples: int
+                ) -> tuple[torch.Tensor, np.ndarray, dict[tuple[str, float], np.ndarray]]:
+    """Samples, nn labels and every toy statistic at every noise level for fresh probes (seed 1)."""
+    report = analyze(module, num_samples=num_samples, sigmas=sigmas, config=SharpnessConfig(k=1, solver="dense"),
+                     seed=1, train_data=train_data)
+    values = {(name, sigma): fn(stats).double().numpy()
+              for sigma, stats in zip(sigmas, report.stats.values(), strict=True)
+              for name, fn in TOY_STATISTICS.items()}
+    return report.samples, report.labels.memorized.numpy(), values

@@ -24,11 +24,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
-from memcallback import MemorizationMonitor
+from memcallback import MemorizationMonitor, analyze
 from memcallback.analysis import probe_noise
-from memcallback.data import DigitsDataModule
+from memcallback.data import DigitsDataModule, ToyMixtureDataModule
 from memcallback.diffusion import ddim_sample
 from memcallback.models import DiffusionModule, ResidualMLP
+from memcallback.sharpness import SharpnessConfig
 
 #: noise levels recorded over training; the first is the callback's default (primary) level.
 CURVE_SIGMAS = (0.1, 0.05, 0.2)
@@ -38,14 +39,21 @@ ALL_DIGITS = 1617  # non-held-out digits of DigitsDataModule(num_train=None)
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: ``num_train`` distinct digits (``None``: all) for ``max_steps`` steps."""
+    """One training run: ``num_train`` distinct digits (``None``: all) for ``max_steps`` steps.
+
+    With ``toy=True`` the run is the 2-D toy of ``experiment=toy_memorize`` instead (a ring plus 4 isolated
+    points repeated 32 times, ResidualMLP with hidden 128, batch 256, ``k=1``); ``num_train`` is ignored.
+    """
 
     num_train: int | None
     max_steps: int = 8000
+    toy: bool = False
 
     @property
     def label(self) -> str:
-        """Short name used in tables and folders: ``n16`` ... ``nall``."""
+        """Short name used in tables and folders: ``n16`` ... ``nall``, or ``toy``."""
+        if self.toy:
+            return "toy"
         return "nall" if self.num_train is None else f"n{self.num_train}"
 
     @property
@@ -90,10 +98,13 @@ def train(cache: Path, spec: RunSpec) -> dict[str, Any]:
         return json.loads(record_path.read_text())
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    module = DiffusionModule(ResidualMLP((1, 8, 8), hidden=256, num_blocks=3))
-    dm = DigitsDataModule(num_train=spec.num_train, samples_per_epoch=64000, batch_size=128, seed=0)
+    module = DiffusionModule(_network(spec))
+    if spec.toy:
+        dm = ToyMixtureDataModule(seed=0)
+    else:
+        dm = DigitsDataModule(num_train=spec.num_train, samples_per_epoch=64000, batch_size=128, seed=0)
     monitor = MemorizationMonitor(sigmas=CURVE_SIGMAS, every_n_train_steps=CHECK_EVERY, stop_training=False,
-                                  save_plot=False, log_media=False)
+                                  save_plot=False, log_media=False, k=1 if spec.toy else 8)
     recorder = _ValLossRecorder()
     ckpt = ModelCheckpoint(dirpath=folder / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                            every_n_train_steps=CHECK_EVERY, save_top_k=-1, monitor=None)
@@ -110,11 +121,40 @@ def train(cache: Path, spec: RunSpec) -> dict[str, Any]:
     return record
 
 
+def _network(spec: RunSpec) -> ResidualMLP:
+    return ResidualMLP((2,), hidden=128, num_blocks=3) if spec.toy else ResidualMLP((1, 8, 8), hidden=256, num_blocks=3)
+
+
 def checkpoint(cache: Path, spec: RunSpec, step: int) -> DiffusionModule:
-    """The trained module at ``step`` (a multiple of 250), in eval mode."""
+    """The trained module at ``step`` (a multiple of 250; 0 rebuilds the seeded initial weights), in eval mode."""
+    if step == 0:
+        pl.seed_everything(0, verbose=False)
+        return DiffusionModule(_network(spec)).eval()
     path = run_dir(cache, spec) / "checkpoints" / f"step{step:06d}.ckpt"
     module = DiffusionModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return module.eval()
+
+
+def history(cache: Path, spec: RunSpec, record: dict[str, Any], k: int) -> list[dict[str, float]]:
+    """The callback's per-check summaries with ``k`` flattest directions.
+
+    ``k=8`` (the callback default the runs were recorded with) returns the recorded history. Any other ``k``
+    re-measures every checkpoint exactly as the callback would have (its 64 probes from seed 0, DDIM-50,
+    the noise levels of :data:`CURVE_SIGMAS`, dense solver, ground truth), cached in the run folder.
+    """
+    if k == 8:
+        return record["history"]
+    path = run_dir(cache, spec) / f"history_k{k}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    train_data = datamodule(spec.num_train).unique_train_data()
+    out = []
+    for step in range(0, spec.max_steps + 1, CHECK_EVERY):
+        report = analyze(checkpoint(cache, spec, step), num_samples=64, sigmas=CURVE_SIGMAS,
+                         config=SharpnessConfig(k=k), seed=0, train_data=train_data)
+        out.append({"step": float(step), **report.summary()})
+    path.write_text(json.dumps(out))
+    return out
 
 
 def heldout_loss(module: DiffusionModule, num_train: int | None) -> float:

@@ -121,7 +121,7 @@ class MemorizationMonitor(Callback):
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs),
                             ("num_samples", num_samples), ("num_sampling_steps", num_sampling_steps),
                             ("num_media_samples", num_media_samples)):
-            if value is not None and not (_is_int(value) and value >= 1):
+            if (value is not None or not name.startswith("every_n_")) and not (_is_int(value) and value >= 1):
                 raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1.")
         for name, value in (("check_on_train_start", check_on_train_start), ("stop_training", stop_training),
                             ("ground_truth", ground_truth), ("log_media", log_media), ("save_plot", save_plot)):
@@ -145,7 +145,7 @@ class MemorizationMonitor(Callback):
                              "seconds or None.")
         if not isinstance(monitor, str) or not monitor.startswith(prefix) or monitor == prefix:
             raise ValueError(f"monitor={monitor!r} is invalid: expected one of this callback's keys, which start "
-                             f"with {prefix!r} (e.g. '{prefix}score').")
+                             f"with prefix={prefix!r} (e.g. '{prefix}score').")
         self.config = SharpnessConfig(k=k, solver=solver, lanczos_iters=lanczos_iters, tol=tol,
                                       trace_probes=trace_probes, asymmetry_probes=asymmetry_probes,
                                       min_eigenvalue=min_eigenvalue, score_statistic=score_statistic,

@@ -1,0 +1,306 @@
+"""Issue 6, item 5: bad input gives one clear message naming the argument, at construction or at setup.
+
+Every constructor argument and every Hydra override ``callbacks.memorization.<arg>=...`` is tried with values
+drawn by hypothesis (wrong types, out-of-range numbers, NaN/inf, strings, lists, mappings, booleans for
+counts). An independent specification (``ACCEPTS``) says which values are valid: those must construct and be
+kept (never silently replaced), all others must raise ``ValueError``/``TypeError`` naming the argument, from
+memcallback's own code (no deep torch trace). Settings that are only wrong for a given model or data set, a
+model without the protocol and data of the wrong shape fail at setup, before the first training step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lightning.pytorch.demos.boring_classes import BoringModel
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from reliability_helpers import ROOT, TINY_APP
+from tiny_training import make_data, make_module, make_trainer
+
+import memcallback
+from memcallback.app import run
+from memcallback.callback import MemorizationMonitor
+from memcallback.data import ToyMixtureDataModule
+from memcallback.models import DiffusionModule, ResidualMLP
+
+PACKAGE = Path(memcallback.__file__).parent
+DEFAULT_MONITOR = "memorization/score"
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple))
+
+
+def count(minimum: int) -> Callable[[Any], bool]:
+    return lambda v: is_int(v) and v >= minimum
+
+
+def flag(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def one_of(*options: str) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v in options
+
+
+#: What each argument accepts, written from the docs (not from the code), every other argument at its default.
+ACCEPTS: dict[str, Callable[[Any], bool]] = {
+    "every_n_train_steps": count(1),  # None as well, but then every_n_epochs (default None) must be set
+    "every_n_epochs": count(1),  # tried with every_n_train_steps=None
+    "check_on_train_start": flag,
+    "num_samples": count(1),
+    "sigmas": lambda v: is_list(v) and len(v) > 0 and all(is_real(s) and 0 < s < 1 for s in v),
+    "timesteps": lambda v: is_list(v) and all(is_int(t) and t >= 0 for t in v),
+    "num_sampling_steps": count(1),
+    "k": count(1),
+    "solver": one_of("auto", "dense", "lanczos"),
+    "lanczos_iters": lambda v: v is None or (is_int(v) and v > 8),  # larger than k (default 8)
+    "tol": lambda v: is_real(v) and 0 < v < 1,
+    "trace_probes": count(2),
+    "asymmetry_probes": count(1),
+    "min_eigenvalue": flag,
+    "score_statistic": one_of("top_mu", "effective_dim", "flat_fraction"),
+    "flag_threshold": lambda v: is_real(v) and 0 <= v <= 1,
+    "chunk_size": lambda v: v is None or count(1)(v),
+    "seed": lambda v: is_int(v) and 0 <= v < 2**63,
+    "monitor": lambda v: isinstance(v, str) and v.startswith("memorization/") and v != "memorization/",
+    "mode": one_of("max", "min"),
+    "threshold": lambda v: v is None or (is_real(v) and math.isfinite(v)),
+    "min_delta": lambda v: is_real(v) and math.isfinite(v) and v >= 0,
+    "patience": count(1),
+    "stop_training": flag,
+    "ground_truth": flag,
+    "time_budget_s": lambda v: v is None or (is_real(v) and math.isfinite(v) and v > 0),
+    "log_media": flag,
+    "num_media_samples": count(1),
+    "save_plot": flag,
+    # the default monitor 'memorization/score' must start with the prefix and be longer
+    "prefix": lambda v: isinstance(v, str) and 0 < len(v) < len(DEFAULT_MONITOR) and DEFAULT_MONITOR.startswith(v),
+}
+
+WORDS = ["auto", "dense", "lanczos", "eig", "top_mu", "effective_dim", "flat_fraction", "max", "min", "up", "",
+         "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense", "true", "0.1"]
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 300), st.integers(2**62, 2**64), st.floats(),
+    st.floats(-0.5, 1.5), st.sampled_from(WORDS), st.text("abz/_.0", max_size=4),
+)
+VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(SCALARS, max_size=2).map(tuple),
+                   st.dictionaries(st.sampled_from(["a", "k"]), st.integers(0, 3), max_size=1))
+
+
+def monitor_kwargs(name: str, value: Any) -> dict[str, Any]:
+    kwargs = {name: value}
+    if name == "every_n_epochs":
+        kwargs["every_n_train_steps"] = None
+    return kwargs
+
+
+def stored(monitor: MemorizationMonitor, name: str) -> Any:
+    """Where the monitor keeps an argument (the solver settings in its config, the stop rule's in its rule)."""
+    for holder in (monitor.config, monitor.rule, monitor):
+        if hasattr(holder, name):
+            return getattr(holder, name)
+    raise AssertionError(f"{name} is not kept anywhere")
+
+
+def assert_clear_error(error: BaseException, name: str) -> None:
+    """One ValueError/TypeError that names the argument, raised by memcallback itself."""
+    assert isinstance(error, (ValueError, TypeError)), repr(error)
+    assert name in str(error), f"{name} not named in: {error}"
+    origin = Path(traceback.extract_tb(error.__traceback__)[-1].filename)
+    assert PACKAGE in origin.parents, f"raised from {origin}, not from memcallback"
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality up to int/float conversion, with lists as tuples."""
+    if is_list(a) and is_list(b):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if is_real(a) and is_real(b):
+        return float(a) == float(b)
+    return a == b
+
+
+def test_the_specification_covers_every_argument() -> None:
+    assert set(ACCEPTS) == set(inspect.signature(MemorizationMonitor).parameters)
+
+
+@settings(max_examples=800, deadline=None)
+@given(name=st.sampled_from(sorted(ACCEPTS)), value=VALUES)
+def test_every_constructor_argument_is_validated(name: str, value: Any) -> None:
+    kwargs = monitor_kwargs(name, value)
+    if ACCEPTS[name](value):
+        monitor = MemorizationMonitor(**kwargs)
+        assert same(stored(monitor, name), value)  # kept as given: never a silent substitute
+    else:
+        with pytest.raises((ValueError, TypeError)) as info:
+            MemorizationMonitor(**kwargs)
+        assert_clear_error(info.value, name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_train_steps": None}, "exactly one"),
+        ({"every_n_epochs": 2}, "exactly one"),
+        ({"sigmas": [], "timesteps": []}, "at least one"),
+        ({"k": 8, "lanczos_iters": 8}, "lanczos_iters"),
+        ({"prefix": "mem/"}, "monitor='memorization/score' is invalid.*prefix='mem/'"),
+        ({"monitor": "val/loss"}, "monitor"),
+        ({"every_n_train_steps": 0}, "every_n_train_steps"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"sigmas": [1.5]}, "sigmas"),
+        ({"mode": "up"}, "mode"),
+        ({"patience": 0}, "patience"),
+        ({"k": 0}, "k=0"),
+        ({"solver": "eig"}, "solver"),
+        ({"time_budget_s": -1}, "time_budget_s"),
+        ({"seed": None}, "seed"),
+    ],
+)
+def test_incompatible_combinations_and_examples(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MemorizationMonitor(**kwargs)
+
+
+def hydra_literal(value: Any) -> str:
+    """``value`` written the way a user types it on the command line (``key=<literal>``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_literal(v)}" for k, v in value.items()) + "}"
+    return "[" + ",".join(hydra_literal(v) for v in value) + "]"
+
+
+@pytest.fixture(scope="module")
+def hydra_configs():
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def callbacks_node(hydra_configs) -> dict:
+    return OmegaConf.to_container(compose("train", overrides=["logger=none"]).callbacks)
+
+
+PARSER = OverridesParser.create()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(ACCEPTS)), value=VALUES)
+def test_every_hydra_override_is_validated(callbacks_node, name: str, value: Any) -> None:
+    """Each override goes through Hydra's command-line grammar and is applied the way ``compose`` applies a
+    ``key=value`` override (``OmegaConf.update``) to the composed ``callbacks`` group; composing anew per
+    example costs 0.1 s, so :func:`test_a_bad_override_fails_before_training` does that end to end once."""
+    cfg = OmegaConf.create({"callbacks": callbacks_node})
+    overrides = [f"callbacks.memorization.{k}={hydra_literal(v)}" for k, v in monitor_kwargs(name, value).items()]
+    try:
+        for override in PARSER.parse_overrides(overrides):
+            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+    except OmegaConfBaseException as err:  # e.g. a mapping onto a list: Hydra says "Could not override '<key>'"
+        assert not ACCEPTS[name](value) and f"callbacks.memorization.{name}" in str(err)
+        return
+    if ACCEPTS[name](value):
+        assert same(stored(instantiate(cfg.callbacks.memorization), name), value)
+    else:
+        with pytest.raises(InstantiationException) as info:
+            instantiate(cfg.callbacks.memorization)
+        assert_clear_error(info.value.__cause__, name)
+        assert name in str(info.value)  # Hydra's own message carries the argument's name too
+
+
+def test_a_bad_override_fails_before_training(hydra_configs, tmp_path) -> None:
+    cfg = compose("train", overrides=["logger=none", *TINY_APP, "callbacks.memorization.k=2.5"])
+    with pytest.raises(InstantiationException, match=r"k=2\.5 is invalid: expected an int >= 1"):
+        run(cfg, output_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+class NoSchedule(BoringModel):
+    data_shape, prediction_type = (1, 8, 8), "epsilon"
+
+    def model_output(self, x_t, t, cond=None):
+        return x_t
+
+
+class BadPrediction(DiffusionModule):
+    def __init__(self) -> None:
+        super().__init__(ResidualMLP((1, 8, 8), hidden=8, num_blocks=1, time_embed_dim=8), num_timesteps=100)
+        self.prediction_type = "noise"
+
+
+@pytest.mark.parametrize(
+    ("module", "error", "match"),
+    [
+        (BoringModel, TypeError, r"does not implement memcallback\.DiffusionModel: missing \['schedule', "
+                                 r"'prediction_type', 'data_shape', 'model_output'\]"),
+        (NoSchedule, TypeError, r"missing \['schedule'\]"),
+        (BadPrediction, ValueError, "prediction_type 'noise'"),
+    ],
+)
+def test_a_model_without_the_protocol_fails_at_setup(tmp_path, fast_monitor_kwargs, module, error, match) -> None:
+    trainer = make_trainer(tmp_path, [MemorizationMonitor(**fast_monitor_kwargs)], max_steps=1)
+    with pytest.raises(error, match=match):
+        trainer.fit(module(), datamodule=make_data())
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 65}, "k=65 is larger than the data dimension 64"),
+        ({"num_sampling_steps": 101}, "num_sampling_steps=101 exceeds the model's 100 timesteps"),
+        ({"timesteps": [100]}, r"timesteps \[100\] are invalid: expected ints in \[0, 99\]"),
+        ({"monitor": "memorization/scor"}, r"is not logged by this MemorizationMonitor.*memorization/score"),
+        ({"monitor": "memorization/auroc", "ground_truth": False}, "monitor='memorization/auroc' is not logged"),
+    ],
+)
+def test_settings_wrong_for_this_model_fail_at_setup(tmp_path, fast_monitor_kwargs, kwargs, match) -> None:
+    trainer = make_trainer(tmp_path, [MemorizationMonitor(**(fast_monitor_kwargs | kwargs))], max_steps=1)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(make_module(), datamodule=make_data())
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("ground_truth", [True, False])
+def test_data_of_the_wrong_shape_fails_at_setup(tmp_path, fast_monitor_kwargs, ground_truth) -> None:
+    """2-D toy points for a model of 8x8 images: named at setup instead of a shape error deep in the network."""
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, ground_truth=ground_truth)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=1)
+    with pytest.raises(ValueError, match=r"shape \(2,\) but the model's data_shape is \(1, 8, 8\)"):
+        trainer.fit(make_module(), datamodule=ToyMixtureDataModule(num_points=64, batch_size=8))
+    assert trainer.global_step == 0
+
+
+def test_a_setup_error_surfaces_unwrapped_through_the_app(hydra_configs, tmp_path) -> None:
+    cfg = compose("train", overrides=["logger=none", *TINY_APP, "callbacks.memorization.k=65"])
+    with pytest.raises(ValueError, match="k=65 is larger than the data dimension 64"):
+        run(cfg, output_dir=tmp_path)

@@ -18,6 +18,7 @@ Runs (N distinct training digits in {16, 64, 256, all 1617}, 8000 steps, one tor
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -408,27 +409,27 @@ def study_cost(args: argparse.Namespace, w: Writer) -> None:
     train_data = datamodule(spec.num_train).unique_train_data()
     step_s = _step_time(args.cost_steps)
     rows = []
-    for solver in ("dense", "lanczos"):
-        cfg = SharpnessConfig(solver=solver)
+    for solver, k in itertools.product(("dense", "lanczos"), sorted({8, args.k})):
+        cfg = SharpnessConfig(solver=solver, k=k)
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
             analyze(module, num_samples=64, sigmas=(args.sigma,), config=cfg, train_data=train_data)
             times.append(time.perf_counter() - start)
         check = statistics.median(times)
-        rows.append([solver, fmt(check, 3), fmt(100 * check / (CHECK_EVERY * step_s), 1),
+        rows.append([solver, str(k), fmt(check, 3), fmt(100 * check / (CHECK_EVERY * step_s), 1),
                      fmt(100 * check / (500 * step_s), 1)])
-    w.table(f"Cost of one check (64 probes, DDIM-50, sigma={args.sigma}, k=8, N={spec.n} model at step "
+    w.table(f"Cost of one check (64 probes, DDIM-50, sigma={args.sigma}, N={spec.n} model at step "
             f"{spec.max_steps}, median of {args.repeats}) vs training ({1000 * step_s:.1f} ms/step measured "
             f"over {args.cost_steps} steps without callback)",
-            ["solver", "s per check", "% of training at every 250 steps", "% at every 500 steps"], rows)
+            ["solver", "k", "s per check", "% of training at every 250 steps", "% at every 500 steps"], rows)
     rec = records[0]
     seconds = [h["seconds"] for h in rec["history"]]
     w.text(f"In the recorded N={rec['n']} run (3 noise levels per check, so ~3x the one-level cost) the "
            f"{len(seconds)} checks took median {statistics.median(seconds):.2f} s, "
            f"{sum(seconds):.1f} s of {rec['wall_s']:.0f} s wall time "
            f"({100 * sum(seconds) / rec['wall_s']:.1f}%), on a CPU shared with another training process.\n")
-    w.table(f"Top-8 eigenvalues of S at sigma={args.sigma} on the same 64 probes: solver against the dense "
+    w.table(f"Top-{args.k} eigenvalues of S at sigma={args.sigma} on the same 64 probes: solver against the dense "
             f"reference (median of {args.repeats})",
             ["method", "products / sample", "max |mu - mu_dense|", "all converged", "s"], _solver_cost(args, module))
 
@@ -455,13 +456,14 @@ def _solver_cost(args: argparse.Namespace, module: torch.nn.Module) -> list[list
     with measurement_mode(module):
         x = ddim_sample(module, torch.randn(64, *module.data_shape, generator=noise), 50, record=[t]).trajectory[t]
         fn = score_function(module, t)
-        ref = measure_sharpness(fn, x, t, sigma2**0.5, SharpnessConfig(k=8, solver="dense")).mu
+        ref = measure_sharpness(fn, x, t, sigma2**0.5, SharpnessConfig(k=args.k, solver="dense")).mu
         op = jacobian_operator(fn, x)
         methods = {
-            "dense (jacrev + eigh)": lambda: measure_sharpness(fn, x, t, sigma2**0.5, SharpnessConfig(solver="dense")),
-            "lanczos (tol 1e-3)": lambda: lanczos(op, 8, which="LA", tol=1e-3, generator=torch.Generator()),
+            "dense (jacrev + eigh)": lambda: measure_sharpness(fn, x, t, sigma2**0.5,
+                                                               SharpnessConfig(k=args.k, solver="dense")),
+            "lanczos (tol 1e-3)": lambda: lanczos(op, args.k, which="LA", tol=1e-3, generator=torch.Generator()),
             "power iteration (shifted block, tol 1e-3)": lambda: power_iteration(
-                op, 8, which="LA", tol=1e-3, generator=torch.Generator()),
+                op, args.k, which="LA", tol=1e-3, generator=torch.Generator()),
         }
         rows = []
         for name, run in methods.items():
@@ -489,19 +491,21 @@ def study_toy(args: argparse.Namespace, w: Writer) -> None:
     dm = ToyMixtureDataModule(seed=0)
     dm.setup("fit")
     train_data = dm.unique_train_data()
+    isolated = train_data[-dm.num_isolated:]  # the isolated points come last
     rows, last = [], None
     for step in args.toy_stages:
         samples, labels, values = measure_toy(checkpoint(args.cache, spec, step), train_data, CURVE_SIGMAS,
                                               args.probes)
+        near = (torch.cdist(samples, isolated).min(dim=1).values < args.toy_radius).numpy()
         for sigma in CURVE_SIGMAS:
-            cells = []
-            for name in TOY_STATISTICS:
-                auc, tpr = auroc_tpr(labels, values[name, sigma])
-                cells.append(f"{fmt(auc)} / {fmt(tpr, 2)}")
-            rows.append([str(step), str(sigma), f"{labels.sum()}/{labels.size}", *cells])
+            cells = [f"{fmt(auroc_tpr(labels, values[name, sigma])[0], 2)} / "
+                     f"{fmt(auroc_tpr(near, values[name, sigma])[0], 2)}" for name in TOY_STATISTICS]
+            rows.append([str(step), str(sigma), f"{labels.sum()}/{labels.size}", f"{near.sum()}", *cells])
         last = (step, samples, labels, values)
-    w.table(f"2-D toy ({args.probes} probes, seed 1, k=1, dense): AUROC / TPR@1%FPR vs the nn label",
-            ["step", "sigma", "memorized / probes", *TOY_STATISTICS], rows)
+    w.table(f"2-D toy ({args.probes} probes, seed 1, k=1, dense): AUROC against the nn label / against 'within "
+            f"{args.toy_radius} of an isolated point'",
+            ["step", "sigma", "nn-memorized / probes", f"within {args.toy_radius} of an isolated point",
+             *TOY_STATISTICS], rows)
     step, samples, labels, values = last
     fig = Figure(figsize=(13, 4))
     for ax, sigma in zip(fig.subplots(1, len(CURVE_SIGMAS)), CURVE_SIGMAS, strict=True):
@@ -509,11 +513,11 @@ def study_toy(args: argparse.Namespace, w: Writer) -> None:
                             vmin=0, vmax=1)
         ax.scatter(samples[labels, 0], samples[labels, 1], facecolors="none", edgecolors="red", s=40, lw=0.6,
                    label="nn label: memorized")
-        ax.scatter(train_data[-4:, 0], train_data[-4:, 1], marker="x", color="black", s=40, label="isolated points")
-        ax.set(title=f"sigma = {sigma}", aspect="equal")
+        ax.scatter(isolated[:, 0], isolated[:, 1], marker="x", color="black", s=40, label="isolated points")
+        ax.set(title=f"sigma = {sigma}", aspect="equal", xlim=(-1.4, 1.4), ylim=(-1.4, 1.4))
         ax.legend(fontsize=7, loc="lower left")
         fig.colorbar(points, ax=ax, label="score top_mu k=1")
-    fig.suptitle(f"2-D toy at step {step}: samples coloured by the memorization score")
+    fig.suptitle(f"2-D toy at step {step}: samples coloured by the memorization score (view clipped to [-1.4, 1.4])")
     w.figure(fig, "toy.png")
 
 
@@ -532,13 +536,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     parser.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--probes", type=int, default=256, help="probes per model and stage (detect)")
-    parser.add_argument("--k", type=int, default=8, help="flattest directions of the top_mu score (curves, stopping)")
+    parser.add_argument("--k", type=int, default=8, help="top_mu directions (curves, stopping, cost)")
     parser.add_argument("--sigma", type=float, default=0.1, help="noise level of the stop rule and cost")
     parser.add_argument("--solver-probes", type=int, default=128, help="probes per model and stage (solver table)")
     parser.add_argument("--solver-sigma", type=float, default=0.1, help="noise level of the solver table")
     parser.add_argument("--fd-samples", type=int, default=512)
     parser.add_argument("--cost-steps", type=int, default=500)
     parser.add_argument("--toy-steps", type=int, default=4000, help="training steps of the 2-D toy")
+    parser.add_argument("--toy-radius", type=float, default=0.1, help="toy: 'copy of an isolated point' radius")
     parser.add_argument("--toy-stages", type=int, nargs="+", default=[1000, 2000, 4000])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -111,19 +111,3 @@ def test_warn_only(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
     with pytest.warns(UserWarning, match="training goes on"):
         trainer.fit(make_module(), datamodule=make_data())
     assert monitor.stopped_step == 2 and trainer.global_step == 6
-
-
-def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
-    scripted(monkeypatch, [0.0, 0.5, 0.6, 0.7, 0.8])
-    kwargs = fast_monitor_kwargs | {"threshold": 0.3, "min_delta": 0.05, "patience": 3}
-    first = MemorizationMonitor(**kwargs)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
-    make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),
-                                                                                     datamodule=make_data())
-    assert first.rule.wait_count == 2 and first.stopped_step is None  # half-way through its patience
-    resumed = MemorizationMonitor(**kwargs)
-    trainer = make_trainer(tmp_path, [resumed], max_steps=12)
-    trainer.fit(make_module(), datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
-    assert resumed.rule.best == 0.0
-    assert resumed.stopped_step == 6  # the third rising check, counted across the resume
-    assert [h["step"] for h in resumed.history] == [0, 2, 4, 6]

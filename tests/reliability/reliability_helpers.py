@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -21,9 +25,10 @@ from memcallback import MemorizationMonitor
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-#: A run of the Hydra app in about a second: micro MLP, 8 probes every 2 steps, no validation, no final check.
+#: Hydra app runs of about a second: micro MLP, 8 probes every 2 steps, no validation, no final check (set
+#: ``trainer.max_steps`` besides).
 TINY_APP = [
-    "trainer.max_steps=8", "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+    "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
     "data.num_train=16", "data.samples_per_epoch=6400", "data.batch_size=8",
     "model.network.hidden=32", "model.network.num_blocks=1", "model.network.time_embed_dim=16",
     "model.num_timesteps=100", "eval_samples=0", "torch_threads=1",
@@ -31,6 +36,20 @@ TINY_APP = [
     "callbacks.memorization.every_n_train_steps=2", "callbacks.memorization.log_media=false",
     "callbacks.memorization.save_plot=false",
 ]
+
+
+def train_py(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
+             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``train.py ARGS`` in a subprocess with a hard timeout (a hang fails the test instead of CI).
+
+    This folder is put on ``PYTHONPATH`` so the config can name the callbacks of this module; ``prefix`` goes
+    before the interpreter (e.g. ``("unshare", "-n")``).
+    """
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([*prefix, sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
 
 
 def forced_stop(patience: int) -> list[str]:
@@ -149,3 +168,12 @@ class StateSnapshots(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.states.append(training_state(pl_module))
+
+
+def assert_same_values(a: dict[str, float], b: dict[str, float], rel: float = 0.0) -> None:
+    """Two checks' values agree: same keys, values equal up to ``rel`` (NaN equals NaN). ``seconds`` is skipped:
+    it is each rank's own wall time."""
+    assert a.keys() == b.keys()
+    for key in a.keys() - {"seconds"}:
+        if not (math.isnan(a[key]) and math.isnan(b[key])):
+            assert a[key] == (b[key] if rel == 0.0 else pytest.approx(b[key], rel=rel, abs=1e-6)), key

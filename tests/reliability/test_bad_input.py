@@ -238,7 +238,7 @@ def test_every_hydra_override_is_validated(callbacks_node, name: str, value: Any
 
 
 def test_a_bad_override_fails_before_training(hydra_configs, tmp_path) -> None:
-    cfg = compose("train", overrides=["logger=none", *TINY_APP, "callbacks.memorization.k=2.5"])
+    cfg = compose("train", overrides=["logger=none", "trainer.max_steps=2", *TINY_APP, "callbacks.memorization.k=2.5"])
     with pytest.raises(InstantiationException, match=r"k=2\.5 is invalid: expected an int >= 1"):
         run(cfg, output_dir=tmp_path)
     assert not (tmp_path / "checkpoints").exists()
@@ -301,6 +301,6 @@ def test_data_of_the_wrong_shape_fails_at_setup(tmp_path, fast_monitor_kwargs, g
 
 
 def test_a_setup_error_surfaces_unwrapped_through_the_app(hydra_configs, tmp_path) -> None:
-    cfg = compose("train", overrides=["logger=none", *TINY_APP, "callbacks.memorization.k=65"])
+    cfg = compose("train", overrides=["logger=none", "trainer.max_steps=2", *TINY_APP, "callbacks.memorization.k=65"])
     with pytest.raises(ValueError, match="k=65 is larger than the data dimension 64"):
         run(cfg, output_dir=tmp_path)

@@ -326,12 +326,13 @@ def study_stopping(args: argparse.Namespace, w: Writer) -> None:
                                                                                             strict=True)]
     fd = FrechetPCA()
     key = f"{timestep_key(args.sigma)}/score"
+    rule = {**DEFAULT_RULE, "threshold": args.threshold}
     rows, quality, plots = [], [], []
     for spec, rec in zip(specs(args), records, strict=True):
         hist = rec["history"]
         steps = [int(h["step"]) for h in hist]
         rate = {int(h["step"]): h["nn_rate"] for h in hist}
-        stop = replay(hist, key, **DEFAULT_RULE)
+        stop = replay(hist, key, **rule)
         vstop = val_loss_stop(rec["val_loss"])
         best_val = int(min(rec["val_loss"], key=lambda sv: sv[1])[0]) if rec["val_loss"] else None
         r5, r10 = first_step(steps, list(rate.values()), 0.05), first_step(steps, list(rate.values()), 0.10)
@@ -346,8 +347,8 @@ def study_stopping(args: argparse.Namespace, w: Writer) -> None:
                             fmt(fd(generate(module, args.fd_samples, seed=2)), 2)])
         plots.append((rec, stop, vstop, r5))
     w.table(f"Where training stops (callback rule replayed on the top_mu k={args.k} score at sigma={args.sigma}: "
-            f"threshold {DEFAULT_RULE['threshold']}, min_delta {DEFAULT_RULE['min_delta']}, patience "
-            f"{DEFAULT_RULE['patience']}, a check every {CHECK_EVERY} steps; rates from the 64 callback probes)",
+            f"threshold {rule['threshold']}, min_delta {rule['min_delta']}, patience "
+            f"{rule['patience']}, a check every {CHECK_EVERY} steps; rates from the 64 callback probes)",
             ["N", "callback stop", "nn rate there", "rate first > 5%", "rate first > 10%",
              "val-loss EarlyStopping(patience=3)", "nn rate there", "best val/loss step", "rate at 8000 (budget)"],
             rows)
@@ -358,6 +359,7 @@ def study_stopping(args: argparse.Namespace, w: Writer) -> None:
     w.table("FD-PCA20 of the training digits themselves (what a perfect copy of the training set scores)",
             ["N", "FD-PCA20"], train_fd)
     _rule_grid(args, records, w)
+    _interval_table(records, key, rule, w)
     _stopping_plot(plots, w, key, f"stopping_k{args.k}.png")
 
 
@@ -376,6 +378,21 @@ def _rule_grid(args: argparse.Namespace, records: list[dict], w: Writer) -> None
     w.table(f"Stop rule grid (top_mu k={args.k}, min_delta {DEFAULT_RULE['min_delta']}): stop step (nn rate there) "
             "per N",
             ["sigma", "threshold", "patience", *[f"N={r['n']}" for r in records]], rows)
+
+
+def _interval_table(records: list[dict], key: str, rule: dict, w: Writer) -> None:
+    """The same rule checked every 250, 500 or 1000 steps (the recorded history, subsampled)."""
+    rows = []
+    for every in (CHECK_EVERY, 2 * CHECK_EVERY, 4 * CHECK_EVERY):
+        row = [str(every)]
+        for rec in records:
+            hist = [h for h in rec["history"] if int(h["step"]) % every == 0]
+            stop = replay(hist, key, **rule)
+            rate = {int(h["step"]): h["nn_rate"] for h in hist}
+            row.append("never" if stop is None else f"{stop} ({rate[stop]:.2f})")
+        rows.append(row)
+    w.table(f"Check interval: the rule above on {key} with a check every 250 / 500 / 1000 steps: stop step "
+            "(nn rate there)", ["every_n_train_steps", *[f"N={r['n']}" for r in records]], rows)
 
 
 def _stopping_plot(plots: list, w: Writer, key: str, name: str) -> None:
@@ -537,6 +554,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--probes", type=int, default=256, help="probes per model and stage (detect)")
     parser.add_argument("--k", type=int, default=8, help="top_mu directions (curves, stopping, cost)")
+    parser.add_argument("--threshold", type=float, default=0.1, help="stop-rule threshold (stopping)")
     parser.add_argument("--sigma", type=float, default=0.1, help="noise level of the stop rule and cost")
     parser.add_argument("--solver-probes", type=int, default=128, help="probes per model and stage (solver table)")
     parser.add_argument("--solver-sigma", type=float, default=0.1, help="noise level of the solver table")

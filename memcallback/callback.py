@@ -96,7 +96,7 @@ class MemorizationMonitor(Callback):
         asymmetry_probes: int = 4,
         min_eigenvalue: bool = True,
         score_statistic: str = "top_mu",
-        flag_threshold: float = 0.5,
+        flag_threshold: float = 0.39,
         chunk_size: int | None = None,
         seed: int = 0,
         monitor: str = "memorization/score",

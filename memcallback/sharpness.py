@@ -58,7 +58,7 @@ class SharpnessConfig:
     asymmetry_probes: int = 4
     min_eigenvalue: bool = True
     score_statistic: str = "top_mu"
-    flag_threshold: float = 0.5
+    flag_threshold: float = 0.39
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:

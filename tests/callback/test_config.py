@@ -22,9 +22,10 @@ def test_every_argument_is_in_the_hydra_config_with_the_same_default() -> None:
 
 
 def test_calibrated_defaults_are_pinned() -> None:
-    """Measured on the digits experiments (see docs/benchmarks.md): change only with new measurements."""
+    """Measured on the digits experiments (docs/results.md): change only with new measurements."""
     monitor = MemorizationMonitor()
     assert (monitor.every_n_train_steps, monitor.sigmas, monitor.num_samples) == (250, (0.1,), 64)
     assert (monitor.config.k, monitor.config.score_statistic, monitor.config.solver) == (8, "top_mu", "auto")
+    assert monitor.config.flag_threshold == 0.39
     assert (monitor.monitor, monitor.rule.mode, monitor.rule.threshold) == ("memorization/score", "max", 0.1)
     assert (monitor.rule.min_delta, monitor.rule.patience) == (0.05, 1)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
+from memcallback.adapters.attention import math_attention
 from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, randn, score_function
 from memcallback.ground_truth import MemorizationLabels, memorization_labels
 from memcallback.sharpness import SharpnessConfig, SharpnessStats, _is_int, measure_sharpness
@@ -95,7 +96,9 @@ def measurement_mode(model: object) -> Iterator[None]:
 
     Train/eval flags are captured and restored per submodule (a frozen submodule stays frozen), the
     measurement leaves no ``.grad`` on parameters, and it also works when called under
-    ``torch.inference_mode()`` (as in ``trainer.validate()``).
+    ``torch.inference_mode()`` (as in ``trainer.validate()``). Attention runs on PyTorch's math backend
+    inside, since fused attention kernels cannot be differentiated twice (see
+    :func:`memcallback.adapters.math_attention`).
     """
     is_module = isinstance(model, nn.Module)
     modules = list(model.modules()) if is_module else []
@@ -104,7 +107,8 @@ def measurement_mode(model: object) -> Iterator[None]:
     grads = [p.grad for p in params]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
+        with (torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad(),
+              math_attention()):
             if is_module:
                 model.eval()
             yield

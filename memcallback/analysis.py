@@ -16,9 +16,10 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
 from memcallback.adapters.attention import math_attention
+from memcallback.arguments import is_int
 from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, randn, score_function
 from memcallback.ground_truth import MemorizationLabels, memorization_labels
-from memcallback.sharpness import SharpnessConfig, SharpnessStats, _is_int, measure_sharpness
+from memcallback.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
 
 
 @dataclass
@@ -74,7 +75,7 @@ class SharpnessReport:
 def resolve_timesteps(model: DiffusionModel, sigmas: Sequence[float] = (), timesteps: Sequence[int] = ()) -> list[int]:
     """Measurement timesteps: explicit ``timesteps`` first, then the nearest timestep to each of ``sigmas``."""
     num = model.schedule.num_timesteps
-    bad = [t for t in timesteps if not (_is_int(t) and 0 <= t < num)]
+    bad = [t for t in timesteps if not (is_int(t) and 0 <= t < num)]
     if bad:
         raise ValueError(f"timesteps {bad} are invalid: expected ints in [0, {num - 1}].")
     resolved = list(timesteps) + [model.schedule.timestep_for_sigma(float(s)) for s in sigmas]

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from memcallback.aggregation import CheckAggregator
 from memcallback.analysis import SharpnessReport, analyze, probe_noise, resolve_timesteps
+from memcallback.arguments import check_monitor_arguments
 from memcallback.diffusion import check_model
-from memcallback.sharpness import SharpnessConfig, SharpnessStats, _is_int, _is_real
+from memcallback.sharpness import SharpnessConfig, SharpnessStats
 from memcallback.stopping import StopRule
 
 
@@ -113,39 +114,13 @@ class MemorizationMonitor(Callback):
         prefix: str = "memorization/",
     ) -> None:
         super().__init__()
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"prefix={prefix!r} is invalid: expected a non-empty string, e.g. 'memorization/'.")
-        if (every_n_train_steps is None) == (every_n_epochs is None):
-            raise ValueError("Set exactly one of every_n_train_steps and every_n_epochs (the other to None); "
-                             f"got every_n_train_steps={every_n_train_steps!r}, every_n_epochs={every_n_epochs!r}.")
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs),
-                            ("num_samples", num_samples), ("num_sampling_steps", num_sampling_steps),
-                            ("num_media_samples", num_media_samples)):
-            if (value is not None or not name.startswith("every_n_")) and not (_is_int(value) and value >= 1):
-                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1.")
-        for name, value in (("check_on_train_start", check_on_train_start), ("stop_training", stop_training),
-                            ("ground_truth", ground_truth), ("log_media", log_media), ("save_plot", save_plot)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}={value!r} is invalid: expected True or False.")
-        if not (_is_int(seed) and 0 <= seed < 2**63):
-            raise ValueError(f"seed={seed!r} is invalid: expected an int in [0, 2**63).")
-        for name, value, example in (("sigmas", sigmas, "[0.1]"), ("timesteps", timesteps, "[27]")):
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                raise ValueError(f"{name}={value!r} is invalid: expected a list, e.g. {example} (or []).")
-        sigmas, timesteps = tuple(sigmas), tuple(timesteps)
-        if not sigmas and not timesteps:
-            raise ValueError("Give at least one measurement noise level: sigmas=[0.1] or timesteps=[27].")
-        if not all(_is_real(s) and 0 < s < 1 for s in sigmas):
-            raise ValueError(f"sigmas={list(sigmas)} is invalid: expected noise levels in (0, 1), e.g. [0.1].")
-        if not all(_is_int(t) and t >= 0 for t in timesteps):
-            raise ValueError(f"timesteps={list(timesteps)} is invalid: expected ints in [0, num_timesteps - 1] of the "
-                             "model's schedule, e.g. [27].")
-        if time_budget_s is not None and not (_is_real(time_budget_s) and 0 < time_budget_s < math.inf):
-            raise ValueError(f"time_budget_s={time_budget_s!r} is invalid: expected a positive finite number of "
-                             "seconds or None.")
-        if not isinstance(monitor, str) or not monitor.startswith(prefix) or monitor == prefix:
-            raise ValueError(f"monitor={monitor!r} is invalid: expected one of this callback's keys, which start "
-                             f"with prefix={prefix!r} (e.g. '{prefix}score').")
+        sigmas, timesteps = check_monitor_arguments(
+            prefix=prefix, every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
+            counts={"num_samples": num_samples, "num_sampling_steps": num_sampling_steps,
+                    "num_media_samples": num_media_samples},
+            flags={"check_on_train_start": check_on_train_start, "stop_training": stop_training,
+                   "ground_truth": ground_truth, "log_media": log_media, "save_plot": save_plot},
+            seed=seed, sigmas=sigmas, timesteps=timesteps, time_budget_s=time_budget_s, monitor=monitor)
         self.config = SharpnessConfig(k=k, solver=solver, lanczos_iters=lanczos_iters, tol=tol,
                                       trace_probes=trace_probes, asymmetry_probes=asymmetry_probes,
                                       min_eigenvalue=min_eigenvalue, score_statistic=score_statistic,

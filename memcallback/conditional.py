@@ -32,9 +32,10 @@ import torch
 from torch import Tensor
 
 from memcallback.analysis import _device_dtype, auroc, measurement_mode, probe_noise
+from memcallback.arguments import is_int
 from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, score
 from memcallback.ground_truth import MemorizationLabels, memorization_labels
-from memcallback.sharpness import SharpnessConfig, SharpnessStats, _is_int, measure_sharpness
+from memcallback.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
 
 __all__ = ["ConditionalMetrics", "ConditionalReport", "conditional_metrics", "conditional_report"]
 
@@ -74,7 +75,7 @@ def _check_conditional(model: DiffusionModel) -> None:
 
 def _check_timestep(model: DiffusionModel, t: int) -> int:
     num = model.schedule.num_timesteps
-    if not (_is_int(t) and 0 <= t < num):
+    if not (is_int(t) and 0 <= t < num):
         raise ValueError(f"timestep={t!r} is invalid: expected an int in [0, {num - 1}].")
     return t
 
@@ -114,7 +115,7 @@ def conditional_metrics(
     if not isinstance(cond, Tensor) or cond.dim() < 1 or cond.shape[0] != x.shape[0]:
         raise ValueError(f"cond must be a tensor [B, ...] with one condition per row of x (B={x.shape[0]}), got "
                          f"{tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__}.")
-    if chunk_size is not None and not (_is_int(chunk_size) and chunk_size >= 1):
+    if chunk_size is not None and not (is_int(chunk_size) and chunk_size >= 1):
         raise ValueError(f"chunk_size={chunk_size!r} is invalid: expected None or an int >= 1.")
     sigma = model.schedule.sigma(t, torch.float64).item()
     step = chunk_size or x.shape[0]
@@ -275,7 +276,7 @@ def conditional_report(
     _check_conditional(model)
     for name, value in (("num_samples_per_cond", num_samples_per_cond), ("num_generations", num_generations),
                         ("num_sampling_steps", num_sampling_steps)):
-        if not (_is_int(value) and value >= 1):
+        if not (is_int(value) and value >= 1):
             raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1.")
     if not isinstance(cond, Tensor) or cond.dim() < 1 or cond.shape[0] < 1:
         raise ValueError(f"cond must be a tensor [C, ...] of C >= 1 conditions, got "

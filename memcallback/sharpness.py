@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from memcallback.arguments import is_int, is_real, require
 from memcallback.spectral import dense_jacobian, hutchinson_trace, jacobian_operator, lanczos
 
 SOLVERS = ("auto", "dense", "lanczos")
@@ -62,41 +63,26 @@ class SharpnessConfig:
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.k) and self.k >= 1, "k", self.k, "an int >= 1")
-        _require(isinstance(self.solver, str) and self.solver in SOLVERS, "solver", self.solver, f"one of {SOLVERS}")
-        _require(self.lanczos_iters is None or (_is_int(self.lanczos_iters) and self.lanczos_iters > self.k),
+        require(is_int(self.k) and self.k >= 1, "k", self.k, "an int >= 1")
+        require(isinstance(self.solver, str) and self.solver in SOLVERS, "solver", self.solver, f"one of {SOLVERS}")
+        require(self.lanczos_iters is None or (is_int(self.lanczos_iters) and self.lanczos_iters > self.k),
                  "lanczos_iters", self.lanczos_iters, "None or an int larger than k")
-        _require(_is_real(self.tol) and 0 < self.tol < 1, "tol", self.tol, "a float in (0, 1)")
-        _require(_is_int(self.trace_probes) and self.trace_probes >= 2, "trace_probes", self.trace_probes,
+        require(is_real(self.tol) and 0 < self.tol < 1, "tol", self.tol, "a float in (0, 1)")
+        require(is_int(self.trace_probes) and self.trace_probes >= 2, "trace_probes", self.trace_probes,
                  "an int >= 2")
-        _require(_is_int(self.asymmetry_probes) and self.asymmetry_probes >= 1, "asymmetry_probes",
+        require(is_int(self.asymmetry_probes) and self.asymmetry_probes >= 1, "asymmetry_probes",
                  self.asymmetry_probes, "an int >= 1")
-        _require(isinstance(self.min_eigenvalue, bool), "min_eigenvalue", self.min_eigenvalue, "True or False")
-        _require(isinstance(self.score_statistic, str) and self.score_statistic in SCORE_STATISTICS,
+        require(isinstance(self.min_eigenvalue, bool), "min_eigenvalue", self.min_eigenvalue, "True or False")
+        require(isinstance(self.score_statistic, str) and self.score_statistic in SCORE_STATISTICS,
                  "score_statistic", self.score_statistic, f"one of {SCORE_STATISTICS}")
-        _require(_is_real(self.flag_threshold) and 0 <= self.flag_threshold <= 1,
+        require(is_real(self.flag_threshold) and 0 <= self.flag_threshold <= 1,
                  "flag_threshold", self.flag_threshold, "a float in [0, 1]")
-        _require(self.chunk_size is None or (_is_int(self.chunk_size) and self.chunk_size >= 1),
+        require(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
                  "chunk_size", self.chunk_size, "None or an int >= 1")
 
     def use_dense(self, dim: int) -> bool:
         """Whether the exact dense path is used for data of dimension ``dim``."""
         return self.solver == "dense" or (self.solver == "auto" and dim <= DENSE_MAX_DIM)
-
-
-def _is_int(value: object) -> bool:
-    """An ``int`` that is not a ``bool`` (``True`` is an int to Python, never a count to a user)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """A real number (``int`` or ``float``, not ``bool``); NaN passes here and fails every range check."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(ok: bool, name: str, value: object, accepted: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: expected {accepted}.")
 
 
 @dataclass

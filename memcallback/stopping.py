@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from memcallback.arguments import is_int, is_real, require
+
 MODES = ("max", "min")
 
 
@@ -32,16 +34,11 @@ class StopRule:
 
     def __init__(self, mode: str = "max", threshold: float | None = None, min_delta: float = 0.0,
                  patience: int = 2) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is invalid: expected one of {MODES}.")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or not math.isfinite(threshold)):
-            raise ValueError(f"threshold={threshold!r} is invalid: expected a finite float or None.")
-        if (isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0
-                or not math.isfinite(min_delta)):
-            raise ValueError(f"min_delta={min_delta!r} is invalid: expected a finite float >= 0.")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience={patience!r} is invalid: expected an int >= 1.")
+        require(isinstance(mode, str) and mode in MODES, "mode", mode, f"one of {MODES}")
+        require(threshold is None or (is_real(threshold) and math.isfinite(threshold)), "threshold", threshold,
+                "a finite float or None")
+        require(is_real(min_delta) and 0 <= min_delta < math.inf, "min_delta", min_delta, "a finite float >= 0")
+        require(is_int(patience) and patience >= 1, "patience", patience, "an int >= 1")
         self.mode, self.threshold, self.min_delta, self.patience = mode, threshold, float(min_delta), patience
         self.reset()
 

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from memcallback.aggregation import CheckAggregator
 from memcallback.analysis import SharpnessReport, analyze, probe_noise, resolve_timesteps
-from memcallback.arguments import check_monitor_arguments
+from memcallback.arguments import check_monitor_arguments, is_int, require
+from memcallback.conditional import CONDITIONAL_SCALARS, conditional_report
 from memcallback.diffusion import check_model
 from memcallback.sharpness import SharpnessConfig, SharpnessStats
 from memcallback.stopping import StopRule
@@ -77,6 +78,14 @@ class MemorizationMonitor(Callback):
         num_media_samples: most memorized samples shown in the image grid.
         save_plot: write ``memorization.png`` with the curves over training into the run directory at the end.
         prefix: namespace of every logged key.
+        conditions: class labels of a conditional model to watch with the paper's detection metric: at every
+            check, ``num_cond_samples`` fixed noises per label give ``||H^D s^D||`` and Wen et al.'s ``||s^D||``
+            at the first sampling step, logged as ``{prefix}cond/hds``, ``cond/sd_norm``, per label
+            ``cond/cond{i}/hds``, and ``cond/sharpest_condition`` (any of them can be the ``monitor``).
+            ``None``: the unconditional measurement only (a conditional model is then measured with its
+            null condition).
+        num_cond_samples: noises per label for the conditional metrics.
+        num_cond_generations: generations averaged per noise (the paper's 1 or 4).
     """
 
     def __init__(
@@ -112,15 +121,24 @@ class MemorizationMonitor(Callback):
         num_media_samples: int = 16,
         save_plot: bool = True,
         prefix: str = "memorization/",
+        conditions: Sequence[int] | None = None,
+        num_cond_samples: int = 16,
+        num_cond_generations: int = 1,
     ) -> None:
         super().__init__()
         sigmas, timesteps = check_monitor_arguments(
             prefix=prefix, every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs,
             counts={"num_samples": num_samples, "num_sampling_steps": num_sampling_steps,
-                    "num_media_samples": num_media_samples},
+                    "num_media_samples": num_media_samples, "num_cond_samples": num_cond_samples,
+                    "num_cond_generations": num_cond_generations},
             flags={"check_on_train_start": check_on_train_start, "stop_training": stop_training,
                    "ground_truth": ground_truth, "log_media": log_media, "save_plot": save_plot},
             seed=seed, sigmas=sigmas, timesteps=timesteps, time_budget_s=time_budget_s, monitor=monitor)
+        require(conditions is None or (not isinstance(conditions, (str, bytes)) and isinstance(conditions, Sequence)
+                                       and len(conditions) > 0 and all(is_int(c) and c >= 0 for c in conditions)),
+                "conditions", conditions, "None or a non-empty list of class labels (ints >= 0), e.g. [0, 9]")
+        self.conditions = None if conditions is None else tuple(conditions)
+        self.num_cond_samples, self.num_cond_generations = num_cond_samples, num_cond_generations
         self.config = SharpnessConfig(k=k, solver=solver, lanczos_iters=lanczos_iters, tol=tol,
                                       trace_probes=trace_probes, asymmetry_probes=asymmetry_probes,
                                       min_eigenvalue=min_eigenvalue, score_statistic=score_statistic,
@@ -170,6 +188,9 @@ class MemorizationMonitor(Callback):
         if self._noise.shape[0] == 0:
             raise ValueError(f"num_samples={self.num_samples} is smaller than the number of processes "
                              f"({trainer.world_size}); every rank needs at least one probe.")
+        if self.conditions is not None and getattr(model, "conditional", None) is False:
+            raise ValueError(f"conditions={list(self.conditions)} needs a conditional model, but "
+                             f"{type(model).__name__}.conditional is False; set conditions=None.")
         self._warm_start = None  # eigenvectors belong to one shard of probes: never carried across stages
         self._train_data = None
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
@@ -190,6 +211,10 @@ class MemorizationMonitor(Callback):
         """Every key (without prefix) a successful check logs, given the measured timesteps and ground truth."""
         per_sample = {*SharpnessStats.SCALARS, "flagged_fraction", "converged_fraction"}
         names = per_sample | {f"t{t}/{n}" for t in self._measure_ts for n in per_sample} | {"seconds", "check_failures"}
+        if self.conditions is not None:
+            cond = {*CONDITIONAL_SCALARS, "sharpest_condition", "seconds"}
+            cond |= {f"cond{i}/{n}" for i in range(len(self.conditions)) for n in CONDITIONAL_SCALARS}
+            names |= {f"cond/{n}" for n in cond}
         return names | ({"nn_rate", "auroc"} if self._train_data is not None else set())
 
     # ----------------------------------------------------------------------------------------------
@@ -224,12 +249,12 @@ class MemorizationMonitor(Callback):
     # ----------------------------------------------------------------------------------------------
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, can_stop: bool) -> None:
         self._last_step = trainer.global_step
-        report, error = self._measure(pl_module)
+        report, cond_values, error = self._measure(pl_module)
         ok = trainer.strategy.reduce_boolean_decision(error is None, all=True)
         if not ok:
             self._report_failure(trainer, error or "it failed on another rank", local=error is not None)
             return
-        values = self._reduce(report, pl_module.device)
+        values = self._reduce(report, pl_module.device) | cond_values
         values["check_failures"] = float(self.failures)
         step = trainer.global_step
         self._log_scalars(trainer, values, step)
@@ -242,22 +267,30 @@ class MemorizationMonitor(Callback):
         if can_stop:
             self._decide(trainer, values[self.monitor.removeprefix(self.prefix)], step)
 
-    def _measure(self, pl_module: pl.LightningModule) -> tuple[SharpnessReport | None, str | None]:
+    def _measure(self, pl_module: pl.LightningModule) -> tuple[SharpnessReport | None, dict[str, float], str | None]:
+        """This rank's report, the conditional metrics (identical on every rank: same weights, same noises) and
+        an error message when the check failed."""
         start = time.perf_counter()
+        cond_values: dict[str, float] = {}
         try:
             report = analyze(pl_module, noise=self._noise, timesteps=self._measure_ts, sigmas=(),
                              config=self.config, num_sampling_steps=self.num_sampling_steps, seed=self.seed,
                              train_data=self._train_data, warm_start=self._warm_start)
+            if self.conditions is not None:
+                labels = torch.tensor(self.conditions, dtype=torch.long, device=pl_module.device)
+                cond = conditional_report(pl_module, labels, num_samples_per_cond=self.num_cond_samples,
+                                          num_generations=self.num_cond_generations, seed=self.seed)
+                cond_values = {f"cond/{name}": value for name, value in cond.summary().items()}
         except Exception as err:  # a failed check is skipped and reported, never allowed to end training
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             self._warm_start = None
-            return None, f"{type(err).__name__}: {err}"
+            return None, cond_values, f"{type(err).__name__}: {err}"
         elapsed = time.perf_counter() - start
         if self.time_budget_s is not None and elapsed > self.time_budget_s:
-            return None, (f"the check took {elapsed:.1f} s, over time_budget_s={self.time_budget_s:g}; lower "
-                          "num_samples or k, use fewer sigmas, or raise the budget")
-        return report, None
+            return None, cond_values, (f"the check took {elapsed:.1f} s, over time_budget_s={self.time_budget_s:g}; "
+                                       "lower num_samples or k, use fewer sigmas, or raise the budget")
+        return report, cond_values, None
 
     def _reduce(self, report: SharpnessReport, device: torch.device) -> dict[str, float]:
         per_sample = report.per_sample()

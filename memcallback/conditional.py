@@ -37,7 +37,11 @@ from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, scor
 from memcallback.ground_truth import MemorizationLabels, memorization_labels
 from memcallback.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
 
-__all__ = ["ConditionalMetrics", "ConditionalReport", "conditional_metrics", "conditional_report"]
+__all__ = ["CONDITIONAL_SCALARS", "ConditionalMetrics", "ConditionalReport", "conditional_metrics",
+           "conditional_report"]
+
+#: per-sample conditional statistics of :meth:`ConditionalReport.per_sample` (without ground truth).
+CONDITIONAL_SCALARS = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
 
 
 @dataclass(frozen=True)
@@ -189,8 +193,8 @@ class ConditionalReport:
         """``{name: [C*S] float tensor}``: ``hds``, ``sd_norm``, their normalized forms ``hds_normalized``
         (``sigma^3 ||H^D s^D||``) and ``sd_norm_normalized`` (``sigma ||s^D||``), and with ground truth
         ``nn_rate`` (the fraction of the sample's generations that are near copies)."""
-        out = {"hds": self.hds, "sd_norm": self.sd_norm, "hds_normalized": self.sigma**3 * self.hds,
-               "sd_norm_normalized": self.sigma * self.sd_norm}
+        values = (self.hds, self.sd_norm, self.sigma**3 * self.hds, self.sigma * self.sd_norm)
+        out = dict(zip(CONDITIONAL_SCALARS, values, strict=True))
         if self.labels is not None:
             out["nn_rate"] = self.labels.memorized.float().view(self.hds_per_generation.shape).mean(dim=1)
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import lightning.pytorch as pl
 
 from memcallback.data import DigitsDataModule
@@ -24,3 +26,10 @@ def make_trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
                     num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
     defaults.update(kwargs)
     return pl.Trainer(callbacks=list(callbacks), **defaults)
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now (MASTER_PORT of a DDP subprocess)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_script import MONITOR_KWARGS, make_module
+from tiny_training import free_port
 
 from memcallback import analyze
 from memcallback.sharpness import SharpnessConfig
@@ -15,10 +16,11 @@ from memcallback.sharpness import SharpnessConfig
 @pytest.mark.slow
 def test_two_process_ddp_stops_together_and_matches_one_process(tmp_path) -> None:
     script = Path(__file__).with_name("ddp_script.py")
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=os.pathsep.join([str(script.parent), *sys.path]))
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=os.pathsep.join([str(script.parent), *sys.path]),
+               MASTER_PORT=str(free_port()))
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240,
                           env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # rank 1 alone saw the rise at step 4; the decision is reduced, so both ranks stop there
     assert [r["stopped_step"] for r in ranks] == [4, 4]

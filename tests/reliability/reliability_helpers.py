@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from tiny_training import free_port
 
 from memcallback import MemorizationMonitor
 
@@ -46,8 +47,9 @@ def train_py(args: list[str], cwd: Path, timeout: float, env: dict[str, str] | N
     before the interpreter (e.g. ``("unshare", "-n")``).
     """
     env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MASTER_PORT", str(free_port()))  # DDP runs: never collide with a port left in TIME_WAIT
     return subprocess.run([*prefix, sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd)
 

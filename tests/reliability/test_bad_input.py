@@ -97,6 +97,9 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "save_plot": flag,
     # the default monitor 'memorization/score' must start with the prefix and be longer
     "prefix": lambda v: isinstance(v, str) and 0 < len(v) < len(DEFAULT_MONITOR) and DEFAULT_MONITOR.startswith(v),
+    "conditions": lambda v: v is None or (is_list(v) and len(v) > 0 and all(is_int(c) and c >= 0 for c in v)),
+    "num_cond_samples": count(1),
+    "num_cond_generations": count(1),
 }
 
 WORDS = ["auto", "dense", "lanczos", "eig", "top_mu", "effective_dim", "flat_fraction", "max", "min", "up", "",

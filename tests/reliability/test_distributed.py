@@ -32,7 +32,7 @@ def test_ddp_through_train_py_stops_together_with_one_wandb_run(tmp_path) -> Non
     run_dir, reports = tmp_path / "ddp", tmp_path / "ddp_reports"
     proc = train_py(["trainer=ddp", "trainer.accelerator=cpu", "logger=wandb", *RUN, *report_overrides(reports),
                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     ranks = read_reports(reports, "end")
     assert [r["world_size"] for r in ranks] == [2, 2]  # both ranks reached the end of fit

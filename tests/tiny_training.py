@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 
 import lightning.pytorch as pl
+import pytest
 
+from memcallback.callback import MemorizationMonitor
 from memcallback.data import DigitsDataModule
 from memcallback.models import DiffusionModule, ResidualMLP
 
@@ -33,3 +35,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def scripted(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
+    """Make every check report the next value of ``values`` as the score (the measurement still runs)."""
+    it = iter(values)
+    original = MemorizationMonitor._reduce
+
+    def fake_reduce(self, report, device):
+        out = original(self, report, device)
+        out["score"] = next(it)
+        return out
+
+    monkeypatch.setattr(MemorizationMonitor, "_reduce", fake_reduce)

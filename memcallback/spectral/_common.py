@@ -74,3 +74,16 @@ def apply_flat(op: BatchedOperator, V: torch.Tensor) -> torch.Tensor:
     """Applies ``op`` to flat vectors ``V [B, m, d]`` and returns ``[B, m, d]``."""
     B, m = V.shape[:2]
     return op(V.reshape(B, m, *op.shape)).reshape(B, m, op.dim)
+
+
+def check_points(x: object) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a floating tensor ``[B, *shape]`` with ``B >= 1``."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor of shape [B, *shape], got {type(x).__name__}.")
+    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(
+            f"x must have shape [B, *shape] with B >= 1 and a non-empty per-sample shape (add a batch "
+            f"dimension with x[None] for a single sample), got {list(x.shape)}."
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}.")

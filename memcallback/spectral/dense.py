@@ -6,20 +6,13 @@ from collections.abc import Callable
 
 import torch
 
+from memcallback.spectral._common import check_points
 from memcallback.spectral.jacobian import _check_fn_output
 from memcallback.spectral.results import SpectrumResult
 
 
 def _check_x(x: object) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor of shape [B, *shape], got {type(x).__name__}.")
-    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
-        raise ValueError(
-            f"x must have shape [B, *shape] with B >= 1 and a non-empty per-sample shape (add a batch "
-            f"dimension with x[None] for a single sample), got {list(x.shape)}."
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}.")
+    check_points(x)
     finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
         raise ValueError(f"x contains NaN/inf for sample(s) {torch.nonzero(~finite).flatten().tolist()[:10]}.")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from memcallback.spectral._common import check_positive_int, rademacher
+from memcallback.spectral._common import check_points, check_positive_int, rademacher
 from memcallback.spectral.operators import BatchedOperator
 
 
@@ -96,15 +96,7 @@ class JacobianOperator(BatchedOperator):
     ):
         if not callable(fn):
             raise ValueError(f"fn must be callable ([B, *shape] -> [B, *shape]), got {type(fn).__name__}.")
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch.Tensor of shape [B, *shape], got {type(x).__name__}.")
-        if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
-            raise ValueError(
-                f"x must have shape [B, *shape] with B >= 1 and a non-empty per-sample shape (add a batch "
-                f"dimension with x[None] for a single sample), got {list(x.shape)}."
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}.")
+        check_points(x)
         if chunk_size is not None:
             check_positive_int("chunk_size", chunk_size)
             if not rowwise:

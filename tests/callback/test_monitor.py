@@ -4,7 +4,7 @@ import math
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from tiny_training import make_data, make_module, make_trainer
+from tiny_training import make_data, make_module, make_trainer, scripted
 
 from memcallback.callback import MemorizationMonitor
 
@@ -74,19 +74,6 @@ def test_resumed_run_keeps_its_metrics_monitorable(tmp_path, fast_monitor_kwargs
     trainer = make_trainer(tmp_path, [resumed], max_steps=3)
     trainer.fit(make_module(), datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
     assert trainer.callback_metrics["memorization/score"].item() == pytest.approx(first.history[-1]["score"])
-
-
-def scripted(monkeypatch, values: list[float]) -> None:
-    """Make every check report the next value of ``values`` as the score (the measurement still runs)."""
-    it = iter(values)
-    original = MemorizationMonitor._reduce
-
-    def fake_reduce(self, report, device):
-        out = original(self, report, device)
-        out["score"] = next(it)
-        return out
-
-    monkeypatch.setattr(MemorizationMonitor, "_reduce", fake_reduce)
 
 
 @pytest.mark.parametrize(

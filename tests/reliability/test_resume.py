@@ -23,7 +23,7 @@ from reliability_helpers import (
     report_overrides,
     train_py,
 )
-from tiny_training import make_data, make_module, make_trainer
+from tiny_training import make_data, make_module, make_trainer, scripted
 
 from memcallback.app import run
 from memcallback.callback import MemorizationMonitor
@@ -71,19 +71,6 @@ def test_a_killed_run_resumes_half_way_through_its_patience(tmp_path) -> None:
     assert straight["stopped_step"] == STOP_STEP and straight["probes"] == killed_start["probes"]
     for before_kill, uninterrupted in zip(end["history"][:3], straight["history"][:3], strict=True):
         assert_same_values(before_kill, uninterrupted)  # the checks restored from the checkpoint are the real ones
-
-
-def scripted(monkeypatch, values: list[float]) -> None:
-    """Make every check report the next value of ``values`` as the score (the measurement still runs)."""
-    it = iter(values)
-    original = MemorizationMonitor._reduce
-
-    def fake_reduce(self, report, device):
-        out = original(self, report, device)
-        out["score"] = next(it)
-        return out
-
-    monkeypatch.setattr(MemorizationMonitor, "_reduce", fake_reduce)
 
 
 def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:

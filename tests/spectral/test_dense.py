@@ -16,7 +16,7 @@ def test_dense_jacobian_is_exact(case):
 
 
 def test_dense_spectrum_of_a_gaussian_score():
-    from conftest import gaussian_case, realistic_spectrum
+    from spectral_cases import gaussian_case, realistic_spectrum
 
     fn, x, _ = gaussian_case()
     res = dense_spectrum(fn, x, return_eigenvectors=True)

@@ -78,7 +78,7 @@ def test_k_equals_d_gives_the_whole_spectrum(extremes):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_float32_and_float64(dtype, extremes, norm):
-    from conftest import mlp_case
+    from spectral_cases import mlp_case
 
     fn64, x, S = mlp_case()
     net_dtype_fn = (lambda z: fn64(z.double()).to(dtype)) if dtype == torch.float32 else fn64
@@ -96,7 +96,7 @@ def test_cpu_determinism(case):
 
 
 def test_num_iters_cap_reports_unconverged():
-    from conftest import gaussian_case
+    from spectral_cases import gaussian_case
 
     fn, x, _ = gaussian_case()
     op = jacobian_operator(fn, x)

@@ -44,7 +44,7 @@ def test_explicit_shift_and_matvec_count():
 
 
 def test_warm_start_and_determinism():
-    from conftest import mixture_case
+    from spectral_cases import mixture_case
 
     fn, x, _ = mixture_case()
     op = jacobian_operator(fn, x)
@@ -74,7 +74,7 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_float32_and_float64(dtype, extremes, norm):
-    from conftest import mlp_case
+    from spectral_cases import mlp_case
 
     fn64, x, S = mlp_case()
     fn = (lambda z: fn64(z.double()).to(dtype)) if dtype == torch.float32 else fn64

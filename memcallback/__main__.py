@@ -1,7 +1,7 @@
 """Command line: audit a checkpoint of the reference DiffusionModule after training.
 
     memcallback rate CHECKPOINT [--samples 64] [--steps 50] [--seed 0]
-    memcallback analyze CHECKPOINT [--samples 64] [--sigmas 0.1 0.2] [--json report.json]
+    memcallback analyze CHECKPOINT [--samples 64] [--sigmas 0.1 0.2] [--json report.json] [--png report.png]
 
 The training images are rebuilt from the Hydra config that ``train.py`` saved beside the checkpoint
 (``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/*.ckpt``), or from ``--config PATH``.
@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      help="nearest/second-nearest distance ratio under which a sample is a copy")
     sub.choices["analyze"].add_argument("--sigmas", type=float, nargs="+", default=[0.1])
     sub.choices["analyze"].add_argument("--json", type=Path, default=None, help="also write the summary here")
+    sub.choices["analyze"].add_argument("--png", type=Path, default=None,
+                                        help="also draw the scores and the spectrum into this PNG")
     args = parser.parse_args(argv)
 
     model, train = _load(args.checkpoint, args.config)
@@ -88,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{key:>20s}  {value:.4g}")
     if args.json is not None:
         args.json.write_text(json.dumps(summary, indent=2))
+    if args.png is not None:
+        from memcallback.plots import plot_report
+
+        print(f"report drawn in {plot_report(report, args.png)}")
     return 0
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from memcallback.analysis import SharpnessReport
 
 #: Series of the top panel (memorization measures in [0, 1]), with their legend labels.
 RATE_SERIES = {
@@ -119,3 +122,44 @@ def _has_values(rows: list[dict[str, float]], key: str) -> bool:
 def _within_unit_interval(rows: list[dict[str, float]], series: dict[str, str]) -> bool:
     values = [row[key] for row in rows for key in series if _has_values([row], key)]
     return all(0.0 <= v <= 1.0 for v in values)
+
+
+def plot_report(report: SharpnessReport, path: Path | str) -> Path:
+    """One measurement as a PNG: the per-sample memorization scores (split by the nearest-neighbour label
+    when the report has one) and the mean normalized spectrum ``mu_i`` of flagged and other samples.
+
+    Args:
+        report: a :class:`~memcallback.analysis.SharpnessReport` (from :func:`memcallback.analyze`).
+        path: where to write the PNG; parent folders are created.
+
+    Returns:
+        The path written.
+    """
+    stats = report.primary
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    score = stats.score.detach().float().cpu()
+    bins = [i / 20 for i in range(21)]
+    if report.labels is not None:
+        copies = report.labels.memorized.cpu()
+        left.hist(score[~copies].numpy(), bins=bins, alpha=0.7, label=f"novel ({int((~copies).sum())})")
+        left.hist(score[copies].numpy(), bins=bins, alpha=0.7, label=f"copies of training images ({int(copies.sum())})")
+        left.legend(fontsize=8)
+    else:
+        left.hist(score.numpy(), bins=bins, alpha=0.8)
+    left.set(xlabel="memorization score", ylabel="samples", title=f"{len(score)} samples at t={stats.timestep}")
+    mu = stats.mu.detach().float().cpu()
+    index = list(range(1, mu.shape[1] + 1))
+    for mask, label in ((stats.memorized.cpu(), "flagged"), (~stats.memorized.cpu(), "not flagged")):
+        if mask.any():
+            right.plot(index, mu[mask].mean(dim=0).numpy(), marker="o", label=f"{label} ({int(mask.sum())})")
+    right.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    right.set(xlabel="direction i (flattest first)", ylabel="mean mu_i = 1 + sigma^2 lambda_i",
+              title=f"normalized spectrum, sigma={stats.sigma:.3g}")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

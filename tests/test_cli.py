@@ -27,10 +27,11 @@ def test_rate(checkpoint, capsys) -> None:
     assert "memorization rate:" in out and "of 8 DDIM-5 samples" in out and "16 training images" in out
 
 
-def test_analyze_writes_a_json_summary(checkpoint, tmp_path, capsys) -> None:
-    report = tmp_path / "report.json"
+def test_analyze_writes_a_json_summary_and_a_png(checkpoint, tmp_path, capsys) -> None:
+    report, png = tmp_path / "report.json", tmp_path / "figures" / "report.png"
     assert main(["analyze", str(checkpoint), "--samples", "8", "--steps", "5", "--sigmas", "0.2",
-                 "--json", str(report)]) == 0
+                 "--json", str(report), "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads(report.read_text())
     assert 0.0 <= summary["score"] <= 1.0 and 0.0 <= summary["nn_rate"] <= 1.0
     assert "effective_dim" in capsys.readouterr().out

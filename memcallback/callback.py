@@ -20,6 +20,7 @@ from memcallback.analysis import SharpnessReport, analyze, probe_noise, resolve_
 from memcallback.arguments import check_monitor_arguments, is_int, require
 from memcallback.conditional import CONDITIONAL_SCALARS, conditional_report
 from memcallback.diffusion import check_model
+from memcallback.reporting import console_line, log_scalars, set_callback_metrics
 from memcallback.sharpness import SharpnessConfig, SharpnessStats
 from memcallback.stopping import StopRule
 
@@ -226,7 +227,7 @@ class MemorizationMonitor(Callback):
                 self._check(trainer, pl_module, can_stop=True)  # the baseline sets the stop rule's best value
         elif self.history:  # resumed: make the last values monitorable again until the next check
             last = {k: v for k, v in self.history[-1].items() if k not in ("step", "epoch")}
-            self._set_callback_metrics(trainer, last)
+            set_callback_metrics(trainer, {f"{self.prefix}{name}": value for name, value in last.items()})
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -263,7 +264,7 @@ class MemorizationMonitor(Callback):
         if self.log_media and trainer.is_global_zero:
             self._log_media(trainer, report, step)
         self._warm_start = {t: s.eigenvectors for t, s in report.stats.items() if s.eigenvectors is not None} or None
-        rank_zero_info(self._summary_line(values, step))
+        rank_zero_info(console_line(values, step))
         if can_stop:
             self._decide(trainer, values[self.monitor.removeprefix(self.prefix)], step)
 
@@ -342,22 +343,7 @@ class MemorizationMonitor(Callback):
     # Output
     # ----------------------------------------------------------------------------------------------
     def _log_scalars(self, trainer: pl.Trainer, values: dict[str, float], step: int) -> None:
-        """Send scalars to every logger at ``step`` and into ``trainer.callback_metrics``.
-
-        Like Lightning's ``LearningRateMonitor``, the monitor logs through the loggers directly rather than
-        ``pl_module.log``: it runs in hooks where ``self.log`` is not allowed (train start, ``validate``),
-        its values land at the exact global step whatever ``log_every_n_steps`` is, and pushing them into
-        ``callback_metrics`` keeps them monitorable by ``ModelCheckpoint``. They are already global (reduced
-        over ranks), so every rank writes the same values.
-        """
-        for logger in trainer.loggers:
-            logger.log_metrics({f"{self.prefix}{name}": value for name, value in values.items()}, step=step)
-        self._set_callback_metrics(trainer, values)
-
-    def _set_callback_metrics(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
-        device = trainer.strategy.root_device
-        for name, value in values.items():
-            trainer.callback_metrics[f"{self.prefix}{name}"] = torch.tensor(value, device=device)
+        log_scalars(trainer, {f"{self.prefix}{name}": value for name, value in values.items()}, step)
 
     def _log_media(self, trainer: pl.Trainer, report: SharpnessReport, step: int) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -375,16 +361,6 @@ class MemorizationMonitor(Callback):
                     rank_zero_warn(f"MemorizationMonitor: W&B media could not be logged ({type(err).__name__}: "
                                    f"{err}); scalars are unaffected. Set log_media=False to skip them.")
                     self._media_failure_reported = True
-
-    def _summary_line(self, values: dict[str, float], step: int) -> str:
-        parts = [f"step {step}", f"score {values['score']:.3f}", f"flagged {values['flagged_fraction']:.0%}",
-                 f"d_eff {values['effective_dim']:.1f}", f"mu_max {values['mu_max']:.3f}"]
-        if "nn_rate" in values:
-            parts.append(f"nn-rate {values['nn_rate']:.0%}")
-        if not math.isnan(values.get("auroc", math.nan)):
-            parts.append(f"AUROC {values['auroc']:.3f}")
-        parts.append(f"{values['seconds']:.2f} s")
-        return "[memorization] " + " | ".join(parts)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask

@@ -77,8 +77,15 @@ class ClassEmbedding(nn.Module):
         return self.table(index)
 
 
-def check_unconditional(cond: Tensor | None, name: str) -> None:
-    """Raise a clear error when a condition is passed to a network built without ``num_classes``."""
+def condition_embedding(network: nn.Module, t: Tensor, cond: Tensor | None, x: Tensor) -> Tensor:
+    """``time_embed(t) + class_embed(cond)`` of a reference network (time only when it is unconditional).
+
+    A condition passed to a network built without ``num_classes`` raises a clear error instead of being ignored.
+    """
+    emb = network.time_embed(t)
+    if network.class_embed is not None:
+        return emb + network.class_embed(cond, x.shape[0], x.device)
     if cond is not None:
-        raise ValueError(f"{name} was built with num_classes=None (unconditional) but received cond; "
-                         "set num_classes to train a conditional model.")
+        raise ValueError(f"{type(network).__name__} was built with num_classes=None (unconditional) but received "
+                         "cond; set num_classes to train a conditional model.")
+    return emb

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from memcallback.models.embeddings import ClassEmbedding, TimestepEmbedding, check_unconditional
+from memcallback.models.embeddings import ClassEmbedding, TimestepEmbedding, condition_embedding
 
 NORMS = ("layer", "none")
 
@@ -76,11 +76,7 @@ class ResidualMLP(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Predict the network target for ``x`` at timesteps ``t``, optionally conditioned on labels ``cond``."""
-        emb = self.time_embed(t)
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(cond, x.shape[0], x.device)
-        else:
-            check_unconditional(cond, type(self).__name__)
+        emb = condition_embedding(self, t, cond, x)
         h = self.input(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)

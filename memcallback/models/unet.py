@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from memcallback.models.embeddings import ClassEmbedding, TimestepEmbedding, check_unconditional
+from memcallback.models.embeddings import ClassEmbedding, TimestepEmbedding, condition_embedding
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -126,11 +126,7 @@ class SmallUNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Predict the network target for images ``x`` at timesteps ``t``, optionally conditioned on ``cond``."""
-        emb = self.time_embed(t)
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(cond, x.shape[0], x.device)
-        else:
-            check_unconditional(cond, type(self).__name__)
+        emb = condition_embedding(self, t, cond, x)
         h = self.conv_in(x)
         skips = []
         for level in self.down:

@@ -24,16 +24,12 @@ def make_cfg(overrides):
 
 @pytest.fixture(autouse=True)
 def _quiet_offline_wandb(tmp_path, monkeypatch):
-    """Offline, silent W&B writing under tmp_path; one torch thread (tiny models, possibly busy CI)."""
+    """Offline, silent W&B writing under tmp_path (tests/conftest.py already runs torch on one thread)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("experiment", ["digits_memorize", "digits_generalize", "toy_memorize"])

@@ -10,15 +10,6 @@ from memcallback.diffusion import check_model
 from memcallback.models import EMA, DiffusionModule, ResidualMLP, SmallUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy CI machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(num=64, labels=False):
     g = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(num, 2, generator=g) + torch.tensor([0.5, -0.5])

@@ -14,15 +14,6 @@ NETWORKS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy CI machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _inputs(net, batch=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *net.data_shape, generator=g)

@@ -7,16 +7,6 @@ import torch
 from spectral_cases import CASES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in these tests (restored after each): on a busy 2-core machine two OpenMP threads
-    thrash, and this suite measured 13 s with one thread against 206 s with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(params=sorted(CASES), scope="session")
 def case(request):
     """``(name, fn, x, S_exact)`` for every test operator."""

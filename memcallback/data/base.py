@@ -260,32 +260,22 @@ class ArrayDataModule(L.LightningDataModule):
     def _dataset(self, x: Tensor, y: Tensor | None) -> TensorDataset:
         return TensorDataset(x, y if y is not None else torch.full((len(x),), -1, dtype=torch.long))
 
+    def _loader(self, x: Tensor, y: Tensor | None, sampler: ReplacementSampler | None) -> DataLoader:
+        """``(x, y)`` batches in order, or in the order ``sampler`` draws; workers as configured."""
+        return DataLoader(self._dataset(x, y), batch_size=self.batch_size, sampler=sampler, shuffle=False,
+                          drop_last=False, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=_collate_pair)
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches drawn with replacement, ``samples_per_epoch`` images per epoch."""
         self._require_setup()
         assert self.train_data is not None and self._loader_generator is not None
         num_samples = self.samples_per_epoch or max(len(self.train_data), self.batch_size)
         sampler = ReplacementSampler(len(self.train_data), num_samples, self._loader_generator)
-        return DataLoader(
-            self._dataset(self.train_data, self.train_labels),
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=_collate_pair,
-        )
+        return self._loader(self.train_data, self.train_labels, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         """The held-out images in a fixed order (an empty loader when ``val_fraction == 0``)."""
         self._require_setup()
         assert self.val_data is not None
-        return DataLoader(
-            self._dataset(self.val_data, self.val_labels),
-            batch_size=self.batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=_collate_pair,
-        )
+        return self._loader(self.val_data, self.val_labels, sampler=None)

@@ -1,12 +1,12 @@
 """Train a diffusion model with Hydra: ``python train.py [experiment=...] [key=value ...]``.
 
-All the work happens in :func:`memcallback.app.run`; this file only hands it Hydra's config.
+All the work happens in :func:`memcallback.app.train.run`; this file only hands it Hydra's config.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from memcallback.app import run
+from memcallback.app.train import run
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -22,8 +22,8 @@ import lightning.pytorch as pl
 import torch
 
 from memcallback import MemorizationMonitor
-from memcallback.data import DigitsDataModule
-from memcallback.models import DiffusionModule, ResidualMLP
+from memcallback.app.data import DigitsDataModule
+from memcallback.app.models import DiffusionModule, ResidualMLP
 
 
 def train_once(steps: int, with_monitor: bool) -> tuple[float, MemorizationMonitor | None]:

@@ -8,7 +8,7 @@ training image repeated 160 times, the nine other classes keep all their trainin
 ``--samples-per-class`` samples of every class, each averaged over ``n`` generations (initial noises; the
 same noises for every class, as the paper's per-prompt seed reset), it computes at the first sampling step
 (``t = T-1``, at ``x_T``) the paper's ``||H^D s^D||`` and Wen et al.'s ``||s^D||`` with
-:func:`memcallback.conditional.conditional_report`, and the AUROC separating class ``k``'s samples from
+:func:`memcallback.measure.conditional.conditional_report`, and the AUROC separating class ``k``'s samples from
 the others. Ground truth: the DDIM samples (guidance ``--guidance-scale``) from the same noises, labelled
 by the nearest-neighbour ratio test against the unique training images; the nn rate per class confirms
 that class ``k`` is the memorized one. Prints markdown tables with the command. One thread throughout.
@@ -26,9 +26,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from memcallback.conditional import conditional_report
-from memcallback.data import DigitsDataModule
-from memcallback.models import DiffusionModule, ResidualMLP
+from memcallback.app.data import DigitsDataModule
+from memcallback.app.models import DiffusionModule, ResidualMLP
+from memcallback.measure.conditional import conditional_report
 
 NUM_CLASSES = 10
 

@@ -56,9 +56,9 @@ from validation_runs import (
 from validation_training import study_curves, study_stopping
 
 from memcallback import analyze
-from memcallback.analysis import measurement_mode
 from memcallback.diffusion import ddim_sample, score_function
-from memcallback.sharpness import SharpnessConfig, measure_sharpness
+from memcallback.measure.analysis import measurement_mode
+from memcallback.measure.sharpness import SharpnessConfig, measure_sharpness
 from memcallback.spectral import jacobian_operator, lanczos, power_iteration
 
 PER_STAGE = ("top_mu k=4", "top_mu k=8")
@@ -232,7 +232,7 @@ def study_cost(args: argparse.Namespace, w: Writer) -> None:
 def _step_time(steps: int) -> float:
     import lightning.pytorch as pl
 
-    from memcallback.models import DiffusionModule, ResidualMLP
+    from memcallback.app.models import DiffusionModule, ResidualMLP
 
     pl.seed_everything(0, verbose=False)
     module = DiffusionModule(ResidualMLP((1, 8, 8), hidden=256, num_blocks=3))
@@ -279,7 +279,7 @@ def _solver_cost(args: argparse.Namespace, module: torch.nn.Module) -> list[list
 
 def study_toy(args: argparse.Namespace, w: Writer) -> None:
     """The 2-D toy (ring + 4 isolated repeated points): AUROC per statistic and sigma, and a scatter plot."""
-    from memcallback.data import ToyMixtureDataModule
+    from memcallback.app.data import ToyMixtureDataModule
 
     spec = RunSpec(None, args.toy_steps, toy=True)
     train_one(args.cache, spec)

@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from memcallback import analyze
-from memcallback.sharpness import SharpnessConfig, SharpnessStats
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
 
 #: candidate statistics, each oriented so that larger means "more memorized" (the sign is fixed a priori
 #: from the theory: memorized = sharp = small mu, small effective dimension, few flat directions, large

@@ -25,11 +25,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
 from memcallback import MemorizationMonitor, analyze
-from memcallback.analysis import probe_noise
-from memcallback.data import DigitsDataModule, ToyMixtureDataModule
+from memcallback.app.data import DigitsDataModule, ToyMixtureDataModule
+from memcallback.app.models import DiffusionModule, ResidualMLP
 from memcallback.diffusion import ddim_sample
-from memcallback.models import DiffusionModule, ResidualMLP
-from memcallback.sharpness import SharpnessConfig
+from memcallback.measure.analysis import probe_noise
+from memcallback.measure.sharpness import SharpnessConfig
 
 #: noise levels recorded over training; the first is the callback's default (primary) level.
 CURVE_SIGMAS = (0.1, 0.05, 0.2)

@@ -22,7 +22,7 @@ from validation_runs import (
     history,
 )
 
-from memcallback.stopping import StopRule
+from memcallback.core.stopping import StopRule
 
 DEFAULT_RULE = {"threshold": 0.1, "min_delta": 0.05, "patience": 1}
 

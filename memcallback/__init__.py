@@ -1,22 +1,39 @@
 """memcallback: detect memorization in diffusion models while they train, from the sharpness of the learned density.
 
-Public API:
-    MemorizationMonitor   the Lightning callback
-    analyze               one measurement of a model, without a Trainer
+Public API (exported lazily: ``import memcallback.spectral`` or ``memcallback.measure`` loads no Lightning):
+    MemorizationMonitor   the Lightning callback                          (memcallback.lightning)
+    analyze               one measurement of a model, without a Trainer   (memcallback.measure)
     conditional_report    the paper's conditional detection metric per class, without a Trainer
-    DiffusionModel        the protocol a model implements to be watched
+    DiffusionModel        the protocol a model implements to be watched   (memcallback.diffusion)
     NoiseSchedule         variance-preserving noise schedules
 """
 
-from memcallback.analysis import SharpnessReport, analyze
-from memcallback.callback import MemorizationMonitor
-from memcallback.conditional import ConditionalReport, conditional_report
-from memcallback.diffusion import DiffusionModel, NoiseSchedule, ddim_sample, ddpm_sample, score_function
-from memcallback.ground_truth import MemorizationLabels, memorization_labels, nearest_neighbours
-from memcallback.sharpness import SharpnessConfig, SharpnessStats
-from memcallback.stopping import StopRule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it; imported on first access (PEP 562).
+_EXPORTS = {
+    "MemorizationMonitor": "memcallback.lightning",
+    "SharpnessConfig": "memcallback.measure",
+    "SharpnessReport": "memcallback.measure",
+    "SharpnessStats": "memcallback.measure",
+    "ConditionalReport": "memcallback.measure",
+    "MemorizationLabels": "memcallback.measure",
+    "analyze": "memcallback.measure",
+    "conditional_report": "memcallback.measure",
+    "memorization_labels": "memcallback.measure",
+    "nearest_neighbours": "memcallback.measure",
+    "StopRule": "memcallback.core",
+    "DiffusionModel": "memcallback.diffusion",
+    "NoiseSchedule": "memcallback.diffusion",
+    "ddim_sample": "memcallback.diffusion",
+    "ddpm_sample": "memcallback.diffusion",
+    "score_function": "memcallback.diffusion",
+}
 
 __all__ = [
     "ConditionalReport",
@@ -37,3 +54,32 @@ __all__ = [
     "nearest_neighbours",
     "score_function",
 ]
+
+if TYPE_CHECKING:
+    from memcallback.core import StopRule
+    from memcallback.diffusion import DiffusionModel, NoiseSchedule, ddim_sample, ddpm_sample, score_function
+    from memcallback.lightning import MemorizationMonitor
+    from memcallback.measure import (
+        ConditionalReport,
+        MemorizationLabels,
+        SharpnessConfig,
+        SharpnessReport,
+        SharpnessStats,
+        analyze,
+        conditional_report,
+        memorization_labels,
+        nearest_neighbours,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memcallback' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,9 +7,9 @@ import socket
 import lightning.pytorch as pl
 import pytest
 
-from memcallback.callback import MemorizationMonitor
-from memcallback.data import DigitsDataModule
-from memcallback.models import DiffusionModule, ResidualMLP
+from memcallback.app.data import DigitsDataModule
+from memcallback.app.models import DiffusionModule, ResidualMLP
+from memcallback.lightning.callback import MemorizationMonitor
 
 
 def make_module(ema_decay: float | None = None) -> DiffusionModule:

@@ -9,13 +9,13 @@ The diffusers adapter reads the objects it is given and never imports diffusers 
 together with ``pip install memcallback[diffusers]``.
 """
 
-from memcallback.adapters.attention import math_attention
 from memcallback.adapters.diffusers import (
     DiffusersModel,
     DiffusersProtocolMixin,
     prediction_type_from_diffusers,
     schedule_from_diffusers,
 )
+from memcallback.diffusion.attention import math_attention
 
 __all__ = [
     "DiffusersModel",

@@ -52,8 +52,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from memcallback.adapters.attention import math_attention
 from memcallback.diffusion import NoiseSchedule
+from memcallback.diffusion.attention import math_attention
 
 #: diffusers' ``prediction_type`` names and the memcallback names they map to.
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample"}

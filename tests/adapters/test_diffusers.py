@@ -22,7 +22,7 @@ from memcallback.adapters import (
     prediction_type_from_diffusers,
     schedule_from_diffusers,
 )
-from memcallback.data import DigitsDataModule
+from memcallback.app.data import DigitsDataModule
 from memcallback.diffusion import check_model, predict_epsilon, score
 
 SDPA_FLAGS = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled,

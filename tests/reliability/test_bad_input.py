@@ -31,10 +31,10 @@ from reliability_helpers import ROOT, TINY_APP
 from tiny_training import make_data, make_module, make_trainer
 
 import memcallback
-from memcallback.app import run
-from memcallback.callback import MemorizationMonitor
-from memcallback.data import ToyMixtureDataModule
-from memcallback.models import DiffusionModule, ResidualMLP
+from memcallback.app.data import ToyMixtureDataModule
+from memcallback.app.models import DiffusionModule, ResidualMLP
+from memcallback.app.train import run
+from memcallback.lightning.callback import MemorizationMonitor
 
 PACKAGE = Path(memcallback.__file__).parent
 DEFAULT_MONITOR = "memorization/score"

@@ -20,7 +20,7 @@ from reliability_helpers import (
     train_py,
 )
 
-from memcallback.app import run
+from memcallback.app.train import run
 
 # the effective dimension falls at every check: with patience 2 the rule fires at the second check after the baseline
 RUN = ["~callbacks.model_checkpoint", "trainer.max_steps=8", *TINY_APP, *forced_stop(patience=2)]

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback.callback import MemorizationMonitor
+from memcallback.lightning.callback import MemorizationMonitor
 
 CHECKS = 200
 WARM = 50  # checks before the reference measurement

@@ -21,10 +21,10 @@ from lightning.pytorch.loggers import CSVLogger
 from reliability_helpers import StateSnapshots, same_state
 from tiny_training import make_data, make_module, make_trainer
 
-import memcallback.callback
-import memcallback.sharpness
-from memcallback.callback import MemorizationMonitor
-from memcallback.models import DiffusionModule
+import memcallback.lightning.callback
+import memcallback.measure.sharpness
+from memcallback.app.models import DiffusionModule
+from memcallback.lightning.callback import MemorizationMonitor
 
 FAIL_FROM_STEP = 2  # the baseline check at step 0 succeeds, every later one (2, 4, 6, 8) fails
 
@@ -46,14 +46,14 @@ def nan_gradient(out: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
 
 
 def out_of_memory(module: DiffusionModule, monkeypatch) -> None:
-    original = memcallback.sharpness.dense_jacobian
+    original = memcallback.measure.sharpness.dense_jacobian
 
     def dense_jacobian(fn, x):
         if module.global_step >= FAIL_FROM_STEP:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(fn, x)
 
-    monkeypatch.setattr(memcallback.sharpness, "dense_jacobian", dense_jacobian)
+    monkeypatch.setattr(memcallback.measure.sharpness, "dense_jacobian", dense_jacobian)
 
 
 def slow_clock(module: DiffusionModule, monkeypatch) -> None:
@@ -67,7 +67,7 @@ def slow_clock(module: DiffusionModule, monkeypatch) -> None:
             cls.calls += 1
             return time.perf_counter() + (1000.0 * cls.calls if module.global_step >= FAIL_FROM_STEP else 0.0)
 
-    monkeypatch.setattr(memcallback.callback, "time", Clock)
+    monkeypatch.setattr(memcallback.lightning.callback, "time", Clock)
 
 
 # id: (fault injection, extra monitor arguments, what the one warning says)

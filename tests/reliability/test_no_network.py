@@ -19,7 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from reliability_helpers import ROOT, TINY_APP, train_py
 
-from memcallback.app import run
+from memcallback.app.train import run
 
 RUN = ["logger=wandb", "trainer.max_steps=4", *TINY_APP]
 

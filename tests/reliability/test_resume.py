@@ -25,8 +25,8 @@ from reliability_helpers import (
 )
 from tiny_training import make_data, make_module, make_trainer, scripted
 
-from memcallback.app import run
-from memcallback.callback import MemorizationMonitor
+from memcallback.app.train import run
+from memcallback.lightning.callback import MemorizationMonitor
 
 # patience 3: the rule alarms at steps 2, 4 and 6 and fires at 6; the process dies after step 4 (wait count 2)
 RUN = ["logger=none", "~callbacks.model_checkpoint", "callbacks.last_checkpoint.every_n_train_steps=2",

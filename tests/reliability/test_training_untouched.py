@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback.callback import MemorizationMonitor
+from memcallback.lightning.callback import MemorizationMonitor
 
 # id: (monitor arguments, trainer arguments, EMA decay, steps that must have been checked)
 CASES = {

@@ -1,0 +1,22 @@
+"""The measurement tier (pure torch): per-sample sharpness and the memorization score, one measurement of a
+model (:func:`analyze`), the conditional metrics, and the nearest-neighbour ground truth."""
+
+from memcallback.measure.analysis import analyze
+from memcallback.measure.conditional import ConditionalReport, conditional_report
+from memcallback.measure.ground_truth import MemorizationLabels, memorization_labels, nearest_neighbours
+from memcallback.measure.report import SharpnessReport, auroc
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
+
+__all__ = [
+    "ConditionalReport",
+    "MemorizationLabels",
+    "SharpnessConfig",
+    "SharpnessReport",
+    "SharpnessStats",
+    "analyze",
+    "auroc",
+    "conditional_report",
+    "measure_sharpness",
+    "memorization_labels",
+    "nearest_neighbours",
+]

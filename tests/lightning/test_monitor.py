@@ -1,0 +1,100 @@
+import csv
+import math
+
+import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from tiny_training import make_data, make_module, make_trainer, scripted
+
+from memcallback.lightning.callback import MemorizationMonitor
+
+
+def read_csv_metrics(path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_logs_scalars_at_the_global_step(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(tmp_path, [monitor], logger=logger)
+    trainer.fit(make_module(), datamodule=make_data())
+    rows = [r for r in read_csv_metrics(logger.log_dir + "/metrics.csv") if r.get("memorization/score")]
+    assert [int(r["step"]) for r in rows] == [0, 2, 4, 6]  # baseline + every 2 steps
+    for key in ("memorization/score", "memorization/flagged_fraction", "memorization/effective_dim",
+                "memorization/mu_max", "memorization/min_mu", "memorization/asymmetry", "memorization/nn_rate",
+                "memorization/seconds"):
+        assert all(math.isfinite(float(r[key])) for r in rows), key
+    assert "memorization/score" in trainer.callback_metrics  # monitorable by ModelCheckpoint
+    assert [h["step"] for h in monitor.history] == [0, 2, 4, 6]
+    assert 0.0 <= monitor.history[-1]["score"] <= 1.0
+
+
+def test_epoch_schedule(tmp_path, fast_monitor_kwargs) -> None:
+    kwargs = fast_monitor_kwargs | {"every_n_train_steps": None, "every_n_epochs": 1, "check_on_train_start": False}
+    monitor = MemorizationMonitor(**kwargs)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=12)  # 64 samples / 16 per batch: 4 steps an epoch
+    trainer.fit(make_module(), datamodule=make_data())
+    assert [h["step"] for h in monitor.history] == [4, 8, 12]
+
+
+def test_validate_under_inference_mode_leaves_no_gradients(tmp_path, fast_monitor_kwargs) -> None:
+    module = make_module()
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    trainer = make_trainer(tmp_path, [monitor], limit_val_batches=1)
+    trainer.validate(module, datamodule=make_data())
+    assert len(monitor.history) == 1 and math.isfinite(monitor.history[0]["score"])
+    assert all(p.grad is None for p in module.parameters())
+
+
+def test_validate_then_fit_then_validate(tmp_path, fast_monitor_kwargs) -> None:
+    """One monitor across stages: inference-mode states from validate() must not break fit()."""
+    module, data = make_module(), make_data()
+    monitor = MemorizationMonitor(**fast_monitor_kwargs)
+    trainer = make_trainer(tmp_path, [monitor], limit_val_batches=1, max_steps=2)
+    trainer.validate(module, datamodule=data)
+    trainer.fit(module, datamodule=data)
+    trainer.validate(module, datamodule=data)
+    assert [h["step"] for h in monitor.history] == [0, 0, 2, 2] and monitor.failures == 0
+
+
+def test_no_step_zero_check_during_accumulation(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = MemorizationMonitor(**(fast_monitor_kwargs | {"check_on_train_start": False}))
+    trainer = make_trainer(tmp_path, [monitor], max_steps=4, accumulate_grad_batches=2)
+    trainer.fit(make_module(), datamodule=make_data())
+    assert [h["step"] for h in monitor.history] == [2, 4]
+
+
+def test_resumed_run_keeps_its_metrics_monitorable(tmp_path, fast_monitor_kwargs) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    first = MemorizationMonitor(**fast_monitor_kwargs)
+    make_trainer(tmp_path, [first, ckpt], max_steps=2, enable_checkpointing=True).fit(make_module(),
+                                                                                     datamodule=make_data())
+    resumed = MemorizationMonitor(**(fast_monitor_kwargs | {"every_n_train_steps": 100}))
+    trainer = make_trainer(tmp_path, [resumed], max_steps=3)
+    trainer.fit(make_module(), datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
+    assert trainer.callback_metrics["memorization/score"].item() == pytest.approx(first.history[-1]["score"])
+
+
+@pytest.mark.parametrize(
+    ("series", "stop_step"),
+    [([0.0, 0.1, 0.5, 0.6, 0.7, 0.8, 0.9], 6), ([0.0] * 7, None), ([0.6] * 7, None)],
+)
+def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, monkeypatch, series, stop_step) -> None:
+    scripted(monkeypatch, series)
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, threshold=0.3, min_delta=0.05, patience=2)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=12)
+    trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.stopped_step == stop_step
+    # checks at 0, 2, 4, 6 (stop) or up to 12; never a decision without a fresh measurement
+    assert trainer.global_step == (stop_step if stop_step is not None else 12)
+    assert len(monitor.history) == (4 if stop_step else 7)
+
+
+def test_warn_only(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
+    scripted(monkeypatch, [0.0, 0.5, 0.6, 0.7])
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, threshold=0.3, patience=1, stop_training=False)
+    trainer = make_trainer(tmp_path, [monitor], max_steps=6)
+    with pytest.warns(UserWarning, match="training goes on"):
+        trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.stopped_step == 2 and trainer.global_step == 6

@@ -1,0 +1,34 @@
+"""AUROC of real-valued statistics: exact (Mann-Whitney with ties) for any range of values."""
+
+import math
+
+import pytest
+import torch
+
+from memcallback.measure import auroc
+
+
+def _pairwise_auroc(values: torch.Tensor, positive: torch.Tensor) -> float:
+    """Reference: the fraction of (positive, negative) pairs ordered correctly, a tie counting one half."""
+    pos, neg = values[positive.bool()].double(), values[~positive.bool()].double()
+    diff = pos[:, None] - neg[None, :]
+    return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()
+
+
+def test_large_raw_values_are_ranked_not_squashed() -> None:
+    # A logit-based implementation saturates sigmoid(800..950) to 1.0 in float32 and returns 0.5.
+    assert auroc(torch.tensor([800.0, 900, 850, 950]), torch.tensor([0, 1, 0, 1])) == 1.0
+    assert auroc(torch.tensor([-1e6, -2e6, 3e7, 4e7]), torch.tensor([1, 1, 0, 0])) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_matches_the_pairwise_definition_with_ties(scale: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 7, (300,), generator=g).double() * scale  # many ties
+    positive = torch.rand(300, generator=g) < 0.3
+    assert auroc(values, positive) == pytest.approx(_pairwise_auroc(values, positive), abs=1e-12)
+
+
+def test_all_tied_is_one_half_and_one_class_is_nan() -> None:
+    assert auroc(torch.full((6,), 3.0), torch.tensor([0, 1, 0, 1, 1, 0])) == 0.5
+    assert math.isnan(auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])))

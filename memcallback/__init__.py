@@ -1,7 +1,8 @@
 """memcallback: detect memorization in diffusion models while they train, from the sharpness of the learned density.
 
-Public API (exported lazily: ``import memcallback.spectral`` or ``memcallback.measure`` loads no Lightning):
+Public API (exported lazily: ``import memcallback.spectral``, ``.measure`` or ``.core`` loads no Lightning):
     MemorizationMonitor   the Lightning callback                          (memcallback.lightning)
+    MemorizationWatch     the same monitoring in any training loop        (memcallback.core)
     analyze               one measurement of a model, without a Trainer   (memcallback.measure)
     conditional_report    the paper's conditional detection metric per class, without a Trainer
     DiffusionModel        the protocol a model implements to be watched   (memcallback.diffusion)
@@ -27,7 +28,12 @@ _EXPORTS = {
     "conditional_report": "memcallback.measure",
     "memorization_labels": "memcallback.measure",
     "nearest_neighbours": "memcallback.measure",
+    "CheckResult": "memcallback.core",
+    "MemorizationWatch": "memcallback.core",
+    "ProbeConfig": "memcallback.core",
+    "StopConfig": "memcallback.core",
     "StopRule": "memcallback.core",
+    "ConditionalConfig": "memcallback.measure.conditional",
     "DiffusionModel": "memcallback.diffusion",
     "NoiseSchedule": "memcallback.diffusion",
     "ddim_sample": "memcallback.diffusion",
@@ -36,14 +42,19 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CheckResult",
+    "ConditionalConfig",
     "ConditionalReport",
     "DiffusionModel",
     "MemorizationLabels",
     "MemorizationMonitor",
+    "MemorizationWatch",
     "NoiseSchedule",
+    "ProbeConfig",
     "SharpnessConfig",
     "SharpnessReport",
     "SharpnessStats",
+    "StopConfig",
     "StopRule",
     "__version__",
     "analyze",
@@ -56,9 +67,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from memcallback.core import StopRule
+    from memcallback.core import CheckResult, MemorizationWatch, ProbeConfig, StopConfig, StopRule
     from memcallback.diffusion import DiffusionModel, NoiseSchedule, ddim_sample, ddpm_sample, score_function
     from memcallback.lightning import MemorizationMonitor
+    from memcallback.measure.conditional import ConditionalConfig
     from memcallback.measure import (
         ConditionalReport,
         MemorizationLabels,

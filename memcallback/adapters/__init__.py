@@ -4,11 +4,14 @@
     DiffusersProtocolMixin   a LightningModule holding a diffusers UNet + scheduler becomes monitorable
     DiffusersModel           a diffusers UNet + scheduler as a model for ``memcallback.analyze``
     schedule_from_diffusers  the NoiseSchedule of a diffusers DDPM/DDIM scheduler
+    AcceleratedWatch         a MemorizationWatch in an accelerate training loop (ranks, reduction, trackers)
+    AcceleratorReducer       the reduction over an accelerate job's processes
 
-The diffusers adapter reads the objects it is given and never imports diffusers itself; install the two
-together with ``pip install memcallback[diffusers]``.
+The adapters read the objects they are given and never import diffusers or accelerate themselves; install them
+with ``pip install memcallback[diffusers]`` or ``pip install memcallback[accelerate]``.
 """
 
+from memcallback.adapters.accelerate import AcceleratedWatch, AcceleratorReducer
 from memcallback.adapters.diffusers import (
     DiffusersModel,
     DiffusersProtocolMixin,
@@ -18,6 +21,8 @@ from memcallback.adapters.diffusers import (
 from memcallback.diffusion.attention import math_attention
 
 __all__ = [
+    "AcceleratedWatch",
+    "AcceleratorReducer",
     "DiffusersModel",
     "DiffusersProtocolMixin",
     "math_attention",

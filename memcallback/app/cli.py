@@ -2,9 +2,12 @@
 
     memcallback rate CHECKPOINT [--samples 64] [--steps 50] [--seed 0]
     memcallback analyze CHECKPOINT [--samples 64] [--sigmas 0.1 0.2] [--json report.json] [--png report.png]
+    memcallback safe RUN_DIR
 
 The training images are rebuilt from the Hydra config that ``train.py`` saved beside the checkpoint
-(``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/*.ckpt``), or from ``--config PATH``.
+(``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/*.ckpt``), or from ``--config PATH``. ``safe`` reads the
+monitor's state in the run's checkpoints and says which one holds the weights of the last safe check (the last
+check at which the stop rule did not alarm): ``safe.ckpt``, written by the monitor at every safe check.
 """
 
 from __future__ import annotations
@@ -51,10 +54,42 @@ def _load(checkpoint: Path, config: Path | None) -> tuple[torch.nn.Module, torch
     return model, datamodule.unique_train_data()
 
 
+def _monitor_state(path: Path) -> tuple[int, dict | None]:
+    """A checkpoint's global step and the MemorizationMonitor state it holds (``None`` without a monitor)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    states = [v for v in checkpoint.get("callbacks", {}).values() if isinstance(v, dict) and "safe_step" in v]
+    return int(checkpoint.get("global_step", -1)), (states[0] if states else None)
+
+
+def _safe(run_dir: Path) -> int:
+    """Print the last safe step of a run and the checkpoints that hold it."""
+    if not run_dir.is_dir():
+        raise SystemExit(f"error: run folder {run_dir} does not exist.")
+    found = {path: _monitor_state(path) for path in sorted(run_dir.rglob("*.ckpt"))}
+    regular = {path: step for path, (step, state) in found.items() if state is not None and path.name != "safe.ckpt"}
+    if not regular:
+        raise SystemExit(f"error: no checkpoint with MemorizationMonitor state under {run_dir} (was the monitor on "
+                         "and checkpointing enabled?).")
+    latest = max(regular, key=regular.get)
+    safe_step = found[latest][1]["safe_step"]
+    print(f"last safe check: step {safe_step} (monitor state of {latest}, step {regular[latest]})")
+    if safe_step is None:
+        print("no check was safe: the stop rule alarmed at every check")
+        return 0
+    safe = [path for path in found if path.name == "safe.ckpt" and found[path][0] == safe_step]
+    print(f"safe weights:    {safe[0]}" if safe else "safe weights:    no safe.ckpt of that step (checkpointing off?)")
+    before = [path for path, step in regular.items() if step <= safe_step]
+    if before:
+        path = max(before, key=regular.get)
+        print(f"latest regular checkpoint at or before it: {path} (step {regular[path]})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memcallback", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("safe", help="the checkpoint of the last safe check of a run").add_argument("run_dir", type=Path)
     for name, text in (("rate", "nearest-neighbour memorization rate of DDIM samples"),
                        ("analyze", "sharpness report of DDIM samples (memcallback.analyze)")):
         p = sub.add_parser(name, help=text)
@@ -63,21 +98,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--samples", type=_positive_int, default=64)
         p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
         p.add_argument("--seed", type=int, default=0)
-    sub.choices["rate"].add_argument("--threshold", type=float, default=1 / 3,
+    sub.choices["rate"].add_argument("--copy-ratio", type=float, default=1 / 3,
                                      help="nearest/second-nearest distance ratio under which a sample is a copy")
     sub.choices["analyze"].add_argument("--sigmas", type=float, nargs="+", default=[0.1])
     sub.choices["analyze"].add_argument("--json", type=Path, default=None, help="also write the summary here")
     sub.choices["analyze"].add_argument("--png", type=Path, default=None,
                                         help="also draw the scores and the spectrum into this PNG")
     args = parser.parse_args(argv)
+    if args.command == "safe":
+        return _safe(args.run_dir)
 
     model, train = _load(args.checkpoint, args.config)
     if args.command == "rate":
         from memcallback.app.train import memorization_rate
 
-        rate = memorization_rate(model, train, args.samples, args.steps, args.seed, args.threshold)
+        rate = memorization_rate(model, train, args.samples, args.steps, args.seed, args.copy_ratio)
         print(f"memorization rate: {rate:.1%} of {args.samples} DDIM-{args.steps} samples copy one of the "
-              f"{len(train)} training images (d1/d2 < {args.threshold:.3g})")
+              f"{len(train)} training images (d1/d2 < {args.copy_ratio:.3g})")
         return 0
 
     from memcallback import analyze

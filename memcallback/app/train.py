@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from memcallback.diffusion import ddim_sample, randn
+from memcallback.lightning import MemorizationMonitor
 from memcallback.measure.ground_truth import memorization_labels
 
 
@@ -37,9 +38,9 @@ def validate(cfg: DictConfig) -> None:
     _check_int(cfg, "eval_seed", 0, "seed of the final check's initial noise")
     if cfg.torch_threads is not None:
         _check_int(cfg, "torch_threads", 1, "intra-op CPU threads, or null for torch's default")
-    threshold = cfg.memorization_threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
-        raise ValueError(f"memorization_threshold must be a number in (0, 1], got {threshold!r}.")
+    ratio = cfg.copy_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+        raise ValueError(f"copy_ratio must be a number in (0, 1], got {ratio!r}.")
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -57,9 +58,12 @@ def _fill_data_shape(cfg: DictConfig, data_shape: tuple[int, ...]) -> None:
 
 @torch.no_grad()
 def memorization_rate(
-    model: pl.LightningModule, reference: torch.Tensor, num_samples: int, steps: int, seed: int, threshold: float
+    model: pl.LightningModule, reference: torch.Tensor, num_samples: int, steps: int, seed: int, ratio: float
 ) -> float:
-    """Fraction of ``num_samples`` DDIM samples (fixed initial noise) that copy an image of ``reference``."""
+    """Fraction of ``num_samples`` DDIM samples (fixed initial noise) that copy an image of ``reference``.
+
+    A sample copies one when ``d(nearest) / d(second nearest) < ratio`` (``memorization_labels``).
+    """
     was_training = model.training
     model.eval()
     try:
@@ -67,7 +71,25 @@ def memorization_rate(
         samples = ddim_sample(model, noise, steps).sample.cpu()
     finally:
         model.train(was_training)
-    return float(memorization_labels(samples, reference.cpu(), threshold=threshold).rate)
+    return float(memorization_labels(samples, reference.cpu(), ratio=ratio).rate)
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """Record the whole resolved config (every interpolation filled in) as each logger's hyperparameters."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+
+
+def monitored_value(trainer: pl.Trainer) -> tuple[str | None, float | None]:
+    """``(key, value)`` of what the ``MemorizationMonitor`` watches (its ``stop.monitor``, ``memorization/score`` by
+    default) in ``trainer.callback_metrics`` at the end of training; ``(None, None)`` without that callback, and
+    ``(key, None)`` when it never logged the key."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, MemorizationMonitor):
+            value = trainer.callback_metrics.get(callback.stop.monitor)
+            return callback.stop.monitor, None if value is None else float(value)
+    return None, None
 
 
 def _checkpoint_paths(trainer: pl.Trainer) -> tuple[str | None, str | None]:
@@ -113,6 +135,8 @@ def _format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"  best (val)    {summary['best_checkpoint']}")
     if summary["wandb_dir"]:
         lines.append(f"  W&B files     {summary['wandb_dir']}  (upload later: wandb sync <that folder>)")
+    if summary["monitor_value"] is not None:
+        lines.append(f"  monitored     {summary['monitor']} = {summary['monitor_value']:.4f}")
     if "val/loss" in summary["metrics"]:
         lines.append(f"  val/loss      {summary['metrics']['val/loss']:.4f}")
     rate = summary["memorization_rate"]
@@ -132,8 +156,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
     Returns:
         ``output_dir``, ``checkpoint`` (last), ``best_checkpoint``, ``metrics`` (final logged scalars),
-        ``memorization_rate`` (``None`` when ``eval_samples == 0`` or off rank 0), ``wandb_dir``,
-        ``global_step``, ``wall_time_s`` and the evaluation settings.
+        ``memorization_rate`` (``None`` when ``eval_samples == 0`` or off rank 0), ``monitor`` and
+        ``monitor_value`` (see ``monitored_value``: what ``train.py`` returns to Hydra's sweepers),
+        ``wandb_dir``, ``global_step``, ``wall_time_s`` and the evaluation settings.
     """
     start = time.perf_counter()
     if output_dir is not None:
@@ -152,15 +177,17 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(trainer.loggers, cfg)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         rate = None
         if cfg.eval_samples > 0 and trainer.is_global_zero:
             rate = memorization_rate(model, datamodule.unique_train_data(), cfg.eval_samples, cfg.eval_steps,
-                                     cfg.eval_seed, cfg.memorization_threshold)
+                                     cfg.eval_seed, cfg.copy_ratio)
             for logger in trainer.loggers:
                 logger.log_metrics({"eval/memorization_rate": rate}, step=trainer.global_step)
         latest, best = _checkpoint_paths(trainer)
+        monitor, monitor_value = monitored_value(trainer)
         summary = {
             "task_name": cfg.task_name,
             "output_dir": str(out),
@@ -168,6 +195,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             "best_checkpoint": best,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
             "memorization_rate": rate,
+            "monitor": monitor,
+            "monitor_value": monitor_value,
             "eval_samples": cfg.eval_samples,
             "eval_steps": cfg.eval_steps,
             "num_train_unique": len(datamodule.unique_train_data()),

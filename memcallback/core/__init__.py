@@ -1,6 +1,23 @@
-"""The framework-free monitoring core (pure torch): the stop rule and the reduction of a check across ranks."""
+"""The framework-free monitoring core (pure torch): :class:`MemorizationWatch` and its parts (the probe set, the
+measurement function, the reduction over processes, the stop rule, the safe weights)."""
 
-from memcallback.core.aggregation import CheckAggregator
-from memcallback.core.stopping import StopRule
+from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed
+from memcallback.core.measurement import Measurement, MeasureRequest, measure
+from memcallback.core.probes import ProbeConfig, ProbeSet
+from memcallback.core.stopping import StopConfig, StopRule
+from memcallback.core.watch import CheckResult, MemorizationWatch
 
-__all__ = ["CheckAggregator", "StopRule"]
+__all__ = [
+    "CheckResult",
+    "MeasureRequest",
+    "Measurement",
+    "MemorizationWatch",
+    "NoDistribution",
+    "ProbeConfig",
+    "ProbeSet",
+    "Reducer",
+    "StopConfig",
+    "StopRule",
+    "TorchDistributed",
+    "measure",
+]

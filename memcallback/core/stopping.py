@@ -1,13 +1,52 @@
-"""The early-stop rule: stop when memorization has risen, decided on fresh measurements only."""
+"""The early-stop rule and its settings: stop when memorization has risen, decided on fresh measurements only."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from memcallback.arguments import is_int, is_real, require
+from memcallback.measure import names
 
 MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """When a monitor stops training, and what it does then.
+
+    Args:
+        monitor: logged key the stop rule watches (with the monitor's prefix), e.g. ``memorization/score``.
+        mode: ``"max"`` when larger values mean more memorization (score, flagged fraction), ``"min"`` when
+            smaller ones do (effective dimension, ``mu``).
+        threshold: absolute level the value must pass to alarm, or ``None`` for "any rise".
+        min_delta: margin by which the value must be worse than the best so far.
+        patience: consecutive alarming checks that stop training (>= 1).
+        stop_training: stop the training job when the rule fires; ``False`` only warns.
+        restore_safe_weights: when the rule fires, load the weights of the last safe check back into the
+            model (kept as a CPU copy of its ``state_dict``, overwritten at every safe check).
+    """
+
+    monitor: str = names.PREFIX + names.SCORE
+    mode: str = "max"
+    threshold: float | None = 0.1
+    min_delta: float = 0.05
+    patience: int = 1
+    stop_training: bool = True
+    restore_safe_weights: bool = False
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.monitor, str) and bool(self.monitor), "monitor", self.monitor,
+                "a logged key such as 'memorization/score'")
+        require(isinstance(self.mode, str) and self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        require(self.threshold is None or (is_real(self.threshold) and math.isfinite(self.threshold)), "threshold",
+                self.threshold, "a finite float or None")
+        require(is_real(self.min_delta) and 0 <= self.min_delta < math.inf, "min_delta", self.min_delta,
+                "a finite float >= 0")
+        require(is_int(self.patience) and self.patience >= 1, "patience", self.patience, "an int >= 1")
+        for name in ("stop_training", "restore_safe_weights"):
+            require(isinstance(getattr(self, name), bool), name, getattr(self, name), "True or False")
 
 
 class StopRule:
@@ -22,24 +61,16 @@ class StopRule:
 
     Training stops after ``patience`` consecutive alarming checks; a quiet check resets the count.
     Non-finite values are ignored (a failed check never moves the rule). :meth:`update` must be called
-    once per *fresh* measurement, which the callback guarantees.
+    once per *fresh* measurement, which the monitoring core guarantees.
 
     Args:
-        mode: ``"max"`` when larger values mean more memorization (score, flagged fraction), ``"min"``
-            when smaller ones do (effective dimension, ``mu``).
-        threshold: absolute level the value must pass to alarm, or ``None`` for "any rise".
-        min_delta: margin by which the value must be worse than the best so far.
-        patience: consecutive alarming checks that stop training (>= 1).
+        config: the settings (``mode``, ``threshold``, ``min_delta``, ``patience`` are used here).
     """
 
-    def __init__(self, mode: str = "max", threshold: float | None = None, min_delta: float = 0.0,
-                 patience: int = 2) -> None:
-        require(isinstance(mode, str) and mode in MODES, "mode", mode, f"one of {MODES}")
-        require(threshold is None or (is_real(threshold) and math.isfinite(threshold)), "threshold", threshold,
-                "a finite float or None")
-        require(is_real(min_delta) and 0 <= min_delta < math.inf, "min_delta", min_delta, "a finite float >= 0")
-        require(is_int(patience) and patience >= 1, "patience", patience, "an int >= 1")
-        self.mode, self.threshold, self.min_delta, self.patience = mode, threshold, float(min_delta), patience
+    def __init__(self, config: StopConfig | None = None) -> None:
+        config = config or StopConfig()
+        self.mode, self.threshold, self.min_delta = config.mode, config.threshold, float(config.min_delta)
+        self.patience = config.patience
         self.reset()
 
     def reset(self) -> None:

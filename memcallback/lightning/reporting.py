@@ -1,8 +1,8 @@
-"""Where a check's scalars go: every Lightning logger, ``trainer.callback_metrics`` and one console line."""
+"""Where a check's outputs go under Lightning: every logger, ``trainer.callback_metrics``, the safe checkpoint."""
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -29,13 +29,20 @@ def set_callback_metrics(trainer: pl.Trainer, metrics: dict[str, float]) -> None
         trainer.callback_metrics[name] = torch.tensor(value, device=device)
 
 
-def console_line(values: dict[str, float], step: int) -> str:
-    """The one-line summary of a check, e.g. ``[memorization] step 1250 | score 0.127 | flagged 0% | ...``."""
-    parts = [f"step {step}", f"score {values['score']:.3f}", f"flagged {values['flagged_fraction']:.0%}",
-             f"d_eff {values['effective_dim']:.1f}", f"mu_max {values['mu_max']:.3f}"]
-    if "nn_rate" in values:
-        parts.append(f"nn-rate {values['nn_rate']:.0%}")
-    if not math.isnan(values.get("auroc", math.nan)):
-        parts.append(f"AUROC {values['auroc']:.3f}")
-    parts.append(f"{values['seconds']:.2f} s")
-    return "[memorization] " + " | ".join(parts)
+def safe_checkpoint_path(trainer: pl.Trainer) -> Path:
+    """``safe.ckpt`` beside the trainer's checkpoints: in the first ``ModelCheckpoint``'s ``dirpath`` (where
+    ``last.ckpt`` goes), else in ``default_root_dir/checkpoints``."""
+    callback = trainer.checkpoint_callback
+    directory = getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
+    return Path(directory) / "safe.ckpt"
+
+
+def log_run_summary(trainer: pl.Trainer, values: dict[str, float]) -> None:
+    """Write ``values`` into the run summary of every W&B logger (``run.summary``), on rank 0."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(values)

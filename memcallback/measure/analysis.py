@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +17,8 @@ from memcallback.arguments import is_int
 from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, randn, score_function
 from memcallback.diffusion.attention import math_attention
 from memcallback.measure.ground_truth import memorization_labels
-from memcallback.measure.report import SharpnessReport, auroc
-from memcallback.measure.sharpness import SharpnessConfig, measure_sharpness
+from memcallback.measure.report import SharpnessReport
+from memcallback.measure.sharpness import Interrupt, SharpnessConfig, measure_sharpness
 
 
 def resolve_timesteps(model: DiffusionModel, sigmas: Sequence[float] = (), timesteps: Sequence[int] = ()) -> list[int]:
@@ -83,6 +83,7 @@ def analyze(
     noise: Tensor | None = None,
     train_data: Tensor | None = None,
     warm_start: dict[int, Tensor] | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> SharpnessReport:
     """Measure how sharp the learned density is around the model's own samples.
 
@@ -105,7 +106,13 @@ def analyze(
         seed: seed of the probe noise and of every random vector the solvers draw.
         noise: explicit initial noises ``[B, *data_shape]`` (e.g. a rank's shard of a probe set).
         train_data: ``[N, *data_shape]`` unique training samples for the nearest-neighbour ground truth.
-        warm_start: ``{t: eigenvectors [B, k, *shape]}`` from a previous report, for Lanczos.
+        warm_start: ``{t: eigenvectors [B, k, *shape]}`` from a previous report, for the Krylov solver.
+        interrupt: a time budget: called between units of work (before every DDIM step's network call,
+            after every Krylov step, before each other part of a measurement). Once it returns True it is
+            not called again, the measurement stops at the next point where it can still return values and
+            the report has ``partial=True``: cut during sampling, ``stats`` is empty; cut during a noise
+            level, that level's :class:`SharpnessStats` has ``partial=True`` (parts not reached are NaN,
+            see ``SharpnessStats.products``) and later levels are missing.
 
     Returns:
         A :class:`SharpnessReport`.
@@ -122,23 +129,49 @@ def analyze(
         raise ValueError(f"train_data must have shape [N, *{tuple(model.data_shape)}], got {tuple(train_data.shape)}.")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed + 1)
+    stop = Interrupt(interrupt)
+    noise = noise.to(device, dtype)
+    stats = {}
     with measurement_mode(model):
-        out = ddim_sample(model, noise.to(device, dtype), num_sampling_steps, record=ts)
+        try:
+            out = ddim_sample(_Interruptible(model, stop), noise, num_sampling_steps, record=ts)
+        except _Interrupted:
+            return SharpnessReport(stats={}, samples=noise, seconds=time.perf_counter() - start, partial=True)
         if not torch.isfinite(out.sample).all():
             raise FloatingPointError("The model produced non-finite values while sampling the probes; "
                                      "check the training loss and learning rate.")
-        stats = {}
         for t in ts:
+            if stop():
+                break
             sigma = model.schedule.sigma(t, torch.float64).item()
             fn = score_function(model, t)
             v0 = None if warm_start is None else warm_start.get(t)
-            stats[t] = measure_sharpness(fn, out.trajectory[t], t, sigma, config, v0=v0, generator=generator)
-    report = SharpnessReport(stats=stats, samples=out.sample.detach())
+            stats[t] = measure_sharpness(fn, out.trajectory[t], t, sigma, config, v0=v0, generator=generator,
+                                         interrupt=stop)
+    report = SharpnessReport(stats=stats, samples=out.sample.detach(), partial=stop.fired)
     if train_data is not None:
         report.labels = memorization_labels(report.samples, train_data.to(report.samples))
-        report.auroc = {t: auroc(s.score, report.labels.memorized) for t, s in stats.items()}
     report.seconds = time.perf_counter() - start
     return report
+
+
+class _Interrupted(Exception):
+    """Raised inside the sampler when the interrupt fires (no state is measurable before sampling ends)."""
+
+
+class _Interruptible:
+    """``model`` as a :class:`DiffusionModel` that asks ``stop`` before every network call of the sampler."""
+
+    def __init__(self, model: DiffusionModel, stop: Interrupt):
+        self._model, self._stop = model, stop
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def model_output(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self._stop():
+            raise _Interrupted
+        return self._model.model_output(x_t, t, cond)
 
 
 def _device_dtype(model: object) -> tuple[torch.device, torch.dtype]:

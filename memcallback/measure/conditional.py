@@ -31,18 +31,41 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from memcallback.arguments import is_int
+from memcallback.arguments import is_int, require
 from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, score
+from memcallback.measure import names
 from memcallback.measure.analysis import _device_dtype, measurement_mode, probe_noise
 from memcallback.measure.ground_truth import MemorizationLabels, memorization_labels
 from memcallback.measure.report import auroc
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
 
-__all__ = ["CONDITIONAL_SCALARS", "ConditionalMetrics", "ConditionalReport", "conditional_metrics",
+__all__ = ["ConditionalConfig", "ConditionalMetrics", "ConditionalReport", "conditional_metrics",
            "conditional_report"]
 
-#: per-sample conditional statistics of :meth:`ConditionalReport.per_sample` (without ground truth).
-CONDITIONAL_SCALARS = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
+
+@dataclass(frozen=True)
+class ConditionalConfig:
+    """Which conditions a monitor watches with the conditional metrics, and with how many noises.
+
+    Args:
+        labels: the conditions (class labels, ints >= 0) measured at every check, e.g. ``(0, 9)``.
+        num_samples_per_cond: noises ``S`` per condition.
+        num_generations: generations ``G`` averaged per noise (the paper's 1 or 4).
+    """
+
+    labels: Sequence[int]
+    num_samples_per_cond: int = 16
+    num_generations: int = 1
+
+    def __post_init__(self) -> None:
+        labels = self.labels
+        require(not isinstance(labels, (str, bytes)) and isinstance(labels, Sequence) and len(labels) > 0
+                and all(is_int(c) and c >= 0 for c in labels), "labels", labels,
+                "a non-empty list of class labels (ints >= 0), e.g. [0, 9]")
+        object.__setattr__(self, "labels", tuple(labels))
+        for name in ("num_samples_per_cond", "num_generations"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, getattr(self, name),
+                    "an int >= 1")
 
 
 @dataclass(frozen=True)
@@ -68,7 +91,7 @@ class ConditionalMetrics:
 
     @property
     def hds_normalized(self) -> Tensor:
-        """``sigma_t^3 ||H^D s^D||`` (dimensionless, like ``SharpnessStats.hessian_score_norm``)."""
+        """``sigma_t^3 ||H^D s^D||`` (dimensionless, like ``SharpnessStats.hs_norm``)."""
         return self.sigma**3 * self.hds
 
 
@@ -195,9 +218,9 @@ class ConditionalReport:
         (``sigma^3 ||H^D s^D||``) and ``sd_norm_normalized`` (``sigma ||s^D||``), and with ground truth
         ``nn_rate`` (the fraction of the sample's generations that are near copies)."""
         values = (self.hds, self.sd_norm, self.sigma**3 * self.hds, self.sigma * self.sd_norm)
-        out = dict(zip(CONDITIONAL_SCALARS, values, strict=True))
+        out = dict(zip(names.CONDITIONAL, values, strict=True))
         if self.labels is not None:
-            out["nn_rate"] = self.labels.memorized.float().view(self.hds_per_generation.shape).mean(dim=1)
+            out[names.NN_RATE] = self.labels.copied.float().view(self.hds_per_generation.shape).mean(dim=1)
         return out
 
     def per_condition(self) -> dict[str, Tensor]:
@@ -226,9 +249,9 @@ class ConditionalReport:
         out = {name: v.mean().item() for name, v in self.per_sample().items()}
         per_condition = self.per_condition()
         for name, values in per_condition.items():
-            out.update({f"cond{c}/{name}": v.item() for c, v in enumerate(values)})
-        out["sharpest_condition"] = float(per_condition["hds"].argmax().item())
-        out["seconds"] = self.seconds
+            out.update({names.of_condition(c, name): v.item() for c, v in enumerate(values)})
+        out[names.SHARPEST_CONDITION] = float(per_condition["hds"].argmax().item())
+        out[names.SECONDS] = self.seconds
         return out
 
 
@@ -236,8 +259,8 @@ def conditional_report(
     model: DiffusionModel,
     cond: Tensor,
     *,
-    num_samples_per_cond: int = 16,
-    num_generations: int = 1,
+    num_samples_per_cond: int = ConditionalConfig.num_samples_per_cond,
+    num_generations: int = ConditionalConfig.num_generations,
     seed: int = 0,
     timestep: int | None = None,
     guidance_scale: float = 1.0,

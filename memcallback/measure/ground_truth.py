@@ -1,7 +1,7 @@
 """Nearest-neighbour ground truth: which generated samples are copies of training images.
 
-A generated sample ``x`` counts as memorized when its nearest training image is much closer than the
-second nearest one::
+A generated sample ``x`` counts as a *copy* of a training image when its nearest training image is much closer
+than the second nearest one::
 
     d(x, NN1) / d(x, NN2) < 1/3        (l2 distance on the flattened model input)
 
@@ -30,28 +30,28 @@ _EXTRA_CANDIDATES = 8
 
 @dataclass(frozen=True)
 class MemorizationLabels:
-    """Per-sample nearest-neighbour memorization labels.
+    """Per-sample nearest-neighbour labels: which generated samples copy a training image.
 
     Attributes:
-        ratio: ``[M]`` nearest over second-nearest distance, in [0, 1]; 0 when the nearest distance is 0.
-        memorized: ``[M]`` bool, ``ratio < threshold``.
+        distance_ratio: ``[M]`` nearest over second-nearest distance, in [0, 1]; 0 when the nearest distance is 0.
+        copied: ``[M]`` bool, ``distance_ratio < ratio``.
         nearest_index: ``[M]`` int64 index of the nearest reference image.
         nearest_distance: ``[M]`` l2 distance to the nearest reference image.
         second_distance: ``[M]`` l2 distance to the second-nearest reference image.
-        threshold: the ratio threshold that produced ``memorized``.
+        ratio: the distance ratio under which a sample is a copy (what produced ``copied``).
     """
 
-    ratio: Tensor
-    memorized: Tensor
+    distance_ratio: Tensor
+    copied: Tensor
     nearest_index: Tensor
     nearest_distance: Tensor
     second_distance: Tensor
-    threshold: float
+    ratio: float
 
     @property
     def rate(self) -> float:
-        """Fraction of samples flagged as memorized."""
-        return self.memorized.float().mean().item()
+        """Fraction of samples that copy a training image (the memorization rate)."""
+        return self.copied.float().mean().item()
 
 
 def _check_pair(samples: Tensor, reference: Tensor) -> None:
@@ -147,29 +147,29 @@ def nearest_neighbours(samples: Tensor, reference: Tensor, k: int = 2, chunk_siz
 
 @torch.no_grad()
 def memorization_labels(
-    samples: Tensor, reference: Tensor, threshold: float = 1 / 3, chunk_size: int = 4096
+    samples: Tensor, reference: Tensor, ratio: float = 1 / 3, chunk_size: int = 4096
 ) -> MemorizationLabels:
-    """Label generated samples as memorized by the nearest / second-nearest distance ratio test.
+    """Label generated samples as copies of training images by the nearest / second-nearest distance ratio test.
 
-    A sample is memorized when ``d1 / d2 < threshold`` with ``d1 <= d2`` its l2 distances to the two
-    nearest reference images (Yoon et al. 2023; Gu et al. 2023, threshold 1/3). ``ratio`` is defined as
+    A sample is a copy when ``d1 / d2 < ratio`` with ``d1 <= d2`` its l2 distances to the two
+    nearest reference images (Yoon et al. 2023; Gu et al. 2023, ratio 1/3). ``distance_ratio`` is defined as
     0 when ``d1 == 0`` (an exact copy), even if ``d2 == 0`` as well.
 
     Args:
         samples: ``[M, *shape]`` generated samples, in the model's input space.
         reference: ``[N, *shape]`` training images, each once (``unique_train_data()``), ``N >= 2``.
-        threshold: ratio below which a sample is memorized, in (0, 1].
+        ratio: distance ratio below which a sample is a copy, in (0, 1].
         chunk_size: block size of the nearest-neighbour search (see ``nearest_neighbours``).
 
     Returns:
         A ``MemorizationLabels`` with per-sample tensors on the samples' device and the ``rate``.
 
     Raises:
-        ValueError: when the reference has fewer than two items, the threshold is out of range, or the
+        ValueError: when the reference has fewer than two items, ``ratio`` is out of range, or the
             inputs do not match (see ``nearest_neighbours``).
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
     _check_pair(samples, reference)
     if reference.shape[0] < 2:
         raise ValueError(
@@ -178,12 +178,12 @@ def memorization_labels(
         )
     distances, indices = nearest_neighbours(samples, reference, k=2, chunk_size=chunk_size)
     d1, d2 = distances[:, 0], distances[:, 1]
-    ratio = torch.where(d1 == 0, torch.zeros_like(d1), d1 / d2)
+    distance_ratio = torch.where(d1 == 0, torch.zeros_like(d1), d1 / d2)
     return MemorizationLabels(
-        ratio=ratio,
-        memorized=ratio < threshold,
+        distance_ratio=distance_ratio,
+        copied=distance_ratio < ratio,
         nearest_index=indices[:, 0],
         nearest_distance=d1,
         second_distance=d2,
-        threshold=float(threshold),
+        ratio=float(ratio),
     )

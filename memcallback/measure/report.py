@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from memcallback.measure import names
 from memcallback.measure.ground_truth import MemorizationLabels
 from memcallback.measure.sharpness import SharpnessStats
 
@@ -20,13 +22,14 @@ class SharpnessReport:
         samples: ``[B, *shape]`` the generated samples the probes led to.
         labels: nearest-neighbour ground truth per sample (when training data was given).
         seconds: wall time of the measurement.
+        partial: the measurement was cut short (``interrupt``): its values are the best it had by then.
     """
 
     stats: dict[int, SharpnessStats]
     samples: Tensor
     labels: MemorizationLabels | None = None
     seconds: float = 0.0
-    auroc: dict[int, float] = field(default_factory=dict)
+    partial: bool = False
 
     @property
     def primary(self) -> SharpnessStats:
@@ -34,31 +37,50 @@ class SharpnessReport:
         return next(iter(self.stats.values()))
 
     def per_sample(self) -> dict[str, Tensor]:
-        """``{name: [B] float tensor}``: every per-sample statistic at the primary timestep (plain names)
-        and at every timestep (``t{t}/name``), the flag as ``flagged_fraction`` and the solver status as
-        ``converged_fraction`` (so their means are fractions), and with ground truth ``nn_rate``."""
+        """``{name: [B] float tensor}`` named by :mod:`~memcallback.measure.names`: every per-sample statistic
+        at the primary timestep (plain names) and at every timestep (``t{t}/name``), the flag as
+        ``flagged_fraction`` and the solver status as ``converged_fraction`` (so their means are fractions),
+        and with ground truth the copy label as ``nn_rate``."""
         out: dict[str, Tensor] = {}
         for i, (t, stats) in enumerate(self.stats.items()):
             values = stats.scalars()
-            values["flagged_fraction"] = stats.memorized.float()
-            values["converged_fraction"] = stats.converged.float()
+            values[names.FLAGGED_FRACTION] = stats.flagged.float()
+            values[names.CONVERGED_FRACTION] = stats.converged.float()
             if i == 0:
                 out.update(values)
-            out.update({f"t{t}/{name}": v for name, v in values.items()})
+            out.update({names.at_timestep(t, name): v for name, v in values.items()})
         if self.labels is not None:
-            out["nn_rate"] = self.labels.memorized.float()
+            out[names.NN_RATE] = self.labels.copied.float()
         return out
 
     def summary(self) -> dict[str, float]:
-        """Scalar summary: the sample mean of every entry of :meth:`per_sample`, the AUROC of the score
-        against the ground truth (``auroc``, ``t{t}/auroc``) when available, and ``seconds``."""
-        out = {name: v.mean().item() for name, v in self.per_sample().items()}
-        for i, (t, value) in enumerate(self.auroc.items()):
+        """Scalar summary of this report alone: :func:`summarize` of :meth:`per_sample`."""
+        return summarize(self.per_sample(), list(self.stats), self.seconds)
+
+
+def summarize(per_sample: dict[str, Tensor], timesteps: Sequence[int], seconds: float) -> dict[str, float]:
+    """The scalar summary of a measurement, from its per-sample values (one rank's, or every rank's gathered).
+
+    The sample mean (in float64) of every entry, the AUROC of the memorization score against the copy label
+    when ``nn_rate`` is present (``auroc`` at the primary timestep, ``t{t}/auroc`` at each), and ``seconds``.
+    This is the only summary: :meth:`SharpnessReport.summary` and the monitor's reduction over ranks both
+    call it, so their keys (:func:`~memcallback.measure.names.summary_keys`) and values agree.
+
+    Args:
+        per_sample: ``{name: [B] tensor}`` as :meth:`SharpnessReport.per_sample` returns it.
+        timesteps: the measurement timesteps, primary first.
+        seconds: wall time of the measurement.
+    """
+    out = {name: v.double().mean().item() for name, v in per_sample.items()}
+    if names.NN_RATE in per_sample:
+        copied = per_sample[names.NN_RATE] > 0.5
+        for i, t in enumerate(timesteps):
+            value = auroc(per_sample[names.at_timestep(t, names.SCORE)], copied)
             if i == 0:
-                out["auroc"] = value
-            out[f"t{t}/auroc"] = value
-        out["seconds"] = self.seconds
-        return out
+                out[names.AUROC] = value
+            out[names.at_timestep(t, names.AUROC)] = value
+    out[names.SECONDS] = seconds
+    return out
 
 
 def auroc(values: Tensor, positive: Tensor) -> float:

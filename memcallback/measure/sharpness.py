@@ -13,36 +13,60 @@ memorized training image every direction is sharp, so even the largest ``mu`` ar
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import NamedTuple
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from memcallback.arguments import is_int, is_real, require
-from memcallback.spectral import dense_jacobian, hutchinson_trace, jacobian_operator, lanczos
+from memcallback.measure import names
+from memcallback.measure.matrix_free import FLAT_MU, Interrupt, Measured, measure_matrix_free
+from memcallback.spectral import JVP_MODES, dense_jacobian, jacobian_operator
 
-SOLVERS = ("auto", "dense", "lanczos")
+SOLVERS = ("auto", "dense", "lanczos", "power")
+TRACE_ESTIMATORS = ("hutchinson", "deflated")
+KRYLOV_PRODUCTS = ("S", "JT")
 SCORE_STATISTICS = ("top_mu", "effective_dim", "flat_fraction")
 #: ``solver="auto"`` takes the exact dense Jacobian up to this many dimensions (faster there, see benchmarks).
 DENSE_MAX_DIM = 256
-#: A direction with ``mu`` above this counts as flat (along the data) in ``flat_count``.
-FLAT_MU = 0.5
 
 
 @dataclass(frozen=True)
 class SharpnessConfig:
     """How to measure sharpness: solver, budgets and the memorization score.
 
+    The matrix-free path spends its products (unit: one ``J v`` or one ``J^T v`` of one sample; a
+    symmetric product ``S v`` counts 2) in this order: ``||J s||`` (1), the spectrum (both ends from one
+    Krylov run: ``2 krylov_steps``, or ``krylov_steps + k + 1`` with ``krylov_product="JT"``), the trace
+    (``trace_probes``: one ``J^T z`` per probe, since ``z^T J^T z = z^T S z``), the asymmetry
+    (``2 asymmetry_probes``). Besides, one forward pass per noise level builds the graph (and gives ``s``).
+
     Args:
         k: number of flattest directions (largest eigenvalues of S) to resolve.
-        solver: ``"dense"`` (full Jacobian + ``eigh``), ``"lanczos"`` (matrix free), or ``"auto"``
-            (dense when the data dimension is at most ``DENSE_MAX_DIM``).
-        lanczos_iters: Krylov steps per solve (``None``: the solver's default for ``k``).
-        tol: relative residual tolerance of the Lanczos solves.
-        trace_probes: Rademacher probes for the Hutchinson trace (matrix-free path only).
-        asymmetry_probes: probes for the ``||J - J^T||_F / ||J||_F`` estimate (matrix-free path only).
-        min_eigenvalue: also solve for the most negative eigenvalue (matrix-free path; free when dense).
+        solver: ``"dense"`` (full Jacobian + ``eigh``), ``"lanczos"`` or ``"power"`` (matrix free; power
+            is shifted subspace iteration with a block of ``2k``), or ``"auto"`` (dense when the data
+            dimension is at most ``DENSE_MAX_DIM``, else lanczos).
+        krylov_steps: the budget: exactly this many Krylov steps per noise level, no convergence test,
+            no restarts, warm-started from the previous check's Ritz vectors; the top-k and the most
+            negative eigenvalue come from the same run. Power iteration gets
+            ``max(1, krylov_steps // block)`` block iterations per end. ``None``: run to ``tol`` instead
+            (the converged reference, e.g. ``krylov_steps=None, tol=1e-6``). The default 26 is ``2k + 10``
+            at the default ``k``; it must exceed ``k``.
+        krylov_product: the Krylov space of the budget: ``"S"`` (Lanczos on the symmetric part, 2 products
+            per step) or ``"JT"`` (Arnoldi on ``J^T``, 1 product per step, and Rayleigh-Ritz of ``S`` on that
+            space; the ``k + 1`` wanted pairs then take one ``J`` product each for their exact residuals).
+        lanczos_iters: with ``krylov_steps=None``: most Lanczos steps per solve (power: most products per
+            end, in whole blocks); ``None``: the solver's default.
+        tol: with ``krylov_steps=None`` the relative residual tolerance the solvers stop at; with a
+            budget, the Ritz residual in units of ``mu`` (``ritz_residual``) up to which a sample counts
+            as converged (``1e-2``: the accuracy the score needs).
+        trace_probes: Rademacher probes for the trace (matrix-free path only).
+        trace_estimator: ``"hutchinson"`` (plain probes) or ``"deflated"`` (exact on the Lanczos space,
+            projected probes on its complement; needs ``solver="lanczos"`` or ``"auto"`` and a budget).
+        asymmetry_probes: probes for the ``||J - J^T||_F / ||J||_F`` estimate (matrix-free path; 2
+            products each); 0 turns it off (NaN).
+        min_eigenvalue: also report the most negative eigenvalue (free with a Lanczos budget and when dense).
+        jvp: how ``J v`` is computed: ``"double_backward"`` or ``"forward"`` (``torch.func.jvp``).
         score_statistic: which statistic becomes the memorization score in ``[0, 1]``:
             ``"top_mu"``: ``1 - mean_i clamp(mu_i, 0, 1)`` over the ``k`` flattest directions;
             ``"effective_dim"``: ``1 - clamp(d_eff / d, 0, 1)``;
@@ -53,11 +77,15 @@ class SharpnessConfig:
 
     k: int = 8
     solver: str = "auto"
+    krylov_steps: int | None = 26
+    krylov_product: str = "S"
     lanczos_iters: int | None = None
-    tol: float = 1e-3
+    tol: float = 1e-2
     trace_probes: int = 16
-    asymmetry_probes: int = 4
+    trace_estimator: str = "hutchinson"
+    asymmetry_probes: int = 0
     min_eigenvalue: bool = True
+    jvp: str = "double_backward"
     score_statistic: str = "top_mu"
     flag_threshold: float = 0.39
     chunk_size: int | None = None
@@ -65,20 +93,34 @@ class SharpnessConfig:
     def __post_init__(self) -> None:
         require(is_int(self.k) and self.k >= 1, "k", self.k, "an int >= 1")
         require(isinstance(self.solver, str) and self.solver in SOLVERS, "solver", self.solver, f"one of {SOLVERS}")
+        require(self.krylov_steps is None or (is_int(self.krylov_steps) and self.krylov_steps > self.k),
+                "krylov_steps", self.krylov_steps, f"None (run to tol) or an int larger than k={self.k} (e.g. 2k + 10)")
         require(self.lanczos_iters is None or (is_int(self.lanczos_iters) and self.lanczos_iters > self.k),
-                 "lanczos_iters", self.lanczos_iters, "None or an int larger than k")
+                "lanczos_iters", self.lanczos_iters, "None or an int larger than k")
         require(is_real(self.tol) and 0 < self.tol < 1, "tol", self.tol, "a float in (0, 1)")
         require(is_int(self.trace_probes) and self.trace_probes >= 2, "trace_probes", self.trace_probes,
-                 "an int >= 2")
-        require(is_int(self.asymmetry_probes) and self.asymmetry_probes >= 1, "asymmetry_probes",
-                 self.asymmetry_probes, "an int >= 1")
+                "an int >= 2")
+        require(isinstance(self.trace_estimator, str) and self.trace_estimator in TRACE_ESTIMATORS,
+                "trace_estimator", self.trace_estimator, f"one of {TRACE_ESTIMATORS}")
+        require(self.trace_estimator != "deflated" or (self.solver != "power" and self.krylov_steps is not None),
+                "trace_estimator", self.trace_estimator,
+                "'hutchinson' unless the spectrum comes from a Lanczos budget (solver lanczos/auto, krylov_steps set)")
+        require(isinstance(self.krylov_product, str) and self.krylov_product in KRYLOV_PRODUCTS,
+                "krylov_product", self.krylov_product, f"one of {KRYLOV_PRODUCTS}")
+        require(self.krylov_product == "S" or (self.solver != "power" and self.krylov_steps is not None
+                                               and self.trace_estimator == "hutchinson"),
+                "krylov_product", self.krylov_product,
+                "'S' unless solver is lanczos/auto with a krylov_steps budget and the hutchinson trace")
+        require(is_int(self.asymmetry_probes) and self.asymmetry_probes >= 0, "asymmetry_probes",
+                self.asymmetry_probes, "an int >= 0 (0: off)")
         require(isinstance(self.min_eigenvalue, bool), "min_eigenvalue", self.min_eigenvalue, "True or False")
+        require(isinstance(self.jvp, str) and self.jvp in JVP_MODES, "jvp", self.jvp, f"one of {JVP_MODES}")
         require(isinstance(self.score_statistic, str) and self.score_statistic in SCORE_STATISTICS,
-                 "score_statistic", self.score_statistic, f"one of {SCORE_STATISTICS}")
+                "score_statistic", self.score_statistic, f"one of {SCORE_STATISTICS}")
         require(is_real(self.flag_threshold) and 0 <= self.flag_threshold <= 1,
-                 "flag_threshold", self.flag_threshold, "a float in [0, 1]")
+                "flag_threshold", self.flag_threshold, "a float in [0, 1]")
         require(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
-                 "chunk_size", self.chunk_size, "None or an int >= 1")
+                "chunk_size", self.chunk_size, "None or an int >= 1")
 
     def use_dense(self, dim: int) -> bool:
         """Whether the exact dense path is used for data of dimension ``dim``."""
@@ -94,18 +136,29 @@ class SharpnessStats:
         sigma: the noise level ``sigma_t``.
         eigenvalues: ``[B, k]`` largest eigenvalues of S, descending (the flattest directions).
         mu: ``[B, k]`` their normalized form ``1 + sigma^2 lambda``.
-        min_mu: ``[B]`` normalized most negative eigenvalue (the sharpest direction); NaN if not solved.
-        trace_mu: ``[B]`` ``sigma^2 tr(S)`` (exact on the dense path, Hutchinson otherwise).
+        min_mu: ``[B]`` normalized most negative eigenvalue (the sharpest direction); NaN if not solved. On
+            the Lanczos budget path it is the smallest Ritz value of the same run as ``mu``, an estimate
+            with residual ``min_mu_residual``.
+        min_mu_residual: ``[B]`` ``sigma^2 ||S u - theta u||`` of that pair (0 when dense, NaN if not solved).
+        trace_mu: ``[B]`` ``sigma^2 tr(S)`` (exact on the dense path, estimated otherwise).
         effective_dim: ``[B]`` ``d + sigma^2 tr(S)``, a local intrinsic dimension estimate (~0 when memorized).
         flat_count: ``[B]`` number of directions with ``mu > 0.5`` (among all d when dense, else among k).
-        score_norm_sq: ``[B]`` ``sigma^2 ||s||^2 = ||eps_hat||^2`` (paper, Lemma 4.1: ``E||s||^2 = -tr H``).
-        hessian_score_norm: ``[B]`` ``sigma^3 ||J s||`` (paper, Lemma 4.3), normalized like ``mu``.
-        asymmetry: ``[B]`` ``||J - J^T||_F / ||J||_F`` (exact when dense, estimated otherwise).
+        eps_norm_sq: ``[B]`` ``sigma^2 ||s||^2 = ||eps_hat||^2`` (paper, Lemma 4.1: ``E||s||^2 = -tr H``).
+        hs_norm: ``[B]`` ``sigma^3 ||J s||`` (paper, Lemma 4.3), normalized like ``mu``.
+        asymmetry: ``[B]`` ``||J - J^T||_F / ||J||_F`` (exact when dense, estimated otherwise; NaN when off).
         converged: ``[B]`` whether every requested eigenvalue met the tolerance.
-        score: ``[B]`` memorization score in ``[0, 1]``.
-        memorized: ``[B]`` ``score > flag_threshold``.
+        ritz_residual: ``[B]`` ``sigma^2 max_i ||S u_i - theta_i u_i||`` over the top-k Ritz pairs: the
+            residual in units of ``mu``, a bound on the distance of each ``mu_i`` to the spectrum (0 when dense).
+        memorization_score: ``[B]`` memorization score in ``[0, 1]``.
+        flagged: ``[B]`` ``memorization_score > flag_threshold``.
         eigenvectors: ``[B, k, *shape]`` for warm-starting the next measurement (matrix-free path).
-        num_matvecs: operator products per sample spent on this measurement.
+        num_matvecs: Jacobian products per sample spent on this measurement (one ``J v`` or ``J^T v`` is
+            1, a symmetric product 2; dense: ``d``, one reverse pass per Jacobian row).
+        products: the same by part, in the order they run: ``hs_norm``, ``spectrum``, ``min_eigenvalue``
+            (0 when it comes from the spectrum's run), ``trace``, ``asymmetry`` (``dense`` on the dense
+            path); a part the measurement did not reach is absent.
+        partial: an interrupt stopped the measurement: parts not reached are NaN (a cut Lanczos run
+            still gives Ritz values once it has taken ``k`` steps).
     """
 
     timestep: int
@@ -113,43 +166,33 @@ class SharpnessStats:
     eigenvalues: Tensor
     mu: Tensor
     min_mu: Tensor
+    min_mu_residual: Tensor
     trace_mu: Tensor
     effective_dim: Tensor
     flat_count: Tensor
-    score_norm_sq: Tensor
-    hessian_score_norm: Tensor
+    eps_norm_sq: Tensor
+    hs_norm: Tensor
     asymmetry: Tensor
     converged: Tensor
-    score: Tensor
-    memorized: Tensor
+    ritz_residual: Tensor
+    memorization_score: Tensor
+    flagged: Tensor
     eigenvectors: Tensor | None = None
     num_matvecs: int = 0
+    products: dict[str, int] = field(default_factory=dict)
+    partial: bool = False
 
-    #: per-sample scalar statistics, in the order tables and loggers show them.
-    SCALARS = ("score", "mu_max", "mu_topk", "min_mu", "effective_dim", "flat_count", "trace_mu",
-               "score_norm_sq", "hessian_score_norm", "asymmetry")
+    #: per-sample scalar statistics by metric name (``score`` is ``memorization_score``), in display order.
+    SCALARS = names.SHARPNESS
 
     def scalars(self) -> dict[str, Tensor]:
-        """``{name: [B] float tensor}`` for every per-sample scalar statistic (``mu_max``: largest mu,
-        ``mu_topk``: mean of the k largest)."""
+        """``{name: [B] float tensor}`` for every per-sample scalar statistic (``score``: the memorization
+        score, ``mu_max``: largest mu, ``mu_topk``: mean of the k largest)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["score"] = self.memorization_score
         values["mu_max"] = self.mu[:, 0]
         values["mu_topk"] = self.mu.mean(dim=1)
         return {name: values[name].float() for name in self.SCALARS}
-
-
-class _Measured(NamedTuple):
-    """What a solver path measured, before normalization and scoring."""
-
-    eigenvalues: Tensor  # [B, >=k] descending
-    min_mu: Tensor
-    trace_mu: Tensor
-    flat_count: Tensor
-    hs_norm: Tensor  # ||J s||
-    asymmetry: Tensor
-    converged: Tensor
-    eigenvectors: Tensor | None
-    num_matvecs: int
 
 
 def memorization_score(mu: Tensor, effective_dim: Tensor, flat_count: Tensor, dim: int, statistic: str) -> Tensor:
@@ -176,8 +219,12 @@ def measure_sharpness(
     *,
     v0: Tensor | None = None,
     generator: torch.Generator | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> SharpnessStats:
     """Measure the sharpness statistics of ``score_fn`` at the states ``x``.
+
+    With a Krylov budget (the default) the number and order of network calls depend only on the
+    config and the batch, never on the data or on convergence.
 
     Args:
         score_fn: per-sample score ``x [B, *shape] -> s(x, t) [B, *shape]`` at a fixed timestep.
@@ -185,9 +232,12 @@ def measure_sharpness(
         timestep: the timestep ``t`` (recorded in the result).
         sigma: ``sigma_t``, the noise level that normalizes the spectrum.
         config: solver and score settings.
-        v0: optional warm start ``[B, j, *shape]`` for the Lanczos solve (the previous measurement's
+        v0: optional warm start ``[B, j, *shape]`` for the Krylov solve (the previous measurement's
             eigenvectors at the same probes and timestep).
-        generator: source of all randomness (Lanczos start, Hutchinson and asymmetry probes).
+        generator: source of all randomness (Krylov start, trace and asymmetry probes).
+        interrupt: called between units of work on the matrix-free path (before ``||J s||``, after every
+            Krylov step or block iteration, before the trace and the asymmetry); once it returns True the
+            rest is skipped and the result has ``partial=True``. An :class:`Interrupt` is used as it is.
 
     Returns:
         :class:`SharpnessStats` with one row per sample.
@@ -195,28 +245,36 @@ def measure_sharpness(
     dim = x[0].numel()
     if config.k > dim:
         raise ValueError(f"k={config.k} is larger than the data dimension {dim}; choose k <= {dim}.")
+    stop = interrupt if isinstance(interrupt, Interrupt) else Interrupt(interrupt)
     if x.dtype in (torch.float16, torch.bfloat16):  # the network runs in its own precision, linear algebra in fp32
         model_dtype, score_fn_lowp = x.dtype, score_fn
         score_fn = lambda z: score_fn_lowp(z.to(model_dtype)).float()  # noqa: E731
         x = x.float()
         v0 = None if v0 is None else v0.float()
     s2 = sigma**2
-    with torch.no_grad():
-        s = score_fn(x.detach()).detach()
-    m = _dense(score_fn, x, s, s2) if config.use_dense(dim) else _matrix_free(score_fn, x, s, s2, config, v0, generator)
+    if config.use_dense(dim):
+        with torch.no_grad():
+            s = score_fn(x.detach()).detach()
+        m = _dense(score_fn, x, s, s2)
+    else:
+        op = jacobian_operator(score_fn, x, symmetrize=True, chunk_size=config.chunk_size, jvp=config.jvp)
+        s = op.output
+        m = measure_matrix_free(op, s, s2, config, v0, generator, stop)
     top = m.eigenvalues[:, : config.k]
     mu = 1.0 + s2 * top
     effective_dim = dim + m.trace_mu
     score = memorization_score(mu, effective_dim, m.flat_count, dim, config.score_statistic)
     return SharpnessStats(
-        timestep=int(timestep), sigma=float(sigma), eigenvalues=top, mu=mu, min_mu=m.min_mu, trace_mu=m.trace_mu,
-        effective_dim=effective_dim, flat_count=m.flat_count, score_norm_sq=s2 * s.flatten(1).square().sum(dim=1),
-        hessian_score_norm=sigma**3 * m.hs_norm, asymmetry=m.asymmetry, converged=m.converged, score=score,
-        memorized=score > config.flag_threshold, eigenvectors=m.eigenvectors, num_matvecs=m.num_matvecs,
+        timestep=int(timestep), sigma=float(sigma), eigenvalues=top, mu=mu, min_mu=m.min_mu,
+        min_mu_residual=m.min_mu_residual, trace_mu=m.trace_mu, effective_dim=effective_dim, flat_count=m.flat_count,
+        eps_norm_sq=s2 * s.flatten(1).square().sum(dim=1), hs_norm=sigma**3 * m.hs_norm, asymmetry=m.asymmetry,
+        converged=m.converged, ritz_residual=m.ritz_residual, memorization_score=score,
+        flagged=score > config.flag_threshold, eigenvectors=m.eigenvectors, num_matvecs=sum(m.products.values()),
+        products=m.products, partial=stop.fired,
     )
 
 
-def _dense(score_fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor, s2: float) -> _Measured:
+def _dense(score_fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor, s2: float) -> Measured:
     """Exact statistics from the full Jacobian (small d)."""
     J = dense_jacobian(score_fn, x)  # [B, d, d]
     bad = (~torch.isfinite(J).flatten(1).all(dim=1)).nonzero().flatten().tolist()
@@ -230,28 +288,8 @@ def _dense(score_fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor, s2: float
     asym = torch.linalg.matrix_norm(J - J.mT) / torch.linalg.matrix_norm(J).clamp_min(torch.finfo(J.dtype).tiny)
     trace_mu = s2 * torch.diagonal(J, dim1=1, dim2=2).sum(dim=1)
     flat = (mu_all > FLAT_MU).sum(dim=1)
-    converged = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return _Measured(evals, mu_all[:, -1], trace_mu, flat, hs_norm, asym, converged, None, J.shape[1])
-
-
-def _matrix_free(score_fn: Callable[[Tensor], Tensor], x: Tensor, s: Tensor, s2: float, config: SharpnessConfig,
-                 v0: Tensor | None, generator: torch.Generator | None) -> _Measured:
-    """Statistics from Jacobian-vector products only: Lanczos at both ends, Hutchinson, probes."""
-    op = jacobian_operator(score_fn, x, symmetrize=True, chunk_size=config.chunk_size)
-    top = lanczos(op, config.k, which="LA", num_iters=config.lanczos_iters, tol=config.tol, v0=v0,
-                  generator=generator, return_eigenvectors=True)
-    converged = top.converged.all(dim=1)
-    matvecs = top.num_matvecs
-    min_mu = torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device)
-    if config.min_eigenvalue:
-        low = lanczos(op, 1, which="SA", num_iters=config.lanczos_iters, tol=config.tol, generator=generator)
-        min_mu = 1.0 + s2 * low.eigenvalues[:, 0]
-        converged &= low.converged.all(dim=1)
-        matvecs += low.num_matvecs
-    trace = hutchinson_trace(op, num_probes=config.trace_probes, generator=generator)
-    hs_norm = torch.linalg.vector_norm(op.matvec(s.unsqueeze(1)).flatten(1), dim=1)
-    asym = op.asymmetry(num_probes=config.asymmetry_probes, generator=generator)
-    flat = (1.0 + s2 * top.eigenvalues > FLAT_MU).sum(dim=1)
-    matvecs += trace.num_matvecs + 1 + 2 * config.asymmetry_probes
-    return _Measured(top.eigenvalues, min_mu, s2 * trace.estimate, flat, hs_norm, asym, converged,
-                     top.eigenvectors, matvecs)
+    B = x.shape[0]
+    converged = torch.ones(B, dtype=torch.bool, device=x.device)
+    zero = torch.zeros(B, dtype=evals.dtype, device=x.device)
+    return Measured(evals, mu_all[:, -1], zero, trace_mu, flat, hs_norm, asym, converged, zero, None,
+                     {"dense": J.shape[1]})

@@ -43,7 +43,7 @@ def dense_jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone()
         with torch.no_grad():
-            _check_fn_output(fn(x), x, 0, 1)
+            _check_fn_output(fn(x), x, 0)
         jac = torch.func.vmap(torch.func.jacrev(lambda xi: fn(xi[None])[0]))(x)
     return jac.reshape(B, d, d).detach()
 

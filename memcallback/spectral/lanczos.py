@@ -187,6 +187,8 @@ def lanczos(
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_eigenvectors: bool = False,
+    *,
+    interrupt: Callable[[], bool] | None = None,
 ) -> SpectrumResult:
     """``k`` extreme eigenpairs of a symmetric batched operator by Lanczos, per sample.
 
@@ -211,6 +213,10 @@ def lanczos(
             ``generator.device`` and are moved to ``op.device``: a CPU generator gives the same numbers
             on every device, and bit-identical results on CPU.
         return_eigenvectors: also return the Ritz vectors ``[B, k, *shape]``.
+        interrupt: called after every step; once it returns True iteration stops there (the wanted
+            values are NaN, with infinite residuals and no eigenvectors, if fewer than ``k`` steps were
+            taken). For a fixed number of steps and no convergence test see
+            :func:`memcallback.spectral.krylov_run`.
 
     A single Krylov space holds one copy of an exactly repeated eigenvalue. When the recurrence breaks
     down (an invariant subspace, e.g. an exact warm start or a repeated eigenvalue) it restarts from a
@@ -241,11 +247,23 @@ def lanczos(
     start = _start_vector(op, v0, generator)
 
     def stop(alpha: torch.Tensor, beta: torch.Tensor, ends: torch.Tensor) -> bool:
+        if interrupt is not None and interrupt():
+            return True
         if alpha.shape[-1] < k:
             return False
         return bool(_ritz(alpha[:, 0], beta[:, 0], ends[:, 0], k, which, tol, op.dim)[2].all())
 
     alpha, beta, ends, Q = lanczos_tridiagonal(op, start[:, None], num_iters, generator, stop)
+    if alpha.shape[-1] < k:  # interrupted early
+        B, nan = op.batch_size, float("nan")
+        return SpectrumResult(
+            eigenvalues=torch.full((B, k), nan, dtype=op.dtype, device=op.device),
+            eigenvectors=None,
+            residuals=torch.full((B, k), torch.inf, dtype=op.dtype, device=op.device),
+            num_matvecs=alpha.shape[-1],
+            converged=torch.zeros(B, k, dtype=torch.bool, device=op.device),
+            which=which,
+        )
     values, residuals, converged, coeffs = _ritz(alpha[:, 0], beta[:, 0], ends[:, 0], k, which, tol, op.dim)
     vectors = None
     if return_eigenvectors:

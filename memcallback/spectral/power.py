@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from memcallback.spectral._common import (
@@ -54,6 +56,7 @@ def power_iteration(
     return_eigenvectors: bool = False,
     *,
     block_size: int | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> SpectrumResult:
     """``k`` extreme eigenpairs by shifted subspace (block power) iteration with Rayleigh-Ritz.
 
@@ -80,6 +83,8 @@ def power_iteration(
         v0: warm start ``[B, *shape]`` or ``[B, j, *shape]`` (``j <= p``): the first ``j`` block vectors.
         return_eigenvectors: also return the Ritz vectors ``[B, k, *shape]``.
         block_size: ``p``; default ``min(d, 2k)``.
+        interrupt: called after every block iteration; once it returns True the iteration stops there
+            and returns the current Ritz pairs.
 
     Returns:
         :class:`SpectrumResult`; ``num_matvecs`` includes the norm estimate.
@@ -132,7 +137,7 @@ def power_iteration(
         idx = select(theta, k, which)
         values, residuals = theta.gather(-1, idx), res.gather(-1, idx)
         converged = residuals <= tol * theta.abs().amax(-1, keepdim=True).to(op.dtype)
-        if bool(converged.all()) or it + 1 == max_iters:
+        if bool(converged.all()) or it + 1 == max_iters or (interrupt is not None and interrupt()):
             break
         Q = torch.linalg.qr(sign * AX + c[:, None, None] * X).Q
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from memcallback.measure import names
+
 if TYPE_CHECKING:
     from memcallback.measure.report import SharpnessReport
 
@@ -36,8 +38,8 @@ def plot_history(
     history: list[dict[str, float]],
     path: Path | str,
     *,
-    monitor: str = "memorization/score",
-    prefix: str = "memorization/",
+    monitor: str = names.PREFIX + names.SCORE,
+    prefix: str = names.PREFIX,
     threshold: float | None = None,
     stopped_step: int | None = None,
 ) -> Path:
@@ -139,10 +141,10 @@ def plot_report(report: SharpnessReport, path: Path | str) -> Path:
     fig = Figure(figsize=(9, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    score = stats.score.detach().float().cpu()
+    score = stats.memorization_score.detach().float().cpu()
     bins = [i / 20 for i in range(21)]
     if report.labels is not None:
-        copies = report.labels.memorized.cpu()
+        copies = report.labels.copied.cpu()
         left.hist(score[~copies].numpy(), bins=bins, alpha=0.7, label=f"novel ({int((~copies).sum())})")
         left.hist(score[copies].numpy(), bins=bins, alpha=0.7, label=f"copies of training images ({int(copies.sum())})")
         left.legend(fontsize=8)
@@ -151,7 +153,7 @@ def plot_report(report: SharpnessReport, path: Path | str) -> Path:
     left.set(xlabel="memorization score", ylabel="samples", title=f"{len(score)} samples at t={stats.timestep}")
     mu = stats.mu.detach().float().cpu()
     index = list(range(1, mu.shape[1] + 1))
-    for mask, label in ((stats.memorized.cpu(), "flagged"), (~stats.memorized.cpu(), "not flagged")):
+    for mask, label in ((stats.flagged.cpu(), "flagged"), (~stats.flagged.cpu(), "not flagged")):
         if mask.any():
             right.plot(index, mu[mask].mean(dim=0).numpy(), marker="o", label=f"{label} ({int(mask.sum())})")
     right.axhline(1.0, color="grey", linestyle=":", linewidth=1)

@@ -7,10 +7,14 @@ step axis as Lightning's scalars. The keys, under ``prefix``:
 
 - ``mu_histogram``: histogram of every normalized eigenvalue ``mu`` (all samples, all ``k``);
 - ``spectrum``: mean ``mu_i`` against ``i`` for the flagged and the unflagged samples;
+- ``samples``: a table with one row per sample (statistics, nearest-neighbour distance ratio and copy label);
+
+and only with ``images=True``, since a memorizing model's samples are near copies of its training images:
+
 - ``most_memorized`` (image data ``[C, H, W]``, ``C`` in 1 or 3): the highest-score samples, each above
   its nearest training image when training data is given;
 - ``scatter`` (any other data): the samples coloured by score over the training points;
-- ``samples``: a table with one row per sample (statistics, nearest-neighbour label, thumbnail).
+- a thumbnail of each sample in the ``samples`` table (image data).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from memcallback.measure import names
 from memcallback.measure.ground_truth import nearest_neighbours
 from memcallback.measure.report import SharpnessReport
 from memcallback.measure.sharpness import SharpnessStats
@@ -111,8 +116,9 @@ def log_media(
     train_data: Tensor | None,
     *,
     step: int,
-    prefix: str = "memorization/",
+    prefix: str = names.PREFIX,
     num_images: int = 16,
+    images: bool = False,
 ) -> None:
     """Log the W&B media of one check in a single ``run.log`` call at ``"trainer/global_step" = step``.
 
@@ -123,12 +129,13 @@ def log_media(
         step: the trainer's global step.
         prefix: namespace of the keys.
         num_images: most memorized samples shown in the image grid.
+        images: also log pictures of the samples and of training data (grid or scatter, table thumbnails).
     """
     import wandb
 
     stats = report.primary
     samples = report.samples.detach().cpu()
-    score = stats.score.detach().float().cpu()
+    score = stats.memorization_score.detach().float().cpu()
     shape = tuple(samples.shape[1:])
     payload: dict[str, Any] = {"trainer/global_step": step}
     mu = stats.mu.detach().float().cpu().flatten()
@@ -136,12 +143,12 @@ def log_media(
     if mu.numel():
         payload[f"{prefix}mu_histogram"] = wandb.Histogram(mu.numpy(), num_bins=64)
     payload[f"{prefix}spectrum"] = spectrum_chart(stats)
-    if is_image_shape(shape):
+    if images and is_image_shape(shape):
         payload[f"{prefix}most_memorized"] = most_memorized_image(samples, score, train_data, num_images)
-    else:
+    elif images:
         payload[f"{prefix}scatter"] = wandb.Image(scatter_image(samples, score, train_data),
                                                   caption="samples coloured by memorization score over training data")
-    payload[f"{prefix}samples"] = sample_table(report)
+    payload[f"{prefix}samples"] = sample_table(report, images=images)
     run.log(payload)
 
 
@@ -150,15 +157,15 @@ def spectrum_chart(stats: SharpnessStats) -> Any:
     import wandb
 
     mu = stats.mu.detach().double().cpu()
-    flagged = stats.memorized.detach().bool().cpu()
+    flagged = stats.flagged.detach().bool().cpu()
     index = list(range(mu.shape[1]))
     keys, ys = [], []
-    for name, mask in (("memorized", flagged), ("not memorized", ~flagged)):
+    for name, mask in (("flagged", flagged), ("not flagged", ~flagged)):
         if mask.any():
             keys.append(name)
             ys.append(mu[mask].mean(dim=0).tolist())
     title = (f"Mean normalized spectrum at t={stats.timestep}, sigma={stats.sigma:.3g} "
-             f"({int(flagged.sum())} of {flagged.numel()} memorized)")
+             f"({int(flagged.sum())} of {flagged.numel()} flagged)")
     return wandb.plot.line_series(xs=index, ys=ys, keys=keys, title=title, xname="eigenvalue index i (mu_i)")
 
 
@@ -210,20 +217,21 @@ def scatter_image(samples: Tensor, score: Tensor, train_data: Tensor | None) -> 
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def sample_table(report: SharpnessReport) -> Any:
-    """``wandb.Table`` with one row per sample: statistics at the primary timestep, ground truth, thumbnail."""
+def sample_table(report: SharpnessReport, images: bool = False) -> Any:
+    """``wandb.Table`` with one row per sample: statistics at the primary timestep, ground truth (distance ratio
+    and copy label) and, with ``images`` on image data, a thumbnail."""
     import wandb
 
     stats = report.primary
     scalars = {name: v.detach().cpu().tolist() for name, v in stats.scalars().items()}
-    flagged = stats.memorized.detach().bool().cpu().tolist()
-    columns = ["index", "memorized", *scalars]
+    flagged = stats.flagged.detach().bool().cpu().tolist()
+    columns = ["index", "flagged", *scalars]
     labels = report.labels
     if labels is not None:
-        columns += ["nn_ratio", "nn_memorized"]
-        ratio, nn_memorized = labels.ratio.detach().cpu().tolist(), labels.memorized.detach().bool().cpu().tolist()
+        columns += ["nn_ratio", "copied"]
+        ratio, copied = labels.distance_ratio.detach().cpu().tolist(), labels.copied.detach().bool().cpu().tolist()
     samples = report.samples.detach().cpu()
-    images = is_image_shape(tuple(samples.shape[1:]))
+    images = images and is_image_shape(tuple(samples.shape[1:]))
     if images:
         columns.append("image")
         thumbnails = upscale(samples)
@@ -231,7 +239,7 @@ def sample_table(report: SharpnessReport) -> Any:
     for i in range(samples.shape[0]):
         row = [i, flagged[i], *(values[i] for values in scalars.values())]
         if labels is not None:
-            row += [ratio[i], nn_memorized[i]]
+            row += [ratio[i], copied[i]]
         if images:
             row.append(wandb.Image(image_grid(thumbnails[i : i + 1], nrow=1, pad=0)))
         rows.append(row)

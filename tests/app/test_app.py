@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 
@@ -32,16 +33,43 @@ def _quiet_offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
 
 
-@pytest.mark.parametrize("experiment", ["digits_memorize", "digits_generalize", "toy_memorize"])
+DATA_SHAPES = {"digits": (1, 8, 8), "toy": (2,), "patches": (3, 16, 16)}
+# The UNet experiment at a quarter of its width, without the callback's check (test_default_run_logs_to_offline_wandb
+# runs the callback on a UNet).
+SHRINK = {"patches_memorize": ["model.network.base_channels=8", "~callbacks.memorization"]}
+
+
+@pytest.mark.parametrize("experiment", ["digits_memorize", "digits_generalize", "toy_memorize", "patches_memorize"])
 def test_each_experiment_runs(tmp_path, experiment):
-    summary = run(make_cfg([f"experiment={experiment}", "logger=csv", *TINY]), output_dir=tmp_path / "run")
+    overrides = [f"experiment={experiment}", "logger=csv", *TINY, *SHRINK.get(experiment, [])]
+    summary = run(make_cfg(overrides), output_dir=tmp_path / "run")
     assert summary["global_step"] == 3 and summary["output_dir"] == str(tmp_path / "run")
     assert 0.0 <= summary["memorization_rate"] <= 1.0
     assert summary["metrics"]["val/loss"] > 0 and summary["wandb_dir"] is None
     assert Path(summary["checkpoint"]).is_file() and Path(summary["best_checkpoint"]).is_file()
     assert list((tmp_path / "run" / "csv").rglob("metrics.csv"))
     model = DiffusionModule.load_from_checkpoint(summary["checkpoint"])
-    assert model.data_shape == ((2,) if experiment.startswith("toy") else (1, 8, 8))
+    assert model.data_shape == DATA_SHAPES[experiment.split("_")[0]]
+
+
+def test_resolved_config_is_every_loggers_hyperparameters(tmp_path):
+    cfg = make_cfg(["logger=[csv,tensorboard]", *TINY, "~callbacks.memorization"])
+    summary = run(cfg, output_dir=tmp_path / "run")
+    (hparams_file,) = (tmp_path / "run" / "csv").rglob("hparams.yaml")
+    hparams = yaml.safe_load(hparams_file.read_text())
+    assert hparams["data"]["num_train"] == 16 and hparams["trainer"]["max_steps"] == 3
+    assert hparams["paths"]["output_dir"] == summary["output_dir"]  # interpolations resolved
+    assert hparams["callbacks"]["model_checkpoint"]["dirpath"] == str(tmp_path / "run" / "checkpoints")
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert summary["monitor"] is None and summary["monitor_value"] is None  # no memorization callback
+
+
+def test_summary_returns_the_monitored_value(tmp_path):
+    """What train.py hands to Hydra's sweepers: the memorization callback's monitored value at the end."""
+    summary = run(make_cfg(["logger=none", *TINY]), output_dir=tmp_path)
+    assert summary["monitor"] == "memorization/score"
+    assert isinstance(summary["monitor_value"], float)
+    assert summary["monitor_value"] == summary["metrics"]["memorization/score"]
 
 
 def test_default_run_logs_to_offline_wandb(tmp_path):
@@ -62,7 +90,7 @@ def test_conditional_model_trains_on_labels(tmp_path):
     [
         ("trainer.max_steps=-1", "trainer.max_steps"),
         ("eval_samples=-4", "eval_samples"),
-        ("memorization_threshold=2", "memorization_threshold"),
+        ("copy_ratio=2", "copy_ratio"),
         ("torch_threads=0", "torch_threads"),
     ],
 )

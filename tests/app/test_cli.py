@@ -44,3 +44,28 @@ def test_clear_errors(tmp_path) -> None:
     lonely.write_bytes(b"")
     with pytest.raises(SystemExit, match="no Hydra config"):
         main(["rate", str(lonely)])
+
+
+def test_safe_names_the_checkpoint_of_the_last_safe_check(tmp_path, capsys) -> None:
+    """Every check after the baseline alarms (the effective dimension falls at every check of early training,
+    mode=min, no threshold) and patience 3 is not reached by step 4: the baseline (step 0) is the last safe check,
+    its weights are in safe.ckpt beside the regular checkpoints of steps 2 and 4."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from tiny_training import make_data, make_module, make_trainer
+
+    from memcallback import MemorizationMonitor, ProbeConfig, SharpnessConfig, StopConfig
+
+    stop = StopConfig(monitor="memorization/effective_dim", mode="min", threshold=None, min_delta=0.0, patience=3)
+    monitor = MemorizationMonitor(every_n_train_steps=2, probes=ProbeConfig(num_samples=8, num_sampling_steps=5),
+                                  sharpness=SharpnessConfig(k=4), stop=stop, save_plot=False, media="none")
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "run" / "checkpoints", every_n_train_steps=2, save_top_k=-1)
+    trainer = make_trainer(tmp_path, [monitor, checkpoints], max_steps=4, enable_checkpointing=True)
+    trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.safe_step == 0 and monitor.stopped_step is None
+    assert main(["safe", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "last safe check: step 0" in out and "epoch=0-step=4.ckpt, step 4" in out
+    assert f"safe weights:    {tmp_path / 'run' / 'checkpoints' / 'safe.ckpt'}" in out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no checkpoint with MemorizationMonitor state"):
+        main(["safe", str(tmp_path / "empty")])

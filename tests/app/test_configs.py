@@ -24,12 +24,14 @@ def make_cfg(tmp_path, overrides=()):
 
 
 def test_every_group_has_options():
-    assert {"digits", "toy", "image_folder", "mnist", "cifar10"} <= set(options("data"))
+    assert {"digits", "patches", "toy", "image_folder", "mnist", "cifar10"} <= set(options("data"))
     assert {"mlp", "unet"} <= set(options("model"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
     assert {"default", "none"} <= set(options("callbacks"))
-    assert {"digits_memorize", "digits_generalize", "toy_memorize"} <= set(options("experiment"))
+    assert {"digits_memorize", "digits_generalize", "toy_memorize", "patches_memorize", "patches_generalize"} <= set(
+        options("experiment")
+    )
 
 
 def test_default_is_digits_memorize_with_offline_wandb(tmp_path, monkeypatch):
@@ -51,12 +53,27 @@ def test_experiments_compose_and_instantiate(tmp_path, experiment):
     assert cfg.trainer.max_steps > 0
 
 
-def test_memorize_and_generalize_differ_only_in_the_training_set(tmp_path):
-    mem = make_cfg(tmp_path, ["experiment=digits_memorize"])
-    gen = make_cfg(tmp_path, ["experiment=digits_generalize"])
-    assert (mem.data.num_train, gen.data.num_train) == (16, None)
-    for key in ("model", "trainer"):
+@pytest.mark.parametrize(("name", "num_train"), [("digits", 16), ("patches", 32)])
+def test_memorize_and_generalize_differ_only_in_the_training_set(tmp_path, name, num_train):
+    mem = make_cfg(tmp_path, [f"experiment={name}_memorize"])
+    gen = make_cfg(tmp_path, [f"experiment={name}_generalize"])
+    assert (mem.data.num_train, gen.data.num_train) == (num_train, None)
+    mem.data.num_train = None
+    for key in ("data", "model", "trainer", "torch_threads"):
         assert mem[key] == gen[key]
+
+
+def test_a_data_override_gets_that_data_sets_own_settings(tmp_path):
+    """The default experiment (the digits demo) applies only to data=digits, not to another data choice."""
+    for option in ("toy", "patches", "digits"):
+        cfg = make_cfg(tmp_path, [f"data={option}"])
+        own = OmegaConf.load(CONFIG_DIR / "data" / f"{option}.yaml")
+        if option == "digits":  # the demo: experiment=digits_memorize
+            assert cfg == make_cfg(tmp_path, ["experiment=digits_memorize"]) and cfg.data.num_train == 16
+        else:
+            assert cfg.task_name == "train" and cfg.torch_threads is None
+            assert {k: cfg.data[k] for k in own if k != "seed"} == {k: own[k] for k in own if k != "seed"}
+    assert make_cfg(tmp_path, ["experiment=toy_memorize"]).data.num_train is None
 
 
 @pytest.mark.parametrize("group", [g for g in GROUPS if g != "experiment"])

@@ -2,7 +2,10 @@
 
 import pytest
 
+from memcallback import ProbeConfig, SharpnessConfig
+
 
 @pytest.fixture
 def fast_monitor_kwargs() -> dict:
-    return dict(num_samples=8, num_sampling_steps=5, k=4, every_n_train_steps=2, save_plot=False, log_media=False)
+    return dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5), sharpness=SharpnessConfig(k=4),
+                every_n_train_steps=2, save_plot=False, media="none")

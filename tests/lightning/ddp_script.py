@@ -1,8 +1,9 @@
 """Two-process DDP run of the monitor on CPU (gloo), launched by test_ddp.py in a subprocess.
 
 Usage: python ddp_script.py OUT_DIR. Each rank writes OUT_DIR/rank{r}.json with its history and stop step.
-The score series is scripted per rank (rank 1 rises at step 4, rank 0 never does) so the test can check
-that the stop decision is reduced over ranks; every other statistic is the real, reduced measurement.
+After the real baseline, the memorization score is scripted per rank (rank 1's probes rise at step 4, rank 0's
+never do) so the test can check that the stop decision rests on the values of both ranks; every other
+statistic is the real, reduced measurement.
 """
 
 import json
@@ -10,14 +11,17 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+from scripted import ScriptedMonitor
 
-from memcallback import MemorizationMonitor
+from memcallback import ProbeConfig, SharpnessConfig, StopConfig
 from memcallback.app.data import DigitsDataModule
 from memcallback.app.models import DiffusionModule, ResidualMLP
 
-MONITOR_KWARGS = dict(num_samples=8, num_sampling_steps=5, k=4, every_n_train_steps=2, save_plot=False,
-                      log_media=False, threshold=0.3, min_delta=0.05, patience=1)
-SERIES = {0: [0.0, 0.0, 0.0, 0.0, 0.0], 1: [0.0, 0.0, 0.9, 0.9, 0.9]}
+MONITOR_KWARGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5), sharpness=SharpnessConfig(k=4),
+                      every_n_train_steps=2, save_plot=False, media="none",
+                      stop=StopConfig(threshold=0.3, min_delta=0.05, patience=1))
+#: per rank: the real baseline, then scripted scores; the reduced score is the mean of the two ranks' probes
+SERIES = {0: [None, 0.0, 0.0, 0.0, 0.0], 1: [None, 0.0, 0.9, 0.9, 0.9]}
 
 
 def make_module() -> DiffusionModule:
@@ -25,20 +29,8 @@ def make_module() -> DiffusionModule:
     return DiffusionModule(ResidualMLP((1, 8, 8), hidden=32, num_blocks=1, time_embed_dim=16), num_timesteps=100)
 
 
-class ScriptedMonitor(MemorizationMonitor):
-    def _reduce(self, report, device):
-        values = super()._reduce(report, device)
-        values["real_score"] = values["score"]
-        values["score"] = SERIES[self._rank][len(self.history)]
-        return values
-
-    def setup(self, trainer, pl_module, stage):
-        self._rank = trainer.global_rank
-        super().setup(trainer, pl_module, stage)
-
-
 def main(out: Path) -> None:
-    monitor = ScriptedMonitor(**MONITOR_KWARGS)
+    monitor = ScriptedMonitor(SERIES.__getitem__, **MONITOR_KWARGS)
     trainer = pl.Trainer(callbacks=[monitor], accelerator="cpu", devices=2, strategy="ddp", max_steps=8, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=out)

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback import MemorizationMonitor
+from memcallback import ConditionalConfig, MemorizationMonitor, StopConfig
 from memcallback.app.models import DiffusionModule, ResidualMLP
 
 
@@ -17,8 +17,8 @@ def conditional_module() -> DiffusionModule:
 
 
 def test_conditional_metrics_are_logged_and_monitorable(tmp_path, fast_monitor_kwargs) -> None:
-    monitor = MemorizationMonitor(**fast_monitor_kwargs, conditions=[0, 9], num_cond_samples=4,
-                                  monitor="memorization/cond/hds", threshold=None, stop_training=False)
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, conditions=ConditionalConfig([0, 9], num_samples_per_cond=4),
+                                  stop=StopConfig(monitor="memorization/cond/hds", threshold=None, stop_training=False))
     trainer = make_trainer(tmp_path, [monitor], max_steps=4)
     trainer.fit(conditional_module(), datamodule=make_data())
     assert [h["step"] for h in monitor.history] == [0, 2, 4] and monitor.failures == 0
@@ -30,6 +30,6 @@ def test_conditional_metrics_are_logged_and_monitorable(tmp_path, fast_monitor_k
 
 
 def test_conditions_need_a_conditional_model(tmp_path, fast_monitor_kwargs) -> None:
-    monitor = MemorizationMonitor(**fast_monitor_kwargs, conditions=[0])
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, conditions=ConditionalConfig([0]))
     with pytest.raises(ValueError, match=r"conditions=.*needs a conditional model"):
         make_trainer(tmp_path, [monitor], max_steps=1).fit(make_module(), datamodule=make_data())

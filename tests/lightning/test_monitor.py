@@ -2,11 +2,13 @@ import csv
 import math
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from tiny_training import make_data, make_module, make_trainer, scripted
+from scripted import ScriptedMonitor
+from tiny_training import make_data, make_module, make_trainer
 
-from memcallback.lightning.callback import MemorizationMonitor
+from memcallback import MemorizationMonitor, StopConfig
 
 
 def read_csv_metrics(path) -> list[dict[str, str]]:
@@ -23,7 +25,7 @@ def test_logs_scalars_at_the_global_step(tmp_path, fast_monitor_kwargs) -> None:
     assert [int(r["step"]) for r in rows] == [0, 2, 4, 6]  # baseline + every 2 steps
     for key in ("memorization/score", "memorization/flagged_fraction", "memorization/effective_dim",
                 "memorization/mu_max", "memorization/min_mu", "memorization/asymmetry", "memorization/nn_rate",
-                "memorization/seconds"):
+                "memorization/seconds", "memorization/partial"):
         assert all(math.isfinite(float(r[key])) for r in rows), key
     assert "memorization/score" in trainer.callback_metrics  # monitorable by ModelCheckpoint
     assert [h["step"] for h in monitor.history] == [0, 2, 4, 6]
@@ -80,9 +82,8 @@ def test_resumed_run_keeps_its_metrics_monitorable(tmp_path, fast_monitor_kwargs
     ("series", "stop_step"),
     [([0.0, 0.1, 0.5, 0.6, 0.7, 0.8, 0.9], 6), ([0.0] * 7, None), ([0.6] * 7, None)],
 )
-def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, monkeypatch, series, stop_step) -> None:
-    scripted(monkeypatch, series)
-    monitor = MemorizationMonitor(**fast_monitor_kwargs, threshold=0.3, min_delta=0.05, patience=2)
+def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, series, stop_step) -> None:
+    monitor = ScriptedMonitor(series, **fast_monitor_kwargs, stop=StopConfig(threshold=0.3, min_delta=0.05, patience=2))
     trainer = make_trainer(tmp_path, [monitor], max_steps=12)
     trainer.fit(make_module(), datamodule=make_data())
     assert monitor.stopped_step == stop_step
@@ -91,10 +92,50 @@ def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, monkeypatc
     assert len(monitor.history) == (4 if stop_step else 7)
 
 
-def test_warn_only(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
-    scripted(monkeypatch, [0.0, 0.5, 0.6, 0.7])
-    monitor = MemorizationMonitor(**fast_monitor_kwargs, threshold=0.3, patience=1, stop_training=False)
+def test_warn_only(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = ScriptedMonitor([0.0, 0.5, 0.6, 0.7], **fast_monitor_kwargs,
+                              stop=StopConfig(threshold=0.3, patience=1, stop_training=False))
     trainer = make_trainer(tmp_path, [monitor], max_steps=6)
     with pytest.warns(UserWarning, match="training goes on"):
         trainer.fit(make_module(), datamodule=make_data())
     assert monitor.stopped_step == 2 and trainer.global_step == 6
+
+
+def weights_after(tmp_path, steps: int) -> dict[str, torch.Tensor]:
+    """The tiny model's weights after ``steps`` plain training steps (a run with the monitor is bit-identical)."""
+    module = make_module()
+    make_trainer(tmp_path / "reference", [], max_steps=steps).fit(module, datamodule=make_data())
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_a_memorizing_run_ends_with_the_weights_of_its_last_safe_check(tmp_path, fast_monitor_kwargs) -> None:
+    """Checks at 0 and 2 are quiet (safe), 4 alarms (0.5 > 0.3 and risen), 6 alarms again and fires (patience 2):
+    the model ends with the weights of step 2, and safe.ckpt beside last.ckpt holds them."""
+    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+    monitor = ScriptedMonitor([0.0, 0.1, 0.5, 0.6], **fast_monitor_kwargs, stop=stop)
+    last = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", every_n_train_steps=2)
+    module = make_module()
+    trainer = make_trainer(tmp_path, [monitor, last], max_steps=12, enable_checkpointing=True)
+    trainer.fit(module, datamodule=make_data())
+    assert (monitor.stopped_step, monitor.safe_step, trainer.global_step) == (6, 2, 6)
+    safe = weights_after(tmp_path, 2)
+    assert [k for k, v in module.state_dict().items() if not torch.equal(v, safe[k])] == []
+    late = weights_after(tmp_path, 6)
+    assert any(not torch.equal(v, late[k]) for k, v in module.state_dict().items())  # not the stop step's weights
+    checkpoint = torch.load(tmp_path / "ckpt" / "safe.ckpt", weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == 2
+    assert all(torch.equal(checkpoint["state_dict"][k], safe[k]) for k in safe)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ScriptedMonitor")]
+    assert state["safe_step"] == 2
+
+
+def test_without_restore_the_model_keeps_its_last_weights_and_no_copy_is_made(tmp_path, fast_monitor_kwargs) -> None:
+    monitor = ScriptedMonitor([0.0, 0.1, 0.5, 0.6], **fast_monitor_kwargs,
+                              stop=StopConfig(threshold=0.3, min_delta=0.05, patience=2))
+    module = make_module()
+    make_trainer(tmp_path, [monitor], max_steps=12).fit(module, datamodule=make_data())
+    assert (monitor.stopped_step, monitor.safe_step) == (6, 2)
+    assert monitor.watch.safe_weights.state is None  # no host copy unless asked for
+    final = weights_after(tmp_path, 6)
+    assert all(torch.equal(v, final[k]) for k, v in module.state_dict().items())
+    assert not (tmp_path / "checkpoints" / "safe.ckpt").exists()  # checkpointing disabled: no safe.ckpt

@@ -4,7 +4,9 @@ import pytest
 from lightning.pytorch.loggers import WandbLogger
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback.lightning.callback import MemorizationMonitor
+from memcallback import MemorizationMonitor
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def offline_wandb(tmp_path, monkeypatch):
 
 def test_offline_wandb_run_gets_scalars_and_media(tmp_path, fast_monitor_kwargs, offline_wandb) -> None:
     logger = WandbLogger(save_dir=tmp_path, project="memcallback-test", mode="offline")
-    monitor = MemorizationMonitor(**(fast_monitor_kwargs | {"log_media": True, "save_plot": True}))
+    monitor = MemorizationMonitor(**(fast_monitor_kwargs | {"media": "images", "save_plot": True}))
     trainer = make_trainer(tmp_path, [monitor], logger=logger, max_steps=4)
     trainer.fit(make_module(), datamodule=make_data())
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
@@ -31,8 +33,45 @@ def test_offline_wandb_run_gets_scalars_and_media(tmp_path, fast_monitor_kwargs,
     tables = list((media / "table" / "memorization").glob("samples_*.table.json"))
     assert len(tables) == 3
     table = json.loads(tables[0].read_text())
-    assert len(table["data"]) == fast_monitor_kwargs["num_samples"] and "score" in table["columns"]
+    assert len(table["data"]) == fast_monitor_kwargs["probes"].num_samples and "score" in table["columns"]
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("memorization.png")] == ["memorization.png"]
+    assert logger.experiment.summary["memorization/safe_step"] == monitor.safe_step == 4  # named in the run summary
+
+
+def images_in(value: object) -> list[object]:
+    """Every ``wandb.Image`` inside a logged value (tables' cells included)."""
+    import wandb
+
+    if isinstance(value, wandb.Image):
+        return [value]
+    if isinstance(value, wandb.Table):
+        return [cell for row in value.data for cell in row if isinstance(cell, wandb.Image)]
+    if isinstance(value, dict):
+        return [image for v in value.values() for image in images_in(v)]
+    return []
+
+
+def test_with_the_default_settings_no_image_reaches_the_logger(tmp_path, fast_monitor_kwargs, offline_wandb,
+                                                               monkeypatch) -> None:
+    """Privacy by default: every object the W&B run receives is inspected; charts go out, no picture of a probe's
+    sample or of a training image does (neither in a grid, a scatter nor a table cell), and nothing is staged."""
+    logger = WandbLogger(save_dir=tmp_path, mode="offline")
+    logged: list[dict] = []
+    run = logger.experiment
+    original = run.log
+    monkeypatch.setattr(run, "log", lambda data, *args, **kwargs: (logged.append(data), original(data, *args,
+                                                                                                **kwargs))[1])
+    defaults = {k: v for k, v in fast_monitor_kwargs.items() if k != "media"}
+    monitor = MemorizationMonitor(**defaults)
+    assert monitor.media == "charts"
+    make_trainer(tmp_path, [monitor], logger=logger, max_steps=4).fit(make_module(), datamodule=make_data())
+    media = [d for d in logged if "memorization/samples" in d]
+    assert len(media) == 3 and all("memorization/mu_histogram" in d and "memorization/spectrum" in d for d in media)
+    assert all("image" not in d["memorization/samples"].columns for d in media)
+    assert [image for d in logged for image in images_in(d)] == []
+    assert not any(key.endswith(("most_memorized", "scatter")) for d in logged for key in d)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes().startswith(PNG_MAGIC)]
+    assert written == []
 
 
 def test_media_failures_never_stop_training(tmp_path, fast_monitor_kwargs, offline_wandb, monkeypatch) -> None:
@@ -43,7 +82,7 @@ def test_media_failures_never_stop_training(tmp_path, fast_monitor_kwargs, offli
 
     monkeypatch.setattr(memcallback.viz.wandb_media, "log_media", broken)
     logger = WandbLogger(save_dir=tmp_path, mode="offline")
-    monitor = MemorizationMonitor(**(fast_monitor_kwargs | {"log_media": True}))
+    monitor = MemorizationMonitor(**(fast_monitor_kwargs | {"media": "images"}))
     trainer = make_trainer(tmp_path, [monitor], logger=logger, max_steps=4)
     with pytest.warns(UserWarning, match="media could not be logged"):
         trainer.fit(make_module(), datamodule=make_data())

@@ -39,7 +39,7 @@ def test_point_mass_is_flagged_and_ground_truth_agrees() -> None:
     model = gaussian([1e-5] * 6)
     train = torch.stack([torch.zeros(6), torch.ones(6), -torch.ones(6)])
     report = analyze(model, num_samples=16, sigmas=(0.1,), config=SharpnessConfig(k=3), train_data=train)
-    assert report.primary.memorized.all()
+    assert report.primary.flagged.all()
     assert report.labels is not None and report.labels.rate == 1.0
     assert math.isnan(report.summary()["auroc"])  # one class only: AUROC is undefined, not 0 or 1
 
@@ -107,3 +107,55 @@ def test_auroc_and_bad_inputs() -> None:
         resolve_timesteps(model, (), ())
     with pytest.raises(TypeError, match="missing"):
         analyze(object())
+
+
+class Counted:
+    """A DiffusionModel wrapper that counts network calls (model_output) and can fire an interrupt after N."""
+
+    def __init__(self, model: GaussianModel, fire_after: int | None = None) -> None:
+        self.model, self.fire_after, self.calls, self.asked = model, fire_after, 0, 0
+        self.schedule, self.prediction_type, self.data_shape = model.schedule, model.prediction_type, model.data_shape
+
+    def model_output(self, x_t, t, cond=None):
+        self.calls += 1
+        return self.model.model_output(x_t, t, cond)
+
+    def interrupt(self) -> bool:
+        self.asked += 1
+        return self.fire_after is not None and self.calls >= self.fire_after
+
+
+BUDGET = SharpnessConfig(k=2, solver="lanczos", krylov_steps=6, trace_probes=4)
+
+
+def test_fixed_number_of_network_calls_whatever_the_data() -> None:
+    """The budget path's calls depend on the config only: equal counts for a flat and a point-mass density."""
+    counts = []
+    for cov in ([1.0, 0.5, 0.3, 0.2, 0.1, 0.05], [1e-5] * 6):
+        model = Counted(gaussian(cov))
+        analyze(model, num_samples=4, sigmas=(0.1,), timesteps=(59,), num_sampling_steps=10, config=BUDGET)
+        counts.append(model.calls)
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize(("fire_after", "measured", "last_partial"),
+                         [(3, [], False), (12, [], False), (13, [59], True), (14, [59, 27], True)])
+def test_interrupt_returns_a_partial_report_within_the_calls_reached(fire_after, measured, last_partial) -> None:
+    """Network calls: 12 DDIM steps (10 grid points + 2 recorded timesteps), then per noise level the one
+    forward that builds the graph (its output is the score; every product is a reverse pass over it): 14."""
+    full = Counted(gaussian([1.0, 0.5, 0.3, 0.2, 0.1, 0.05]))
+    complete = analyze(full, num_samples=4, sigmas=(0.1,), timesteps=(59,), num_sampling_steps=10, config=BUDGET,
+                       interrupt=full.interrupt)
+    assert full.calls == 14 and not complete.partial and list(complete.stats) == [59, 27]
+    model = Counted(gaussian([1.0, 0.5, 0.3, 0.2, 0.1, 0.05]), fire_after=fire_after)
+    report = analyze(model, num_samples=4, sigmas=(0.1,), timesteps=(59,), num_sampling_steps=10, config=BUDGET,
+                     interrupt=model.interrupt)
+    assert report.partial and model.calls == fire_after  # not one network call after the interrupt fired
+    assert list(report.stats) == measured
+    if measured:
+        assert [s.partial for s in report.stats.values()] == [False] * (len(measured) - 1) + [last_partial]
+
+
+def test_no_interrupt_means_a_complete_report() -> None:
+    report = analyze(gaussian([1.0, 0.1, 0.01]), num_samples=2, config=SharpnessConfig(k=1), interrupt=lambda: False)
+    assert not report.partial and not report.primary.partial

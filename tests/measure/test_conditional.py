@@ -150,7 +150,7 @@ def test_ground_truth_labels_the_generated_samples(gaussian: ConditionalGaussian
     report = conditional_report(gaussian, torch.arange(C), num_samples_per_cond=2, num_generations=3,
                                 num_sampling_steps=5, train_data=train)
     assert report.samples is not None and report.samples.shape == (C * 2, 3, D)
-    assert report.labels is not None and report.labels.memorized.shape == (C * 2 * 3,)
+    assert report.labels is not None and report.labels.copied.shape == (C * 2 * 3,)
     assert report.per_sample()["nn_rate"].shape == (C * 2,)
     assert report.per_condition()["nn_rate"].shape == (C,)
 

@@ -21,9 +21,9 @@ def test_exact_copies_have_distance_zero_and_ratio_zero():
     labels = memorization_labels(reference[[3, 7, 7, 41]], reference)
     assert isinstance(labels, MemorizationLabels)
     assert labels.nearest_distance.tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert labels.ratio.tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert labels.distance_ratio.tolist() == [0.0, 0.0, 0.0, 0.0]
     assert labels.nearest_index.tolist() == [3, 7, 7, 41]
-    assert labels.memorized.all()
+    assert labels.copied.all()
     assert labels.rate == 1.0
 
 
@@ -35,43 +35,43 @@ def test_exact_copies_are_exactly_zero_even_where_the_expansion_cancels_badly():
     assert torch.equal(indices[:, 0], torch.arange(20))
 
 
-def test_near_copies_are_memorized():
+def test_near_copies_are_copied():
     reference = _reference()
     generator = torch.Generator().manual_seed(1)
     near = reference[:10] + 0.01 * torch.randn(10, 1, 8, 8, generator=generator)
     labels = memorization_labels(near, reference)
     assert labels.nearest_index.tolist() == list(range(10))
-    assert (labels.ratio < 0.05).all()
-    assert labels.memorized.all()
+    assert (labels.distance_ratio < 0.05).all()
+    assert labels.copied.all()
     assert labels.nearest_distance.allclose((near - reference[:10]).flatten(1).norm(dim=1))
 
 
-def test_midpoints_between_two_training_points_are_not_memorized():
+def test_midpoints_between_two_training_points_are_not_copies():
     reference = _reference()
     midpoints = (reference[0:20:2] + reference[1:20:2]) / 2
     labels = memorization_labels(midpoints, reference)
-    assert labels.ratio.allclose(torch.ones(10), atol=1e-5)
-    assert not labels.memorized.any()
+    assert labels.distance_ratio.allclose(torch.ones(10), atol=1e-5)
+    assert not labels.copied.any()
     assert labels.rate == 0.0
     # The two nearest are the two endpoints.
     _, indices = nearest_neighbours(midpoints, reference, k=2)
     assert indices.sort(dim=1).values.tolist() == [[2 * i, 2 * i + 1] for i in range(10)]
 
 
-def test_threshold_is_strict_and_configurable():
+def test_ratio_is_strict_and_configurable():
     reference = torch.tensor([[0.0], [3.0], [-10.0]])
     sample = torch.tensor([[1.0]])  # d1 = 1, d2 = 2: ratio 1/2
-    assert memorization_labels(sample, reference).ratio.item() == 0.5
-    assert not memorization_labels(sample, reference).memorized.item()
-    assert not memorization_labels(sample, reference, threshold=0.5).memorized.item()
-    assert memorization_labels(sample, reference, threshold=0.51).memorized.item()
+    assert memorization_labels(sample, reference).distance_ratio.item() == 0.5
+    assert not memorization_labels(sample, reference).copied.item()
+    assert not memorization_labels(sample, reference, ratio=0.5).copied.item()
+    assert memorization_labels(sample, reference, ratio=0.51).copied.item()
 
 
-def test_rate_is_the_fraction_memorized():
+def test_rate_is_the_fraction_copied():
     reference = _reference()
     samples = torch.cat([reference[:3], (reference[10:12] + reference[12:14]) / 2])
     labels = memorization_labels(samples, reference)
-    assert labels.memorized.tolist() == [True, True, True, False, False]
+    assert labels.copied.tolist() == [True, True, True, False, False]
     assert labels.rate == pytest.approx(0.6)
 
 
@@ -95,9 +95,9 @@ def test_chunking_gives_identical_results(chunk_size):
     assert torch.equal(full[1], chunked[1])
     labels_full = memorization_labels(samples, reference)
     labels_chunked = memorization_labels(samples, reference, chunk_size=chunk_size)
-    assert torch.equal(labels_full.ratio, labels_chunked.ratio)
-    assert torch.equal(labels_full.memorized, labels_chunked.memorized)
-    assert labels_full.memorized.tolist() == [False] * 8 + [True] * 4
+    assert torch.equal(labels_full.distance_ratio, labels_chunked.distance_ratio)
+    assert torch.equal(labels_full.copied, labels_chunked.copied)
+    assert labels_full.copied.tolist() == [False] * 8 + [True] * 4
 
 
 def test_float64_and_float32_agree_and_keep_their_dtype():
@@ -119,20 +119,20 @@ def test_ties_prefer_the_lower_index_and_duplicated_references_defeat_the_ratio(
     distances, indices = nearest_neighbours(base[:1] + 0.01, reference, k=2)
     assert indices.tolist() == [[0, 10]]
     assert distances[0, 0] == distances[0, 1]
-    assert memorization_labels(base[:1] + 0.01, reference).ratio.item() == 1.0
+    assert memorization_labels(base[:1] + 0.01, reference).distance_ratio.item() == 1.0
 
 
 def test_reference_of_two_identical_exact_copies_is_still_ratio_zero():
     reference = torch.zeros(2, 4)
     labels = memorization_labels(torch.zeros(1, 4), reference)
-    assert labels.ratio.item() == 0.0 and labels.memorized.item()
+    assert labels.distance_ratio.item() == 0.0 and labels.copied.item()
 
 
 def test_inputs_are_flattened_and_may_require_grad():
     reference = _reference(n=20, shape=(3, 4, 4)).requires_grad_()
     labels = memorization_labels(reference[:2].detach(), reference)
-    assert labels.ratio.tolist() == [0.0, 0.0]
-    assert not labels.ratio.requires_grad
+    assert labels.distance_ratio.tolist() == [0.0, 0.0]
+    assert not labels.distance_ratio.requires_grad
 
 
 def test_shape_mismatch_is_a_clear_error():
@@ -153,8 +153,8 @@ def test_bad_arguments_are_clear_errors():
     reference = _reference(n=5)
     with pytest.raises(ValueError, match="samples is empty"):
         memorization_labels(reference[:0], reference)
-    with pytest.raises(ValueError, match="threshold must be in"):
-        memorization_labels(reference, reference, threshold=0.0)
+    with pytest.raises(ValueError, match="ratio must be in"):
+        memorization_labels(reference, reference, ratio=0.0)
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         nearest_neighbours(reference, reference, k=0)
     with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):

@@ -32,3 +32,27 @@ def test_matches_the_pairwise_definition_with_ties(scale: float) -> None:
 def test_all_tied_is_one_half_and_one_class_is_nan() -> None:
     assert auroc(torch.full((6,), 3.0), torch.tensor([0, 1, 0, 1, 1, 0])) == 0.5
     assert math.isnan(auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])))
+
+
+def test_the_summary_has_exactly_the_keys_of_the_schema() -> None:
+    """One summary path, one schema: ``SharpnessReport.summary()`` keys are ``names.summary_keys``, with and
+    without ground truth, for two timesteps; the AUROC keys are the AUROC of the score against the copy label."""
+    from analytic import GaussianModel
+
+    from memcallback.diffusion import NoiseSchedule
+    from memcallback.measure import SharpnessConfig, analyze, names
+
+    model = GaussianModel(torch.zeros(3), torch.diag(torch.tensor([1.0, 0.1, 0.01])), NoiseSchedule.linear(100))
+    train = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    for train_data in (None, train):
+        report = analyze(model, num_samples=6, sigmas=(0.1, 0.3), num_sampling_steps=4, train_data=train_data,
+                         config=SharpnessConfig(k=1, solver="dense"))
+        timesteps = list(report.stats)
+        summary = report.summary()
+        assert set(summary) == names.summary_keys(timesteps, train_data is not None)
+        assert set(report.per_sample()) == names.per_sample_keys(timesteps, train_data is not None)
+        if train_data is not None:
+            copied = report.labels.copied
+            for t in timesteps:
+                expected = auroc(report.stats[t].memorization_score, copied)
+                assert summary[names.at_timestep(t, names.AUROC)] == pytest.approx(expected, nan_ok=True)

@@ -6,7 +6,6 @@ folder of this file on ``PYTHONPATH``), so the code under test is the real ``tra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from tiny_training import free_port
 
 from memcallback import MemorizationMonitor
+from memcallback.core import Measurement, MeasureRequest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -33,9 +33,9 @@ TINY_APP = [
     "data.num_train=16", "data.samples_per_epoch=6400", "data.batch_size=8",
     "model.network.hidden=32", "model.network.num_blocks=1", "model.network.time_embed_dim=16",
     "model.num_timesteps=100", "eval_samples=0", "torch_threads=1",
-    "callbacks.memorization.num_samples=8", "callbacks.memorization.num_sampling_steps=5", "callbacks.memorization.k=4",
-    "callbacks.memorization.every_n_train_steps=2", "callbacks.memorization.log_media=false",
-    "callbacks.memorization.save_plot=false",
+    "callbacks.memorization.probes.num_samples=8", "callbacks.memorization.probes.num_sampling_steps=5",
+    "callbacks.memorization.sharpness.k=4", "callbacks.memorization.every_n_train_steps=2",
+    "callbacks.memorization.media=none", "callbacks.memorization.save_plot=false",
 ]
 
 
@@ -61,7 +61,7 @@ def forced_stop(patience: int) -> list[str]:
     0.004 per 2 steps, monotonically), so with ``mode=min``, no threshold and ``min_delta=0`` every check after
     the baseline alarms and the rule fires at step ``2 * patience``.
     """
-    prefix = "callbacks.memorization."
+    prefix = "callbacks.memorization.stop."
     return [f"{prefix}monitor=memorization/effective_dim", f"{prefix}mode=min", f"{prefix}threshold=null",
             f"{prefix}min_delta=0", f"{prefix}patience={patience}"]
 
@@ -78,7 +78,7 @@ def find_monitor(trainer: pl.Trainer) -> MemorizationMonitor:
 
 def probe_digest(monitor: MemorizationMonitor) -> str:
     """A fingerprint of the probe noises this rank measures."""
-    return hashlib.sha256(monitor._noise.cpu().numpy().tobytes()).hexdigest()
+    return monitor.watch.probe_set.digest()
 
 
 class RankReport(Callback):
@@ -124,6 +124,25 @@ class KillAt(Callback):
                              batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ScriptedMonitor(MemorizationMonitor):
+    """The real measurement at every check, with every probe's memorization score replaced by the next value of
+    ``series`` (so the reduced ``score`` is that value), through the public ``measure`` seam.
+
+    Args:
+        series: the scores of consecutive checks.
+        **kwargs: the monitor's arguments.
+    """
+
+    def __init__(self, series: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.series = iter(series)
+
+    def measure(self, model: Any, request: MeasureRequest) -> Measurement:
+        measured = super().measure(model, request)
+        measured.report.primary.memorization_score.fill_(next(self.series))
+        return measured
 
 
 def read_reports(out_dir: Path, when: str) -> list[dict[str, Any]]:

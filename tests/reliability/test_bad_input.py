@@ -1,15 +1,17 @@
 """Issue 6, item 5: bad input gives one clear message naming the argument, at construction or at setup.
 
-Every constructor argument and every Hydra override ``callbacks.memorization.<arg>=...`` is tried with values
-drawn by hypothesis (wrong types, out-of-range numbers, NaN/inf, strings, lists, mappings, booleans for
-counts). An independent specification (``ACCEPTS``) says which values are valid: those must construct and be
-kept (never silently replaced), all others must raise ``ValueError``/``TypeError`` naming the argument, from
-memcallback's own code (no deep torch trace). Settings that are only wrong for a given model or data set, a
-model without the protocol and data of the wrong shape fail at setup, before the first training step.
+Every constructor argument, every field of its grouped settings (``probes``, ``sharpness``, ``stop``,
+``conditions``) and every Hydra override ``callbacks.memorization.<arg>=...`` / ``...<group>.<field>=...`` is
+tried with values drawn by hypothesis (wrong types, out-of-range numbers, NaN/inf, strings, lists, mappings,
+booleans for counts). An independent specification (``ACCEPTS``) says which values are valid: those must
+construct and be kept (never silently replaced), all others must raise ``ValueError``/``TypeError`` naming the
+argument, from memcallback's own code (no deep torch trace). Settings that are only wrong for a given model or
+data set, a model without the protocol and data of the wrong shape fail at setup, before the first training step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import traceback
@@ -31,13 +33,18 @@ from reliability_helpers import ROOT, TINY_APP
 from tiny_training import make_data, make_module, make_trainer
 
 import memcallback
+from memcallback import ConditionalConfig, MemorizationMonitor, ProbeConfig, SharpnessConfig, StopConfig
 from memcallback.app.data import ToyMixtureDataModule
 from memcallback.app.models import DiffusionModule, ResidualMLP
 from memcallback.app.train import run
-from memcallback.lightning.callback import MemorizationMonitor
 
 PACKAGE = Path(memcallback.__file__).parent
 DEFAULT_MONITOR = "memorization/score"
+#: the grouped settings: constructor argument -> (dataclass, fields it needs besides the one tried)
+GROUPS: dict[str, tuple[type, dict[str, Any]]] = {
+    "probes": (ProbeConfig, {}), "sharpness": (SharpnessConfig, {}), "stop": (StopConfig, {}),
+    "conditions": (ConditionalConfig, {"labels": [0]}),
+}
 
 
 def is_int(v: Any) -> bool:
@@ -64,46 +71,61 @@ def one_of(*options: str) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, str) and v in options
 
 
-#: What each argument accepts, written from the docs (not from the code), every other argument at its default.
+def never(v: Any) -> bool:
+    return False
+
+
+#: What each argument and group field accepts, written from the docs (not from the code), every other argument
+#: at its default. A group itself accepts only its dataclass (never drawn here: every drawn value is invalid).
 ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "every_n_train_steps": count(1),  # None as well, but then every_n_epochs (default None) must be set
     "every_n_epochs": count(1),  # tried with every_n_train_steps=None
     "check_on_train_start": flag,
-    "num_samples": count(1),
-    "sigmas": lambda v: is_list(v) and len(v) > 0 and all(is_real(s) and 0 < s < 1 for s in v),
-    "timesteps": lambda v: is_list(v) and all(is_int(t) and t >= 0 for t in v),
-    "num_sampling_steps": count(1),
-    "k": count(1),
-    "solver": one_of("auto", "dense", "lanczos"),
-    "lanczos_iters": lambda v: v is None or (is_int(v) and v > 8),  # larger than k (default 8)
-    "tol": lambda v: is_real(v) and 0 < v < 1,
-    "trace_probes": count(2),
-    "asymmetry_probes": count(1),
-    "min_eigenvalue": flag,
-    "score_statistic": one_of("top_mu", "effective_dim", "flat_fraction"),
-    "flag_threshold": lambda v: is_real(v) and 0 <= v <= 1,
-    "chunk_size": lambda v: v is None or count(1)(v),
-    "seed": lambda v: is_int(v) and 0 <= v < 2**63,
-    "monitor": lambda v: isinstance(v, str) and v.startswith("memorization/") and v != "memorization/",
-    "mode": one_of("max", "min"),
-    "threshold": lambda v: v is None or (is_real(v) and math.isfinite(v)),
-    "min_delta": lambda v: is_real(v) and math.isfinite(v) and v >= 0,
-    "patience": count(1),
-    "stop_training": flag,
+    "probes": never,
+    "probes.num_samples": count(1),
+    "probes.num_sampling_steps": count(1),
+    "probes.sigmas": lambda v: is_list(v) and len(v) > 0 and all(is_real(s) and 0 < s < 1 for s in v),
+    "probes.timesteps": lambda v: is_list(v) and all(is_int(t) and t >= 0 for t in v),
+    "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
+    "sharpness": never,
+    "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)
+    "sharpness.solver": one_of("auto", "dense", "lanczos", "power"),
+    "sharpness.krylov_steps": lambda v: v is None or (is_int(v) and v > 8),  # larger than k (default 8)
+    "sharpness.krylov_product": one_of("S", "JT"),  # JT: fine with the defaults (auto, a budget, hutchinson)
+    "sharpness.lanczos_iters": lambda v: v is None or (is_int(v) and v > 8),
+    "sharpness.tol": lambda v: is_real(v) and 0 < v < 1,
+    "sharpness.trace_probes": count(2),
+    "sharpness.trace_estimator": one_of("hutchinson", "deflated"),  # deflated: fine with the default auto + budget
+    "sharpness.asymmetry_probes": count(0),
+    "sharpness.min_eigenvalue": flag,
+    "sharpness.jvp": one_of("double_backward", "forward"),
+    "sharpness.score_statistic": one_of("top_mu", "effective_dim", "flat_fraction"),
+    "sharpness.flag_threshold": lambda v: is_real(v) and 0 <= v <= 1,
+    "sharpness.chunk_size": lambda v: v is None or count(1)(v),
+    "stop": never,
+    "stop.monitor": lambda v: isinstance(v, str) and v.startswith("memorization/") and v != "memorization/",
+    "stop.mode": one_of("max", "min"),
+    "stop.threshold": lambda v: v is None or (is_real(v) and math.isfinite(v)),
+    "stop.min_delta": lambda v: is_real(v) and math.isfinite(v) and v >= 0,
+    "stop.patience": count(1),
+    "stop.stop_training": flag,
+    "stop.restore_safe_weights": flag,
+    "conditions": lambda v: v is None,
+    "conditions.labels": lambda v: is_list(v) and len(v) > 0 and all(is_int(c) and c >= 0 for c in v),
+    "conditions.num_samples_per_cond": count(1),
+    "conditions.num_generations": count(1),
     "ground_truth": flag,
     "time_budget_s": lambda v: v is None or (is_real(v) and math.isfinite(v) and v > 0),
-    "log_media": flag,
+    "media": one_of("none", "charts", "images"),
     "num_media_samples": count(1),
     "save_plot": flag,
     # the default monitor 'memorization/score' must start with the prefix and be longer
     "prefix": lambda v: isinstance(v, str) and 0 < len(v) < len(DEFAULT_MONITOR) and DEFAULT_MONITOR.startswith(v),
-    "conditions": lambda v: v is None or (is_list(v) and len(v) > 0 and all(is_int(c) and c >= 0 for c in v)),
-    "num_cond_samples": count(1),
-    "num_cond_generations": count(1),
 }
 
-WORDS = ["auto", "dense", "lanczos", "eig", "top_mu", "effective_dim", "flat_fraction", "max", "min", "up", "",
-         "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense", "true", "0.1"]
+WORDS = ["auto", "dense", "lanczos", "power", "eig", "top_mu", "effective_dim", "flat_fraction", "max", "min", "up",
+         "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense", "true", "0.1",
+         "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT"]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 300), st.integers(2**62, 2**64), st.floats(),
     st.floats(-0.5, 1.5), st.sampled_from(WORDS), st.text("abz/_.0", max_size=4),
@@ -112,23 +134,36 @@ VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(SCALARS, max
                    st.dictionaries(st.sampled_from(["a", "k"]), st.integers(0, 3), max_size=1))
 
 
-def monitor_kwargs(name: str, value: Any) -> dict[str, Any]:
+def build(name: str, value: Any) -> MemorizationMonitor:
+    """The monitor with one argument (``name``) or one group field (``group.field``) set to ``value``."""
+    if "." in name:
+        group, field = name.split(".")
+        cls, needs = GROUPS[group]
+        return MemorizationMonitor(**{group: cls(**(needs | {field: value}))})
     kwargs = {name: value}
     if name == "every_n_epochs":
         kwargs["every_n_train_steps"] = None
-    return kwargs
+    return MemorizationMonitor(**kwargs)
+
+
+#: where the monitor keeps the top-level arguments it hands to its core under the core's names
+KEPT_BY_THE_CORE = {"every_n_train_steps": "every_n_steps", "every_n_epochs": "every_n_epochs",
+                    "check_on_train_start": "check_at_start", "time_budget_s": "time_budget_s", "prefix": "prefix"}
 
 
 def stored(monitor: MemorizationMonitor, name: str) -> Any:
-    """Where the monitor keeps an argument (the solver settings in its config, the stop rule's in its rule)."""
-    for holder in (monitor.config, monitor.rule, monitor):
-        if hasattr(holder, name):
-            return getattr(holder, name)
-    raise AssertionError(f"{name} is not kept anywhere")
+    """Where the monitor keeps an argument (a group field in its group, the schedule in its core)."""
+    if "." in name:
+        group, field = name.split(".")
+        return getattr(getattr(monitor, group), field)
+    if name in KEPT_BY_THE_CORE:
+        return getattr(monitor.watch, KEPT_BY_THE_CORE[name])
+    return getattr(monitor, name)
 
 
 def assert_clear_error(error: BaseException, name: str) -> None:
     """One ValueError/TypeError that names the argument, raised by memcallback itself."""
+    name = name.split(".")[-1]
     assert isinstance(error, (ValueError, TypeError)), repr(error)
     assert name in str(error), f"{name} not named in: {error}"
     origin = Path(traceback.extract_tb(error.__traceback__)[-1].filename)
@@ -144,46 +179,50 @@ def same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def test_the_specification_covers_every_argument() -> None:
-    assert set(ACCEPTS) == set(inspect.signature(MemorizationMonitor).parameters)
+def test_the_specification_covers_every_argument_and_group_field() -> None:
+    params = inspect.signature(MemorizationMonitor).parameters
+    fields = {f"{group}.{f.name}" for group, (cls, _) in GROUPS.items() for f in dataclasses.fields(cls)}
+    assert set(ACCEPTS) == set(params) | fields
 
 
 @settings(max_examples=800, deadline=None)
 @given(name=st.sampled_from(sorted(ACCEPTS)), value=VALUES)
 def test_every_constructor_argument_is_validated(name: str, value: Any) -> None:
-    kwargs = monitor_kwargs(name, value)
     if ACCEPTS[name](value):
-        monitor = MemorizationMonitor(**kwargs)
+        monitor = build(name, value)
         assert same(stored(monitor, name), value)  # kept as given: never a silent substitute
     else:
         with pytest.raises((ValueError, TypeError)) as info:
-            MemorizationMonitor(**kwargs)
+            build(name, value)
         assert_clear_error(info.value, name)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("make", "match"),
     [
-        ({"every_n_train_steps": None}, "exactly one"),
-        ({"every_n_epochs": 2}, "exactly one"),
-        ({"sigmas": [], "timesteps": []}, "at least one"),
-        ({"k": 8, "lanczos_iters": 8}, "lanczos_iters"),
-        ({"prefix": "mem/"}, "monitor='memorization/score' is invalid.*prefix='mem/'"),
-        ({"monitor": "val/loss"}, "monitor"),
-        ({"every_n_train_steps": 0}, "every_n_train_steps"),
-        ({"num_samples": 0}, "num_samples"),
-        ({"sigmas": [1.5]}, "sigmas"),
-        ({"mode": "up"}, "mode"),
-        ({"patience": 0}, "patience"),
-        ({"k": 0}, "k=0"),
-        ({"solver": "eig"}, "solver"),
-        ({"time_budget_s": -1}, "time_budget_s"),
-        ({"seed": None}, "seed"),
+        (lambda: MemorizationMonitor(every_n_train_steps=None), "exactly one"),
+        (lambda: MemorizationMonitor(every_n_epochs=2), "exactly one"),
+        (lambda: ProbeConfig(sigmas=[], timesteps=[]), "at least one"),
+        (lambda: SharpnessConfig(k=8, lanczos_iters=8), "lanczos_iters"),
+        (lambda: MemorizationMonitor(prefix="mem/"), "monitor='memorization/score' is invalid.*prefix='mem/'"),
+        (lambda: MemorizationMonitor(stop=StopConfig(monitor="val/loss")), "monitor"),
+        (lambda: MemorizationMonitor(every_n_train_steps=0), "every_n_train_steps"),
+        (lambda: ProbeConfig(num_samples=0), "num_samples"),
+        (lambda: ProbeConfig(sigmas=[1.5]), "sigmas"),
+        (lambda: StopConfig(mode="up"), "mode"),
+        (lambda: StopConfig(patience=0), "patience"),
+        (lambda: SharpnessConfig(k=0), "k=0"),
+        (lambda: SharpnessConfig(solver="eig"), "solver"),
+        (lambda: MemorizationMonitor(time_budget_s=-1), "time_budget_s"),
+        (lambda: ProbeConfig(seed=None), "seed"),
+        (lambda: MemorizationMonitor(media="all"), "media"),
+        (lambda: MemorizationMonitor(probes={"num_samples": 8}), "probes"),
+        (lambda: MemorizationMonitor(conditions=[0, 9]), "conditions"),
     ],
 )
-def test_incompatible_combinations_and_examples(kwargs: dict, match: str) -> None:
+def test_incompatible_combinations_and_examples(make: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        MemorizationMonitor(**kwargs)
+        make()
 
 
 def hydra_literal(value: Any) -> str:
@@ -224,7 +263,12 @@ def test_every_hydra_override_is_validated(callbacks_node, name: str, value: Any
     ``key=value`` override (``OmegaConf.update``) to the composed ``callbacks`` group; composing anew per
     example costs 0.1 s, so :func:`test_a_bad_override_fails_before_training` does that end to end once."""
     cfg = OmegaConf.create({"callbacks": callbacks_node})
-    overrides = [f"callbacks.memorization.{k}={hydra_literal(v)}" for k, v in monitor_kwargs(name, value).items()]
+    OmegaConf.set_struct(cfg, True)  # as composed: an override cannot add keys
+    if name.startswith("conditions."):  # a conditional run first sets the group (null by default)
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(ConditionalConfig([0])).items()}
+        cfg.callbacks.memorization.conditions = {"_target_": "memcallback.ConditionalConfig", **fields}
+    kwargs = {name: value} | ({"every_n_train_steps": None} if name == "every_n_epochs" else {})
+    overrides = [f"callbacks.memorization.{k}={hydra_literal(v)}" for k, v in kwargs.items()]
     try:
         for override in PARSER.parse_overrides(overrides):
             OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
@@ -233,15 +277,23 @@ def test_every_hydra_override_is_validated(callbacks_node, name: str, value: Any
         return
     if ACCEPTS[name](value):
         assert same(stored(instantiate(cfg.callbacks.memorization), name), value)
+    elif name in GROUPS and value == {} and name != "conditions":  # merging nothing into a group changes nothing
+        cls, needs = GROUPS[name]
+        assert stored(instantiate(cfg.callbacks.memorization), name) == cls(**needs)
+    elif name in GROUPS:  # the group replaced by a scalar or a list (a mapping is merged into it)
+        with pytest.raises(InstantiationException) as info:
+            instantiate(cfg.callbacks.memorization)
+        assert_clear_error(info.value.__cause__, name)
     else:
         with pytest.raises(InstantiationException) as info:
             instantiate(cfg.callbacks.memorization)
         assert_clear_error(info.value.__cause__, name)
-        assert name in str(info.value)  # Hydra's own message carries the argument's name too
+        assert name.split(".")[-1] in str(info.value)  # Hydra's own message carries the argument's name too
 
 
 def test_a_bad_override_fails_before_training(hydra_configs, tmp_path) -> None:
-    cfg = compose("train", overrides=["logger=none", "trainer.max_steps=2", *TINY_APP, "callbacks.memorization.k=2.5"])
+    cfg = compose("train", overrides=["logger=none", "trainer.max_steps=2", *TINY_APP,
+                                      "callbacks.memorization.sharpness.k=2.5"])
     with pytest.raises(InstantiationException, match=r"k=2\.5 is invalid: expected an int >= 1"):
         run(cfg, output_dir=tmp_path)
     assert not (tmp_path / "checkpoints").exists()
@@ -279,11 +331,15 @@ def test_a_model_without_the_protocol_fails_at_setup(tmp_path, fast_monitor_kwar
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"k": 65}, "k=65 is larger than the data dimension 64"),
-        ({"num_sampling_steps": 101}, "num_sampling_steps=101 exceeds the model's 100 timesteps"),
-        ({"timesteps": [100]}, r"timesteps \[100\] are invalid: expected ints in \[0, 99\]"),
-        ({"monitor": "memorization/scor"}, r"is not logged by this MemorizationMonitor.*memorization/score"),
-        ({"monitor": "memorization/auroc", "ground_truth": False}, "monitor='memorization/auroc' is not logged"),
+        ({"sharpness": SharpnessConfig(k=65, krylov_steps=None)}, "k=65 is larger than the data dimension 64"),
+        ({"probes": ProbeConfig(num_samples=8, num_sampling_steps=101)},
+         "num_sampling_steps=101 exceeds the model's 100 timesteps"),
+        ({"probes": ProbeConfig(num_samples=8, timesteps=[100])},
+         r"timesteps \[100\] are invalid: expected ints in \[0, 99\]"),
+        ({"stop": StopConfig(monitor="memorization/scor")},
+         r"is not logged by this MemorizationMonitor.*memorization/score"),
+        ({"stop": StopConfig(monitor="memorization/auroc"), "ground_truth": False},
+         "monitor='memorization/auroc' is not logged"),
     ],
 )
 def test_settings_wrong_for_this_model_fail_at_setup(tmp_path, fast_monitor_kwargs, kwargs, match) -> None:
@@ -304,6 +360,8 @@ def test_data_of_the_wrong_shape_fails_at_setup(tmp_path, fast_monitor_kwargs, g
 
 
 def test_a_setup_error_surfaces_unwrapped_through_the_app(hydra_configs, tmp_path) -> None:
-    cfg = compose("train", overrides=["logger=none", "trainer.max_steps=2", *TINY_APP, "callbacks.memorization.k=65"])
+    cfg = compose("train", overrides=["logger=none", "trainer.max_steps=2", *TINY_APP,
+                                      "callbacks.memorization.sharpness.k=65",
+                                      "callbacks.memorization.sharpness.krylov_steps=null"])
     with pytest.raises(ValueError, match="k=65 is larger than the data dimension 64"):
         run(cfg, output_dir=tmp_path)

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback.lightning.callback import MemorizationMonitor
+from memcallback import MemorizationMonitor, ProbeConfig, SharpnessConfig
 
 CHECKS = 200
 WARM = 50  # checks before the reference measurement
@@ -59,11 +59,12 @@ class HookClock(Callback):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*did not reach tol")
 def test_200_checks_without_memory_growth_or_slowdown(tmp_path) -> None:
-    # a fixed amount of work per check (8 Lanczos steps, a tolerance never met): Lanczos with a reachable tol
-    # takes 30-65 ms per check here depending on the weights, which would hide or fake a slowdown
-    monitor = MemorizationMonitor(every_n_train_steps=1, check_on_train_start=False, num_samples=4,
-                                  num_sampling_steps=3, k=2, solver="lanczos", lanczos_iters=8, tol=1e-12,
-                                  trace_probes=2, asymmetry_probes=1, save_plot=False, log_media=False)
+    # a fixed amount of work per check (a Krylov budget of 8 steps): Lanczos run to a reachable tol takes
+    # 30-65 ms per check here depending on the weights, which would hide or fake a slowdown
+    sharpness = SharpnessConfig(k=2, solver="lanczos", krylov_steps=8, trace_probes=2, asymmetry_probes=1)
+    monitor = MemorizationMonitor(every_n_train_steps=1, check_on_train_start=False,
+                                  probes=ProbeConfig(num_samples=4, num_sampling_steps=3), sharpness=sharpness,
+                                  save_plot=False, media="none")
     before, after = HookClock(), HookClock(measure_memory=True)
     trainer = make_trainer(tmp_path, [before, monitor, after], max_steps=CHECKS)
     trainer.fit(make_module(), datamodule=make_data())

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from reliability_helpers import (
     ROOT,
+    ScriptedMonitor,
     TINY_APP,
     assert_same_values,
     forced_stop,
@@ -23,10 +24,10 @@ from reliability_helpers import (
     report_overrides,
     train_py,
 )
-from tiny_training import make_data, make_module, make_trainer, scripted
+from tiny_training import make_data, make_module, make_trainer
 
+from memcallback import StopConfig
 from memcallback.app.train import run
-from memcallback.lightning.callback import MemorizationMonitor
 
 # patience 3: the rule alarms at steps 2, 4 and 6 and fires at 6; the process dies after step 4 (wait count 2)
 RUN = ["logger=none", "~callbacks.model_checkpoint", "callbacks.last_checkpoint.every_n_train_steps=2",
@@ -73,18 +74,18 @@ def test_a_killed_run_resumes_half_way_through_its_patience(tmp_path) -> None:
         assert_same_values(before_kill, uninterrupted)  # the checks restored from the checkpoint are the real ones
 
 
-def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs, monkeypatch) -> None:
-    scripted(monkeypatch, [0.0, 0.5, 0.6, 0.7, 0.8])
-    kwargs = fast_monitor_kwargs | {"threshold": 0.3, "min_delta": 0.05, "patience": 3}
-    first = MemorizationMonitor(**kwargs)
+def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs) -> None:
+    kwargs = fast_monitor_kwargs | {"stop": StopConfig(threshold=0.3, min_delta=0.05, patience=3)}
+    first = ScriptedMonitor([0.0, 0.5, 0.6], **kwargs)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),
                                                                                      datamodule=make_data())
     assert first.rule.wait_count == 2 and first.stopped_step is None  # half-way through its patience
-    resumed = MemorizationMonitor(**kwargs)
+    resumed = ScriptedMonitor([0.7, 0.8], **kwargs)  # the checks after the resume
     trainer = make_trainer(tmp_path, [resumed], max_steps=12)
     trainer.fit(make_module(), datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
     assert resumed.rule.best == 0.0
     assert resumed.stopped_step == 6  # the third rising check, counted across the resume
     assert [h["step"] for h in resumed.history] == [0, 2, 4, 6]
-    assert torch.equal(resumed._noise, first._noise)  # the same probe set
+    assert resumed.watch.probe_set.digest() == first.watch.probe_set.digest()  # the same probe set
+    assert resumed.safe_step == 0  # the last check where the rule did not alarm, carried across the resume

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback.lightning.callback import MemorizationMonitor
+from memcallback import MemorizationMonitor, SharpnessConfig
 
 # id: (monitor arguments, trainer arguments, EMA decay, steps that must have been checked)
 CASES = {
@@ -21,7 +21,8 @@ CASES = {
     "epochs-last-step": ({"every_n_train_steps": None, "every_n_epochs": 1}, {"max_steps": 8}, None, [0, 4, 8]),
     "epochs-ema-accumulation": ({"every_n_train_steps": None, "every_n_epochs": 1},
                                 {"max_steps": 9, "accumulate_grad_batches": 2}, 0.9, [0, 2, 4, 6, 8, 9]),
-    "lanczos-warm-start": ({"every_n_train_steps": 2, "solver": "lanczos"}, {"max_steps": 6}, None, [0, 2, 4, 6]),
+    "lanczos-warm-start": ({"every_n_train_steps": 2, "sharpness": SharpnessConfig(k=4, solver="lanczos")},
+                           {"max_steps": 6}, None, [0, 2, 4, 6]),
 }
 
 

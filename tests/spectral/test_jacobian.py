@@ -165,3 +165,47 @@ def test_rowwise_false_supports_per_sample_side_data():
     assert op.num_matvecs == 12
     with pytest.raises(ValueError, match="chunk_size needs rowwise=True"):
         jacobian_operator(fn, x, chunk_size=2, rowwise=False)
+
+
+@pytest.mark.parametrize("rowwise", [True, False])
+def test_forward_mode_jvp_matches_the_dense_jacobian(case, rowwise):
+    _, fn, x, S = case
+    J = dense_jacobian(fn, x)
+    V = torch.randn(x.shape[0], 3, x.shape[1], generator=gen(), dtype=x.dtype)
+    op = jacobian_operator(fn, x, jvp="forward", rowwise=rowwise)
+    torch.testing.assert_close(op.matvec(V), V @ J.mT)
+    torch.testing.assert_close(op.matvec(V[:, :1]), V[:, :1] @ J.mT)
+    torch.testing.assert_close(op(V), V @ S.mT)
+    torch.testing.assert_close(jacobian_operator(fn, x, jvp="forward", chunk_size=4).matvec(V), V @ J.mT)
+
+
+def test_forward_mode_through_group_norm_and_convolutions():
+    """GroupNorm (per-sample statistics) and convolutions support forward-mode AD under vmap."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.SiLU(),
+                              torch.nn.Conv2d(4, 2, 3, padding=1)).double().eval()
+    x = torch.randn(2, 2, 4, 4, generator=gen(), dtype=torch.float64)
+    V = torch.randn(2, 3, 2, 4, 4, generator=gen(1), dtype=torch.float64)
+    forward = jacobian_operator(net, x, jvp="forward")
+    torch.testing.assert_close(forward.matvec(V), jacobian_operator(net, x).matvec(V))
+
+
+def test_product_counts_and_views():
+    """num_jacobian_products: 1 per J v or J^T v, 2 per symmetric product; views share the counter."""
+    net = _net()
+    x = torch.randn(3, 12, generator=gen(), dtype=torch.float64)
+    J = dense_jacobian(net, x)
+    op = jacobian_operator(net, x)
+    V = torch.randn(3, 4, 12, generator=gen(1), dtype=torch.float64)
+    op(V)
+    op.matvec(V[:, :1])
+    assert op.num_jacobian_products == 2 * 4 + 1
+    torch.testing.assert_close(op.view("JT")(V), V @ J)
+    torch.testing.assert_close(op.view("J")(V), V @ J.mT)
+    assert op.num_jacobian_products == 9 + 4 + 4
+    op.asymmetry(num_probes=2, generator=gen())
+    assert op.num_jacobian_products == 17 + 4
+    with pytest.raises(ValueError, match="product must be one of"):
+        op.view("JJ")
+    with pytest.raises(ValueError, match="jvp must be one of"):
+        jacobian_operator(net, x, jvp="fwd")

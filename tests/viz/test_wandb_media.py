@@ -30,13 +30,14 @@ def _report(shape: tuple[int, ...], num: int = 6, k: int = 3, train: torch.Tenso
     mu = (1 - score)[:, None] * torch.linspace(1.0, 0.5, k)[None, :]
     stats = SharpnessStats(
         timestep=27, sigma=0.1, eigenvalues=(mu - 1) / 0.01, mu=mu, min_mu=torch.full((num,), math.nan),
-        trace_mu=torch.zeros(num), effective_dim=torch.full((num,), 5.0), flat_count=torch.full((num,), 2),
-        score_norm_sq=torch.ones(num), hessian_score_norm=torch.ones(num), asymmetry=torch.full((num,), 0.01),
-        converged=torch.ones(num, dtype=torch.bool), score=score, memorized=score > 0.5,
+        min_mu_residual=torch.full((num,), math.nan), trace_mu=torch.zeros(num), effective_dim=torch.full((num,), 5.0),
+        flat_count=torch.full((num,), 2), eps_norm_sq=torch.ones(num), hs_norm=torch.ones(num),
+        asymmetry=torch.full((num,), 0.01), converged=torch.ones(num, dtype=torch.bool), ritz_residual=torch.zeros(num),
+        memorization_score=score, flagged=score > 0.5,
     )
     samples = torch.rand(num, *shape, generator=generator) * 2 - 1
     if train is not None:
-        samples[-1] = train[2]  # an exact copy: nearest-neighbour memorized
+        samples[-1] = train[2]  # an exact copy of a training image
     labels = None if train is None else memorization_labels(samples, train)
     return SharpnessReport(stats={27: stats}, samples=samples, labels=labels)
 
@@ -102,11 +103,25 @@ def test_upscale_reaches_the_minimum_size_by_pixel_repetition():
     assert torch.equal(big[0, 0, ::3, ::3], images[0, 0])
 
 
+def test_log_media_without_images_sends_charts_and_numbers_only():
+    """The default (``images=False``): nothing that shows a sample or a training image, on image and on 2-D data."""
+    for shape in ((1, 8, 8), (2,)):
+        train = _train(shape, n=50)
+        run = RecordingRun()
+        log_media(run, _report(shape, k=2, train=train), train, step=1)
+        data = run.calls[0]
+        assert set(data) == {"trainer/global_step", "memorization/mu_histogram", "memorization/spectrum",
+                             "memorization/samples"}
+        table = data["memorization/samples"]
+        assert "image" not in table.columns and {"nn_ratio", "copied", "score"} <= set(table.columns)
+        assert not any(isinstance(cell, wandb.Image) for row in table.data for cell in row)
+
+
 def test_log_media_image_data_logs_one_call_with_every_key():
     train = _train((1, 8, 8))
     report = _report((1, 8, 8), train=train)
     run = RecordingRun()
-    log_media(run, report, train, step=123, prefix="mem/", num_images=4)
+    log_media(run, report, train, step=123, prefix="mem/", num_images=4, images=True)
     assert len(run.calls) == 1
     data = run.calls[0]
     assert set(data) == {"trainer/global_step", "mem/mu_histogram", "mem/spectrum", "mem/most_memorized", "mem/samples"}
@@ -121,20 +136,20 @@ def test_log_media_image_data_logs_one_call_with_every_key():
 
     table = data["mem/samples"]
     assert isinstance(table, wandb.Table)
-    for column in ("index", "score", "memorized", "mu_max", "effective_dim", "min_mu", "asymmetry",
-                   "nn_ratio", "nn_memorized", "image"):
+    for column in ("index", "score", "flagged", "mu_max", "effective_dim", "min_mu", "asymmetry",
+                   "nn_ratio", "copied", "image"):
         assert column in table.columns
     assert len(table.data) == 6
     row = dict(zip(table.columns, table.data[-1], strict=True))
-    assert row["index"] == 5 and row["memorized"] is True and row["nn_memorized"] is True
+    assert row["index"] == 5 and row["flagged"] is True and row["copied"] is True
     assert row["score"] == pytest.approx(0.95)
     assert isinstance(row["image"], wandb.Image)
 
     chart = data["mem/spectrum"]
     assert "t=27" in chart.spec.string_fields["title"] and "sigma=0.1" in chart.spec.string_fields["title"]
-    assert set(chart.table.get_column("lineKey")) == {"memorized", "not memorized"}
-    flagged_mean = report.primary.mu[report.primary.memorized].mean(dim=0).tolist()
-    rows = [row for row in chart.table.data if row[1] == "memorized"]
+    assert set(chart.table.get_column("lineKey")) == {"flagged", "not flagged"}
+    flagged_mean = report.primary.mu[report.primary.flagged].mean(dim=0).tolist()
+    rows = [row for row in chart.table.data if row[1] == "flagged"]
     assert [row[2] for row in rows] == pytest.approx(flagged_mean)
 
 
@@ -142,7 +157,7 @@ def test_log_media_most_memorized_grid_is_ordered_by_score_and_shows_the_nearest
     train = _train((1, 8, 8))
     report = _report((1, 8, 8), train=train)
     run = RecordingRun()
-    log_media(run, report, train, step=0, num_images=1)
+    log_media(run, report, train, step=0, num_images=1, images=True)
     grid = np.asarray(run.calls[0]["memorization/most_memorized"].image)
     expected = pair_grid(upscale(report.samples[-1:]), upscale(train[2:3]))
     np.testing.assert_array_equal(grid, expected)
@@ -152,14 +167,14 @@ def test_log_media_grid_wraps_after_eight_samples_into_separated_blocks():
     train = _train((1, 8, 8))
     report = _report((1, 8, 8), num=12, train=train)
     run = RecordingRun()
-    log_media(run, report, train, step=0, num_images=10)
+    log_media(run, report, train, step=0, num_images=10, images=True)
     assert run.calls[0]["memorization/most_memorized"].image.size == (8 * 33 + 1, 2 * (2 * 33 + 1) + 4)
 
 
 def test_log_media_without_training_data_has_no_neighbours():
     report = _report((3, 8, 8))
     run = RecordingRun()
-    log_media(run, report, None, step=7)
+    log_media(run, report, None, step=7, images=True)
     data = run.calls[0]
     image = data["memorization/most_memorized"]
     assert image.image.size == (6 * 33 + 1, 33 + 1)  # one row of the 6 samples, RGB
@@ -171,16 +186,16 @@ def test_log_media_without_training_data_has_no_neighbours():
 def test_log_media_two_dimensional_data_logs_a_scatter_instead_of_a_grid():
     train = _train((2,), n=50)
     report = _report((2,), k=2, train=train)
-    report.primary.memorized[:] = False  # only one series in the spectrum
+    report.primary.flagged[:] = False  # only one series in the spectrum
     run = RecordingRun()
-    log_media(run, report, train, step=3)
+    log_media(run, report, train, step=3, images=True)
     data = run.calls[0]
     assert "memorization/most_memorized" not in data
     scatter = data["memorization/scatter"]
     assert isinstance(scatter, wandb.Image)
     assert scatter.image.mode == "RGB" and min(scatter.image.size) >= 300
     assert "image" not in data["memorization/samples"].columns
-    assert set(data["memorization/spectrum"].table.get_column("lineKey")) == {"not memorized"}
+    assert set(data["memorization/spectrum"].table.get_column("lineKey")) == {"not flagged"}
 
 
 def test_log_media_into_a_real_offline_run_writes_media_files(tmp_path, monkeypatch):
@@ -193,7 +208,7 @@ def test_log_media_into_a_real_offline_run_writes_media_files(tmp_path, monkeypa
     run = wandb.init(mode="offline", dir=tmp_path, project="memcallback-test",
                      settings=wandb.Settings(x_disable_stats=True, init_timeout=30))
     try:
-        log_media(run, report, train, step=5)
+        log_media(run, report, train, step=5, images=True)
     finally:
         run.finish()
     media = tmp_path / "wandb" / "latest-run" / "files" / "media"

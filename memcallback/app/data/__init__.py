@@ -1,4 +1,4 @@
-"""Lightning data modules: offline digits, a 2-D toy mixture, image folders, torchvision sets.
+"""Lightning data modules: offline digits and photo patches, a 2-D toy mixture, image folders, torchvision sets.
 
 All share ``ArrayDataModule``'s options for a held-out split, a training subset and duplicated images.
 """
@@ -6,6 +6,7 @@ All share ``ArrayDataModule``'s options for a held-out split, a training subset 
 from memcallback.app.data.base import ArrayDataModule
 from memcallback.app.data.digits import DigitsDataModule
 from memcallback.app.data.image_folder import ImageFolderDataModule
+from memcallback.app.data.patches import PatchesDataModule
 from memcallback.app.data.sampler import ReplacementSampler
 from memcallback.app.data.splits import ForcedSelection
 from memcallback.app.data.torchvision_sets import TorchvisionDataModule
@@ -16,6 +17,7 @@ __all__ = [
     "DigitsDataModule",
     "ForcedSelection",
     "ImageFolderDataModule",
+    "PatchesDataModule",
     "ReplacementSampler",
     "TorchvisionDataModule",
     "ToyMixtureDataModule",

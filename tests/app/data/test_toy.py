@@ -34,7 +34,7 @@ def test_isolated_points_are_evenly_spaced_and_far_from_the_ring():
     gaps = torch.cdist(isolated, isolated) + 10 * torch.eye(4)
     assert gaps.min().item() == pytest.approx(2**0.5, abs=1e-5)
     labels = memorization_labels(isolated, dm.unique_train_data())
-    assert labels.memorized.all()  # a copy of an isolated point: ratio 0
+    assert labels.copied.all()  # a copy of an isolated point: ratio 0
 
 
 def test_generation_is_fixed_by_the_seed():

@@ -1,0 +1,116 @@
+"""Every signal of the realistic-scale study, measured on one checkpoint and cached.
+
+Per checkpoint (all from fixed seeds, so every checkpoint of every run sees the same initial noises):
+
+- ground truth: ``num_samples`` DDIM-50 samples from probe seed 1, each labelled a copy when
+  ``d1 / d2 < 1/3`` against the run's distinct training patches;
+- ours: :func:`memcallback.analyze` at the defaults of ``SharpnessConfig`` (sigma 0.1) on the first
+  ``num_measured`` of those noises, so its per-sample statistics sit on the same samples as the labels;
+- SLQ: the spectral density of the same symmetrized Hessian at the same states ``x_t``
+  (:func:`memcallback.spectral.slq_density`, ``SLQ_PROBES`` probe x ``SLQ_STEPS`` Lanczos steps per sample)
+  and from it the near-zero-curvature count ``d * sum_j w_j 1[|sigma^2 theta_j| < 1/2]`` (directions
+  with ``mu`` in (0.5, 1.5));
+- the mean stable rank ``||W||_F^2 / ||W||_2^2`` of the weight matrices (conv kernels as ``out x in*k*k``);
+- wall time of each part (the cost of a check).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scale_runs import RunSpec, checkpoint, datamodule, denoising_loss, run_dir
+from torch import Tensor, nn
+
+from memcallback import analyze
+from memcallback.diffusion import ddim_sample, score_function
+from memcallback.measure.analysis import measurement_mode, probe_noise
+from memcallback.measure.ground_truth import memorization_labels
+from memcallback.measure.sharpness import SharpnessConfig
+from memcallback.spectral import jacobian_operator, slq_density
+
+SIGMA = 0.1
+PROBE_SEED = 1
+SLQ_PROBES = 1
+SLQ_STEPS = 20
+NEAR_ZERO = 0.5  # |sigma^2 lambda| below this counts as near-zero curvature
+
+
+def measured_steps(spec: RunSpec, every: int) -> list[int]:
+    """The checkpoints of ``spec`` that get measured: every ``every`` training steps of its grid."""
+    return [s for s in spec.grid if s % every == 0]
+
+
+def stable_rank(network: nn.Module) -> float:
+    """Mean over weight matrices (``dim >= 2``: linear and conv layers) of ``||W||_F^2 / ||W||_2^2``."""
+    ranks = []
+    with torch.no_grad():
+        for p in network.parameters():
+            if p.dim() >= 2:
+                w = p.reshape(p.shape[0], -1).double()
+                ranks.append((w.square().sum() / torch.linalg.matrix_norm(w, ord=2).square()).item())
+    return float(np.mean(ranks))
+
+
+def near_zero_count(module: nn.Module, states: Tensor, timestep: int, sigma: float, seed: int) -> Tensor:
+    """SLQ estimate ``[B]`` of the number of directions with ``|sigma^2 lambda(S)| < NEAR_ZERO``."""
+    with measurement_mode(module):
+        op = jacobian_operator(score_function(module, timestep), states, symmetrize=True)
+        density = slq_density(op, SLQ_PROBES, SLQ_STEPS, torch.Generator().manual_seed(seed))
+    near = (sigma**2 * density.nodes).abs() < NEAR_ZERO
+    return states[0].numel() * (density.weights * near).sum(dim=1)
+
+
+def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, num_measured: int) -> dict[str, Any]:
+    """All signals of one checkpoint (see the module docstring), cached in ``<run>/measure/``."""
+    path = run_dir(cache, spec) / "measure" / f"step{step:06d}_{num_samples}_{num_measured}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    torch.set_num_threads(1)
+    module = checkpoint(cache, spec, step)
+    dm = datamodule(spec)
+    train_x = dm.unique_train_data()
+    t = module.schedule.timestep_for_sigma(SIGMA)
+    sigma = module.schedule.sigma(t, torch.float64).item()
+    noise = probe_noise(num_samples, module.data_shape, PROBE_SEED)
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = ddim_sample(module, noise, 50, record=[t])
+    labels = memorization_labels(out.sample, train_x)
+    seconds["sampling_all"] = time.perf_counter() - start
+
+    config = SharpnessConfig()
+    report = analyze(module, noise=noise[:num_measured], sigmas=(SIGMA,), config=config, train_data=train_x)
+    seconds["analyze"] = report.seconds
+    if not torch.equal(report.labels.copied, labels.copied[:num_measured]):
+        raise RuntimeError("analyze() and the study's own sampling disagree on the probes' samples")
+    stats = report.primary
+
+    start = time.perf_counter()
+    slq = near_zero_count(module, out.trajectory[t][:num_measured], t, sigma, PROBE_SEED)
+    seconds["slq"] = time.perf_counter() - start
+    start = time.perf_counter()
+    rank = stable_rank(module.network)
+    seconds["stable_rank"] = time.perf_counter() - start
+    start = time.perf_counter()
+    val_loss = denoising_loss(module, dm.val_data)
+    seconds["val_loss"] = time.perf_counter() - start
+
+    per_sample = {name: v.numpy() for name, v in stats.scalars().items()}
+    per_sample["flagged"] = stats.flagged.numpy()
+    per_sample["near_zero_count"] = slq.detach().double().numpy()
+    result = {
+        "step": step, "timestep": t, "sigma": sigma, "config": repr(config), "products": dict(stats.products),
+        "copied": labels.copied.numpy(), "distance_ratio": labels.distance_ratio.numpy(),
+        "nearest_index": labels.nearest_index.numpy(), "per_sample": per_sample,
+        "samples": out.sample[:num_measured].numpy().astype(np.float32), "stable_rank": rank,
+        "val_loss": val_loss, "seconds": seconds, "mu": stats.mu.numpy(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(result, path)
+    return result

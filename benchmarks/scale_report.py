@@ -1,0 +1,453 @@
+"""Tables and figures of the realistic-scale study, from the cached runs and measurements (``scale_study.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from scale_measure import (
+    NEAR_ZERO,
+    SIGMA,
+    SLQ_PROBES,
+    SLQ_STEPS,
+    measure_checkpoint,
+    measured_steps,
+    near_zero_count,
+    stable_rank,
+)
+from scale_runs import BATCH, LR, RunSpec, build, checkpoint, datamodule, denoising_loss, parse_spec, run_dir
+from scale_signals import (
+    LATE,
+    ONSET,
+    PER_SAMPLE,
+    Series,
+    auroc_tpr,
+    early_stopping,
+    first_step,
+    oriented,
+    rate_interval,
+    stop_step,
+    threshold_from,
+)
+from validation_report import Writer
+from validation_runs import fmt
+
+from memcallback import analyze
+from memcallback.core.stopping import StopConfig, StopRule
+from memcallback.diffusion import ddim_sample
+from memcallback.measure.analysis import measurement_mode, probe_noise
+from memcallback.measure.ground_truth import nearest_neighbours
+from memcallback.measure.sharpness import SharpnessConfig
+from memcallback.viz.wandb_media import pair_grid, upscale
+
+DIGITS_FLAG_THRESHOLD = 0.39  # SharpnessConfig.flag_threshold, calibrated on digits (docs/results.md, D3)
+MIN_PER_CLASS = 10  # within-checkpoint AUROC only where both classes have at least this many samples
+
+
+class ScaleWriter(Writer):
+    """``Writer`` of ``validation_report`` naming ``scale_study.py`` as the command."""
+
+    def __init__(self, out: Path, study: str) -> None:
+        super().__init__(out, study)
+        self.command = "python benchmarks/scale_study.py " + " ".join(sys.argv[1:])
+        self.lines[0] = f"<!-- written by `{self.command}` -->"
+
+
+@dataclass
+class Run:
+    """A trained run, its training record and its measured checkpoints (step order)."""
+
+    spec: RunSpec
+    record: dict
+    checks: list[dict]
+    calibration: bool
+
+    @property
+    def memorizing(self) -> bool:
+        return self.spec.num_train is not None
+
+    @property
+    def name(self) -> str:
+        return f"N={self.record['n']} seed {self.spec.seed}"
+
+    @property
+    def steps(self) -> list[int]:
+        return [c["step"] for c in self.checks]
+
+    def intervals(self) -> list[tuple[float, float, float]]:
+        return [rate_interval(c["copied"]) for c in self.checks]
+
+    def onset(self, level: float = ONSET) -> int | None:
+        return first_step(self.steps, [lo > level for _, lo, _ in self.intervals()])
+
+    def evals(self) -> dict[int, dict]:
+        return {e["step"]: e for e in self.record["evals"]}
+
+
+def load_runs(args: argparse.Namespace) -> list[Run]:
+    """Every run with its measured checkpoints (measuring any that are missing)."""
+    out = []
+    calibrate = {parse_spec(t, args.steps, args.every, args.patch_size).label for t in args.calibrate}
+    for text in args.runs:
+        spec = parse_spec(text, args.steps, args.every, args.patch_size)
+        record = json.loads((run_dir(args.cache, spec) / "run.json").read_text())
+        checks = [measure_checkpoint(args.cache, spec, s, args.samples, args.measured)
+                  for s in measured_steps(spec, args.measure_every)]
+        out.append(Run(spec, record, checks, spec.label in calibrate))
+    return out
+
+
+def series(runs: list[Run]) -> list[Series]:
+    """Run-level signals per checkpoint, oriented larger = more memorized (stable rank: sign from calibration)."""
+    out = [Series(name, f"mean of {desc}", lambda c, n=name: float(np.mean(oriented(c, n))))
+           for name, (_, _, desc) in PER_SAMPLE.items()]
+    out.insert(1, Series("flagged_fraction", f"+fraction with score > {DIGITS_FLAG_THRESHOLD}",
+                         lambda c: float(np.mean(c["per_sample"]["flagged"]))))
+    sign = _stable_rank_sign(runs)
+    out.append(Series("stable_rank", f"{'+' if sign > 0 else '-'}mean stable rank ||W||_F^2/||W||_2^2 (sign from "
+                      "the calibration runs)", lambda c: sign * c["stable_rank"]))
+    return out
+
+
+def _gap_series(run: Run) -> list[float]:
+    evals = run.evals()
+    return [evals[s]["val_loss"] - evals[s]["train_loss"] for s in run.steps]
+
+
+def _stable_rank_sign(runs: list[Run]) -> float:
+    """+1 when the memorizing calibration run's stable rank at its onset exceeds the generalizing one's."""
+    mem = next(r for r in runs if r.calibration and r.memorizing)
+    gen = next(r for r in runs if r.calibration and not r.memorizing)
+    step = mem.onset() or mem.steps[-1]
+    value = {r.spec.label: next(c["stable_rank"] for c in r.checks if c["step"] == step) for r in (mem, gen)}
+    return 1.0 if value[mem.spec.label] > value[gen.spec.label] else -1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# curves
+# --------------------------------------------------------------------------------------------------
+def study_curves(args: argparse.Namespace, w: ScaleWriter) -> None:
+    """nn rate with its bootstrap band, onset per run and vs N, every signal over training (table + figure)."""
+    runs = load_runs(args)
+    rows = []
+    for run in runs:
+        iv = run.intervals()
+        r, lo, hi = iv[-1]
+        rows.append([run.name, "calibration" if run.calibration else "reported", fmt(run.onset()),
+                     fmt(run.onset(LATE)), f"{r:.2f} [{lo:.2f}, {hi:.2f}]", fmt(max(x[0] for x in iv), 2)])
+    w.table(f"Memorization onset: first checkpoint whose 95% bootstrap lower bound ({args.samples} DDIM-50 samples, "
+            f"probe seed 1, ratio < 1/3) passes {ONSET:.0%} / {LATE:.0%}",
+            ["run", "role", f"onset (lower > {ONSET:.0%})", f"lower > {LATE:.0%}", "final nn rate [95% CI]",
+             "max nn rate"], rows)
+    sig = series(runs)
+    for run in runs:
+        iv = run.intervals()
+        gap = _gap_series(run)
+        body = [[str(s), f"{r:.2f} [{lo:.2f}, {hi:.2f}]", *[fmt(x.value(c), 3) for x in sig], fmt(c["val_loss"], 4),
+                 fmt(g, 4)] for s, (r, lo, hi), c, g in zip(run.steps, iv, run.checks, gap, strict=True)]
+        w.table(f"{run.name}: every signal per checkpoint (oriented: larger = more memorized; {args.measured} "
+                "probes measured)", ["step", "nn rate [95% CI]", *[x.name for x in sig], "val loss", "val - train"],
+                body)
+    _curves_figure(runs, sig, w)
+
+
+def _curves_figure(runs: list[Run], sig: list[Series], w: ScaleWriter) -> None:
+    panels = ["nn rate", *[x.name for x in sig], "val loss", "val - train loss"]
+    cols = 4
+    fig = Figure(figsize=(4 * cols, 3 * -(-len(panels) // cols)), layout="constrained")
+    axes = fig.subplots(-(-len(panels) // cols), cols).flatten()
+    for i, run in enumerate(runs):
+        style = dict(color=f"C{i}", ls=":" if run.calibration else "-", label=run.name)
+        iv = np.array(run.intervals())
+        axes[0].plot(run.steps, iv[:, 0], **style)
+        axes[0].fill_between(run.steps, iv[:, 1], iv[:, 2], color=f"C{i}", alpha=0.2)
+        for ax, x in zip(axes[1:], sig, strict=False):
+            ax.plot(run.steps, [x.value(c) for c in run.checks], **style)
+        axes[len(sig) + 1].plot(run.steps, [c["val_loss"] for c in run.checks], **style)
+        axes[len(sig) + 2].plot(run.steps, _gap_series(run), **style)
+    for ax, title in zip(axes, panels, strict=False):
+        ax.set(title=title, xlabel="training step")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].axhline(ONSET, color="0.6", lw=0.8, ls="--")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Nearest-neighbour rate (95% bootstrap band) and every signal over training "
+                 "(oriented: up = more memorized; dotted: calibration runs)")
+    w.figure(fig, "curves.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# detect
+# --------------------------------------------------------------------------------------------------
+def study_detect(args: argparse.Namespace, w: ScaleWriter) -> None:
+    """Per-sample AUROC and TPR@1%FPR per signal against the nn label, pooled per run and within checkpoints."""
+    runs = [r for r in load_runs(args) if r.memorizing]
+    w.text("Orientation (larger = more memorized, fixed before looking): "
+           + "; ".join(f"`{n}`: {d}" for n, (_, _, d) in PER_SAMPLE.items()) + ".\n")
+    rows = []
+    for run in runs:
+        checks = [c for c in run.checks if c["step"] > 0]
+        labels = np.concatenate([c["copied"][: args.measured] for c in checks])
+        row = [run.name, f"{labels.sum()}/{(~labels).sum()}"]
+        for name in PER_SAMPLE:
+            auc, tpr = auroc_tpr(labels, np.concatenate([oriented(c, name) for c in checks]))
+            row.append(f"{fmt(auc)} / {fmt(tpr, 2)}")
+        rows.append(row)
+    w.table("Per-sample detection pooled over the checkpoints of each run (step > 0): AUROC / TPR@1%FPR",
+            ["run", "copies / not", *PER_SAMPLE], rows)
+    rows = []
+    for run in runs:
+        for c in run.checks:
+            labels = c["copied"][: args.measured]
+            if min(labels.sum(), (~labels).sum()) < MIN_PER_CLASS:
+                continue
+            cells = [f"{fmt(a)} / {fmt(t, 2)}" for a, t in (auroc_tpr(labels, oriented(c, n)) for n in PER_SAMPLE)]
+            rows.append([run.name, str(c["step"]), f"{labels.sum()}/{(~labels).sum()}", *cells])
+    w.table(f"Within each checkpoint with >= {MIN_PER_CLASS} samples per class: AUROC / TPR@1%FPR",
+            ["run", "step", "copies / not", *PER_SAMPLE], rows or [["(none)"] + [""] * (2 + len(PER_SAMPLE))])
+    _roc_figure(runs, args, w)
+    _grid_figure(runs, args, w)
+
+
+def _roc_figure(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> None:
+    from sklearn.metrics import roc_curve
+
+    fig = Figure(figsize=(4.5 * len(runs), 4.2), layout="constrained")
+    for ax, run in zip(np.atleast_1d(fig.subplots(1, len(runs))), runs, strict=True):
+        checks = [c for c in run.checks if c["step"] > 0]
+        labels = np.concatenate([c["copied"][: args.measured] for c in checks])
+        if labels.all() or not labels.any():
+            continue
+        for i, name in enumerate(PER_SAMPLE):
+            fpr, tpr, _ = roc_curve(labels, np.concatenate([oriented(c, name) for c in checks]))
+            ax.plot(fpr, tpr, color=f"C{i}", lw=2 if name == "score" else 1, label=name)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+        ax.set(title=f"{run.name} ({labels.sum()} copies / {(~labels).sum()})", xlabel="false positive rate",
+               ylabel="true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("ROC of every per-sample signal against the nearest-neighbour label (pooled over checkpoints)")
+    w.figure(fig, "roc.png")
+
+
+def _grid_figure(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> None:
+    """The most memorized probes (highest score) of each reported memorizing run's last checkpoint, each above
+    its nearest training patch: the grid the W&B media show (``pair_grid``)."""
+    shown = [r for r in runs if not r.calibration]
+    fig = Figure(figsize=(7 * len(shown), 4.2), layout="constrained")
+    for ax, run in zip(np.atleast_1d(fig.subplots(1, len(shown))), shown, strict=True):
+        c = run.checks[-1]
+        score = torch.from_numpy(np.asarray(c["per_sample"]["score"], dtype=np.float64))
+        top = score.argsort(descending=True, stable=True)[:16]
+        samples = torch.from_numpy(c["samples"])[top]
+        train_x = datamodule(run.spec).unique_train_data()
+        _, index = nearest_neighbours(samples, train_x, k=1)
+        ax.imshow(pair_grid(upscale(samples), upscale(train_x[index[:, 0]])))
+        ax.set_axis_off()
+        copied = c["copied"][: args.measured][top.numpy()]
+        ax.set_title(f"{run.name}, step {c['step']}: top-16 score ({score[top].min():.2f}-{score[top].max():.2f}), "
+                     f"{copied.sum()}/16 copies by the nn rule", fontsize=9)
+    fig.suptitle("Most memorized probes (rows 1, 3) above their nearest training patch (rows 2, 4)")
+    w.figure(fig, "most_memorized.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# stopping
+# --------------------------------------------------------------------------------------------------
+def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
+    """Stop step of every signal, thresholds calibrated on the calibration runs; flag-threshold transfer."""
+    runs = load_runs(args)
+    cal_mem = next(r for r in runs if r.calibration and r.memorizing)
+    cal_gen = next(r for r in runs if r.calibration and not r.memorizing)
+    reported = [r for r in runs if not r.calibration]
+    onset = cal_mem.onset()
+    w.text(f"Calibration runs: {cal_mem.name} (onset {onset}) and {cal_gen.name}; reported: "
+           + ", ".join(r.name for r in reported) + ". Checks at step > 0 only (the callback's first check "
+           f"comes after {args.measure_every} steps). Threshold = midpoint between the generalizing calibration "
+           "run's maximum and the memorizing calibration run's value at its onset when the latter is larger "
+           "(`separates`), else the generalizing maximum.\n")
+    rules = {}
+    for x in [*series(runs), Series("val_minus_train", "+(val loss - train loss)", lambda c: 0.0)]:
+        values = {r.spec.label: _values(r, x) for r in runs}
+        cal_steps = [s for s in cal_mem.steps if s > 0]
+        mem = [(s, v, s == onset) for s, v in zip(cal_steps, values[cal_mem.spec.label], strict=True)]
+        threshold, separates = threshold_from(mem, values[cal_gen.spec.label])
+        rules[x.name] = (x, threshold, separates, values)
+    rows, summary = [], {}
+    for name, (_, threshold, separates, values) in rules.items():
+        stops = {r.spec.label: stop_step([s for s in r.steps if s > 0], values[r.spec.label], threshold)
+                 for r in reported}
+        summary[name] = stops
+        rows.append([name, fmt(threshold, 4), "yes" if separates else "no",
+                     *[_stop_cell(r, stops[r.spec.label]) for r in reported]])
+    shipped = {r.spec.label: _shipped_stop(r) for r in reported}
+    summary["score (shipped rule)"] = shipped
+    rows.append(["score, shipped StopRule (threshold 0.1, min_delta 0.05, patience 1; digits-calibrated)", "0.1",
+                 "-", *[_stop_cell(r, shipped[r.spec.label]) for r in reported]])
+    es = {r.spec.label: early_stopping(list(r.evals()), [e["val_loss"] for e in r.evals().values()])
+          for r in reported}
+    summary["val loss EarlyStopping"] = es
+    rows.append([f"val loss, EarlyStopping(patience=3) on every {args.every}-step evaluation", "-", "-",
+                 *[_stop_cell(r, es[r.spec.label]) for r in reported]])
+    w.table("Where each signal stops each reported run: stop step (nn rate there [95% CI]; percentage points "
+            "prevented = final rate - rate at stop). Generalizing runs: any stop is a false stop",
+            ["signal", "threshold", "separates on calibration", *[r.name for r in reported]], rows)
+    _comparison(reported, summary, w)
+    _flag_transfer(runs, args, w)
+
+
+def _values(run: Run, x: Series) -> list[float]:
+    if x.name == "val_minus_train":
+        return [g for s, g in zip(run.steps, _gap_series(run), strict=True) if s > 0]
+    return [x.value(c) for c in run.checks if c["step"] > 0]
+
+
+def _shipped_stop(run: Run) -> int | None:
+    rule = StopRule(StopConfig())
+    return next((c["step"] for c in run.checks if c["step"] > 0
+                 and rule.update(float(np.mean(c["per_sample"]["score"])))), None)
+
+
+def _rate_at(run: Run, step: int) -> tuple[float, float, float]:
+    if step in run.steps:
+        return run.intervals()[run.steps.index(step)]
+    nearest = max(s for s in run.steps if s <= step)  # val-loss stops can fall between measured checkpoints
+    return run.intervals()[run.steps.index(nearest)]
+
+
+def _stop_cell(run: Run, step: int | None) -> str:
+    if step is None:
+        return "never"
+    if not run.memorizing:
+        return f"**FALSE STOP at {step}**"
+    r, lo, hi = _rate_at(run, step)
+    prevented = run.intervals()[-1][0] - r
+    late = run.onset(LATE)
+    verdict = "in time" if late is None or step < late else "late"
+    return f"{step} ({r:.2f} [{lo:.2f}, {hi:.2f}]; {100 * prevented:.0f} pp; {verdict})"
+
+
+def _comparison(reported: list[Run], summary: dict[str, dict], w: ScaleWriter) -> None:
+    ref = summary["score"]
+    rows = []
+    for name, stops in summary.items():
+        cells = []
+        for run in reported:
+            s, r0 = stops[run.spec.label], ref[run.spec.label]
+            if not run.memorizing:
+                cells.append("false stop" if s is not None else "no stop (correct)")
+            elif s is None:
+                cells.append("never")
+            elif r0 is None:
+                cells.append(f"stops at {s}, score never")
+            else:
+                cells.append("same" if s == r0 else ("earlier" if s < r0 else "later") + f" ({s - r0:+d})")
+        rows.append([name, *cells])
+    w.table("Against the default score with its calibrated threshold (steps relative to its stop); cost per check "
+            "in `cost.md`", ["signal", *[r.name for r in reported]], rows)
+
+
+def _flag_transfer(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> None:
+    """Does flag_threshold=0.39 (digits) transfer? Rate matching on the calibration runs, error on the others."""
+    grid = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+
+    def error(rs: list[Run], thr: float) -> float:
+        return float(np.mean([abs((c["per_sample"]["score"] > thr).mean() - c["copied"][: args.measured].mean())
+                              for r in rs for c in r.checks if c["step"] > 0]))
+
+    cal = [r for r in runs if r.calibration]
+    rep = [r for r in runs if not r.calibration]
+    matched = float(grid[np.argmin([error(cal, t) for t in grid])])
+    rows = [[fmt(t, 2), rule, fmt(error(cal, t), 3), fmt(error(rep, t), 3)]
+            for t, rule in ((DIGITS_FLAG_THRESHOLD, "digits rate matching (shipped default)"),
+                            (matched, "rate matching on the calibration runs"))]
+    w.table("Flag threshold transfer: mean |flagged fraction - nn rate| over checkpoints (step > 0; digits: 0.026 at "
+            "0.39)", ["flag_threshold", "rule", "calibration runs", "reported runs"], rows)
+    body = []
+    for r in rep:
+        for c in r.checks:
+            if c["step"] > 0:
+                s = c["per_sample"]["score"]
+                body.append([r.name, str(c["step"]), fmt(c["copied"][: args.measured].mean(), 2),
+                             fmt((s > DIGITS_FLAG_THRESHOLD).mean(), 2), fmt((s > matched).mean(), 2),
+                             fmt(float(np.median(s)), 3), fmt(float(s.max()), 3)])
+    w.table("Flagged fraction against the nn rate on the reported runs",
+            ["run", "step", "nn rate", f"score > {DIGITS_FLAG_THRESHOLD}", f"score > {matched}", "median score",
+             "max score"], body)
+
+
+# --------------------------------------------------------------------------------------------------
+# cost
+# --------------------------------------------------------------------------------------------------
+def study_cost(args: argparse.Namespace, w: ScaleWriter) -> None:
+    """Wall time of each signal per check, side by side on one checkpoint, in training steps."""
+    torch.set_num_threads(1)
+    spec = parse_spec(args.runs[0], args.steps, args.every, args.patch_size)
+    module = checkpoint(args.cache, spec, spec.steps)
+    dm = datamodule(spec)
+    train_x = dm.unique_train_data()
+    step_s = _step_seconds(spec, train_x)
+    t = module.schedule.timestep_for_sigma(SIGMA)
+    sigma = module.schedule.sigma(t, torch.float64).item()
+    noise = probe_noise(64, module.data_shape, 1)
+
+    def slq() -> None:
+        with torch.no_grad():
+            states = ddim_sample(module, noise, 50, record=[t]).trajectory[t]
+        near_zero_count(module, states, t, sigma, 1)
+
+    def sampling() -> None:
+        with torch.no_grad(), measurement_mode(module):
+            ddim_sample(module, noise, 50)
+
+    parts = {
+        "memorization score + every sharpness statistic: analyze(64 probes) at the SharpnessConfig defaults":
+            lambda: analyze(module, noise=noise, config=SharpnessConfig()),
+        "of which DDIM-50 sampling of the 64 probes": sampling,
+        f"SLQ near-zero count (64 probes, DDIM + {SLQ_PROBES} probe x {SLQ_STEPS} Lanczos steps)": slq,
+        f"validation loss ({len(dm.val_data)} held-out patches x 10 timesteps)":
+            lambda: denoising_loss(module, dm.val_data),
+        "train/val gap (validation loss + the same on <= 512 training patches)":
+            lambda: (denoising_loss(module, dm.val_data), denoising_loss(module, train_x[:512])),
+        "mean stable rank of the weights": lambda: stable_rank(module.network),
+    }
+    rows = []
+    for name, fn in parts.items():
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        sec = statistics.median(times)
+        rows.append([name, fmt(sec, 3), fmt(sec / step_s, 1)])
+    w.table(f"Cost of one check, median of 3, on the {spec.label} model at step {spec.steps}, against one training "
+            f"step (batch {BATCH}: {1000 * step_s:.1f} ms, median of 3 x 20 steps); the CPU was shared with other "
+            "jobs, so ratios are more reliable than seconds", ["signal", "s per check", "training steps"], rows)
+    w.text(f"Near-zero curvature: |sigma^2 lambda| < {NEAR_ZERO}.\n")
+
+
+def _step_seconds(spec: RunSpec, train_x: torch.Tensor) -> float:
+    module = build(spec)
+    optimizer = torch.optim.AdamW(module.network.parameters(), lr=LR)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(20):
+            x0 = train_x[torch.randint(len(train_x), (BATCH,), generator=generator)]
+            t = torch.randint(0, module.schedule.num_timesteps, (BATCH,), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            loss = F.mse_loss(module.network(module.schedule.add_noise(x0, noise, t), t), noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append((time.perf_counter() - start) / 20)
+    return statistics.median(times)

@@ -1,0 +1,102 @@
+"""Realistic-scale study: SmallUNet on 16x16 RGB photo patches, every signal side by side (issue 11).
+
+One command per step; the reports write markdown and PNGs into ``--out`` (default ``docs/scale``) with the
+command that made every table::
+
+    python benchmarks/scale_study.py train     # train the runs, resumable (checkpoints every --every steps)
+    python benchmarks/scale_study.py measure   # every signal on every checkpoint, cached per checkpoint
+    python benchmarks/scale_study.py detect    # per-sample AUROC / TPR@1%FPR per signal, ROC, most-memorized grid
+    python benchmarks/scale_study.py curves    # nn rate with its interval, onset, every signal over training
+    python benchmarks/scale_study.py stopping  # stop step per signal, calibrated on other runs; flag threshold
+    python benchmarks/scale_study.py cost      # wall time of each signal per check, in training steps
+
+Runs are ``N:seed`` (``all``: every non-held-out patch) and live in ``--cache`` (default
+``benchmarks/outputs/scale``, gitignored); see ``scale_runs.py``. Thresholds are calibrated on the
+``--calibrate`` runs and reported on the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale_measure import measure_checkpoint, measured_steps
+from scale_report import ScaleWriter, study_cost, study_curves, study_detect, study_stopping
+from scale_runs import RunSpec, parse_spec, train
+
+
+def specs(args: argparse.Namespace) -> list[RunSpec]:
+    """Every run of the study (calibration runs included)."""
+    return [parse_spec(text, args.steps, args.every, args.patch_size) for text in args.runs]
+
+
+def _measure_run(job: tuple[Path, RunSpec, list[int], int, int]) -> str:
+    cache, spec, steps, num_samples, num_measured = job
+    torch.set_num_threads(1)
+    for step in steps:
+        start = time.perf_counter()
+        m = measure_checkpoint(cache, spec, step, num_samples, num_measured)
+        print(f"{spec.label} step {step}: nn rate {m['copied'].mean():.3f}, score "
+              f"{m['per_sample']['score'].mean():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return spec.label
+
+
+def study_train(args: argparse.Namespace) -> None:
+    """Train (or resume) every run, ``--jobs`` at a time, one torch thread each."""
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for record in pool.map(train, [args.cache] * len(args.runs), specs(args)):
+            print(f"{record['label']}: {record['evals'][-1]['step']} steps, {record['wall_s']:.0f} s", flush=True)
+
+
+def study_measure(args: argparse.Namespace) -> None:
+    """Measure every checkpoint of every run, one run per process, ``--jobs`` at a time."""
+    jobs = [(args.cache, spec, measured_steps(spec, args.measure_every), args.samples, args.measured)
+            for spec in specs(args)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for label in pool.map(_measure_run, jobs):
+            print(f"{label}: measured", flush=True)
+
+
+REPORTS = {"detect": study_detect, "curves": study_curves, "stopping": study_stopping, "cost": study_cost}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=["train", "measure", *REPORTS])
+    parser.add_argument("--cache", type=Path, default=Path("benchmarks/outputs/scale"))
+    parser.add_argument("--out", type=Path, default=Path("docs/scale"))
+    parser.add_argument("--runs", nargs="+", default=["16:0", "all:0", "16:1", "all:1", "64:0"],
+                        help="N:seed per run (N=all: every non-held-out patch)")
+    parser.add_argument("--calibrate", nargs="+", default=["16:1", "all:1"],
+                        help="runs whose thresholds are calibrated (one memorizing, one generalizing); "
+                             "the others are reported")
+    parser.add_argument("--steps", type=int, default=4000, help="training steps per run")
+    parser.add_argument("--every", type=int, default=250, help="checkpoint grid (training steps)")
+    parser.add_argument("--measure-every", type=int, default=500, help="checkpoints measured (training steps)")
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=256, help="DDIM-50 samples for the nn rate per checkpoint")
+    parser.add_argument("--measured", type=int, default=128, help="of which measured by analyze() and SLQ")
+    parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.study == "train":
+        study_train(args)
+    elif args.study == "measure":
+        study_measure(args)
+    else:
+        start = time.perf_counter()
+        writer = ScaleWriter(args.out, args.study)
+        REPORTS[args.study](args, writer)
+        writer.text(f"_{args.study}: {time.perf_counter() - start:.0f} s wall, torch {torch.__version__}, 1 thread._")
+        writer.save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""What one check measures: the injectable measurement function of the monitoring core and its default.
+
+A measurement function takes the model and a :class:`MeasureRequest` and returns a :class:`Measurement`.
+The default, :func:`measure`, runs :func:`~memcallback.measure.analyze` on this rank's probes and, when
+conditions are watched, :func:`~memcallback.measure.conditional_report`. Tests, or users with their own
+measurement, pass another function with the same signature to :class:`~memcallback.core.MemorizationWatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from memcallback.diffusion import DiffusionModel
+from memcallback.measure.analysis import analyze
+from memcallback.measure.conditional import ConditionalConfig, conditional_report
+from memcallback.measure.report import SharpnessReport
+from memcallback.measure.sharpness import SharpnessConfig
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """Everything one measurement needs besides the model.
+
+    Attributes:
+        noise: ``[B, *data_shape]`` this rank's probe noises (the same ``B`` on every rank).
+        timesteps: measurement timesteps, primary first.
+        num_sampling_steps: DDIM steps from noise to sample.
+        seed: seed of every random vector the solvers draw.
+        sharpness: solver and score settings.
+        train_data: ``[N, *data_shape]`` distinct training samples for the ground truth, or ``None``.
+        warm_start: ``{t: eigenvectors}`` of the previous check on the same probes, or ``None``.
+        interrupt: called between units of work; once it returns True the measurement returns what it has,
+            marked partial. Collective when every rank makes the same calls (see :class:`MemorizationWatch`).
+        conditions: the conditional metrics to add, or ``None``.
+    """
+
+    noise: Tensor
+    timesteps: list[int]
+    num_sampling_steps: int
+    seed: int
+    sharpness: SharpnessConfig
+    train_data: Tensor | None = None
+    warm_start: dict[int, Tensor] | None = None
+    interrupt: Callable[[], bool] | None = None
+    conditions: ConditionalConfig | None = None
+
+
+@dataclass
+class Measurement:
+    """What a measurement function returns.
+
+    Attributes:
+        report: this rank's :class:`~memcallback.measure.SharpnessReport` (its ``partial`` flag included).
+        conditional: the conditional metrics as ``ConditionalReport.summary()`` keys (identical on every rank:
+            same weights, same noises), empty when no conditions are watched.
+    """
+
+    report: SharpnessReport
+    conditional: dict[str, float]
+
+
+#: The signature of a measurement function.
+MeasureFn = Callable[[DiffusionModel, MeasureRequest], Measurement]
+
+
+def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
+    """The default measurement: :func:`~memcallback.measure.analyze` of this rank's probes, then the
+    conditional metrics of every watched condition (the paper's ``||H^D s^D||`` at the first sampling step)."""
+    report = analyze(model, noise=request.noise, timesteps=request.timesteps, sigmas=(), config=request.sharpness,
+                     num_sampling_steps=request.num_sampling_steps, seed=request.seed, train_data=request.train_data,
+                     warm_start=request.warm_start, interrupt=request.interrupt)
+    conditional: dict[str, float] = {}
+    if request.conditions is not None:
+        labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)
+        conditional = conditional_report(model, labels, num_samples_per_cond=request.conditions.num_samples_per_cond,
+                                         num_generations=request.conditions.num_generations,
+                                         seed=request.seed).summary()
+    return Measurement(report=report, conditional=conditional)
+
+
+def is_sharded(model: object) -> bool:
+    """Whether ``model`` holds sharded parameters (FSDP2 ``DTensor`` or FSDP1 wrapped modules), i.e. whether its
+    forward is a collective that every rank must call in step."""
+    if not isinstance(model, nn.Module):
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    return (any(isinstance(p, DTensor) for p in model.parameters())
+            or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()))
+
+
+def fixed_call_count(sharpness: SharpnessConfig, dim: int) -> bool:
+    """Whether a measurement makes a number of network calls that does not depend on the data.
+
+    Sampling, the dense Jacobian, the trace and asymmetry probes always do, and so does a Krylov solver with a
+    fixed budget (``krylov_steps``); run to ``tol`` instead (``krylov_steps=None``) it stops as soon as every
+    wanted eigenvalue converged, which depends on the probes.
+    """
+    return sharpness.use_dense(dim) or sharpness.krylov_steps is not None

@@ -1,0 +1,96 @@
+"""The probe set: the fixed initial noises a monitor measures at every check, and this rank's shard of them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from memcallback.arguments import is_int, is_real, require
+from memcallback.measure.analysis import probe_noise
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Which probes are measured, and where along their trajectories.
+
+    Args:
+        num_samples: probes per check (sharded over processes); the same probes at every check.
+        num_sampling_steps: deterministic DDIM steps from each probe's noise ``x_T`` to its sample.
+        sigmas: measurement noise levels (mapped to the nearest timesteps); the first is primary.
+        timesteps: explicit measurement timesteps (placed before those from ``sigmas``).
+        seed: seed of the probe noises and of all solver randomness (a private generator: the training
+            job's random streams are never touched).
+    """
+
+    num_samples: int = 64
+    num_sampling_steps: int = 50
+    sigmas: Sequence[float] = (0.1,)
+    timesteps: Sequence[int] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "num_sampling_steps"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
+        require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
+        for name, example in (("sigmas", "[0.1]"), ("timesteps", "[27]")):
+            value = getattr(self, name)
+            require(not isinstance(value, (str, bytes)) and isinstance(value, Sequence), name, value,
+                    f"a list, e.g. {example} (or [])")
+            object.__setattr__(self, name, tuple(value))
+        if not self.sigmas and not self.timesteps:
+            raise ValueError("Give at least one measurement noise level: sigmas=[0.1] or timesteps=[27].")
+        require(all(is_real(s) and 0 < s < 1 for s in self.sigmas), "sigmas", list(self.sigmas),
+                "noise levels in (0, 1), e.g. [0.1]")
+        require(all(is_int(t) and t >= 0 for t in self.timesteps), "timesteps", list(self.timesteps),
+                "ints in [0, num_timesteps - 1] of the model's schedule, e.g. [27]")
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """This rank's shard of the probe set, padded so that every rank measures the same number of probes.
+
+    The ``num_samples`` probes are extended cyclically to ``per_rank * world_size`` noises (``per_rank =
+    ceil(num_samples / world_size)``; padding repeats the first probes), and rank ``r`` takes every
+    ``world_size``-th one from ``r``. Equal
+    shards give every rank the same sequence of network calls (a forward that is itself collective, as under
+    FSDP, needs that); the padding probes are measured and then dropped when the values are gathered
+    (:func:`~memcallback.core.distributed.gather_probes`), so the reduced values are those of the
+    ``num_samples`` probes exactly, whatever the number of processes.
+
+    Attributes:
+        noise: ``[per_rank, *data_shape]`` this rank's initial noises.
+        num_samples: size of the probe set before padding.
+        rank: this process's rank.
+        world_size: the number of processes.
+    """
+
+    noise: Tensor
+    num_samples: int
+    rank: int
+    world_size: int
+
+    @classmethod
+    def build(cls, config: ProbeConfig, data_shape: Sequence[int], rank: int = 0, world_size: int = 1) -> ProbeSet:
+        """The shard of ``rank`` among ``world_size`` processes."""
+        require(is_int(world_size) and world_size >= 1, "world_size", world_size, "an int >= 1")
+        require(is_int(rank) and 0 <= rank < world_size, "rank", rank, f"an int in [0, {world_size - 1}]")
+        per_rank = math.ceil(config.num_samples / world_size)
+        noise = probe_noise(config.num_samples, data_shape, config.seed)
+        padded = noise[torch.arange(per_rank * world_size) % config.num_samples]
+        return cls(noise=padded[rank::world_size], num_samples=config.num_samples, rank=rank, world_size=world_size)
+
+    @property
+    def valid(self) -> Tensor:
+        """``[per_rank]`` bool: which of this rank's probes belong to the probe set (the rest is padding)."""
+        index = torch.arange(self.noise.shape[0]) * self.world_size + self.rank
+        return index < self.num_samples
+
+    def digest(self) -> str:
+        """A fingerprint of this rank's noises (to compare probe sets across runs and resumes)."""
+        import hashlib
+
+        return hashlib.sha256(self.noise.cpu().numpy().tobytes()).hexdigest()

@@ -1,0 +1,408 @@
+"""MemorizationWatch: the framework-free monitoring core that any training loop can call.
+
+    watch = MemorizationWatch(every_n_steps=250, probes=ProbeConfig(num_samples=64))
+    watch.setup(model, train_data=unique_train_images)          # rank/world_size/reducer under DDP
+    for step in range(num_steps):
+        ...                                                     # the training step
+        if watch.due(step):
+            result = watch.check(model, step)
+            log(result.metrics(), step)
+            if result.stop:
+                break
+
+The Lightning callback (:class:`memcallback.MemorizationMonitor`) is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from memcallback.arguments import is_int, is_real, require
+from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes
+from memcallback.core.measurement import MeasureFn, MeasureRequest, fixed_call_count, is_sharded, measure
+from memcallback.core.probes import ProbeConfig, ProbeSet
+from memcallback.core.safe import SafeWeights
+from memcallback.core.stopping import StopConfig, StopRule
+from memcallback.diffusion import DiffusionModel, check_model
+from memcallback.measure import names
+from memcallback.measure.analysis import resolve_timesteps
+from memcallback.measure.conditional import ConditionalConfig
+from memcallback.measure.report import SharpnessReport, summarize
+from memcallback.measure.sharpness import SharpnessConfig
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one :meth:`MemorizationWatch.check`.
+
+    Attributes:
+        step: the training step of the check.
+        scalars: the reduced values, keys of :mod:`~memcallback.measure.names` without prefix (a failed check
+            has ``check_failures`` only); identical on every rank except ``seconds``.
+        prefix: the namespace of the logged keys.
+        report: this rank's :class:`~memcallback.measure.SharpnessReport`, the payload of media (``None`` when
+            the check failed).
+        failed: the check raised or met non-finite values on some rank; it was skipped.
+        error: why it failed (this rank's error, or that it failed on another rank).
+        partial: the time budget cut the measurement short on some rank; its values are kept.
+        fired: the stop rule fired at this check (memorization rose).
+        stop: ``fired`` and the settings say stop training.
+        safe: the stop rule did not alarm: this check is the new last safe check.
+        restored: the weights of the last safe check were loaded back into the model.
+        message: the one-line summary of the check (or of its failure).
+        reason: why the stop rule fired (empty unless ``fired``).
+    """
+
+    step: int
+    scalars: dict[str, float]
+    prefix: str = names.PREFIX
+    report: SharpnessReport | None = None
+    failed: bool = False
+    error: str | None = None
+    partial: bool = False
+    fired: bool = False
+    stop: bool = False
+    safe: bool = False
+    restored: bool = False
+    message: str = ""
+    reason: str = ""
+
+    def metrics(self) -> dict[str, float]:
+        """The scalars under their logged names (``prefix`` + key)."""
+        return {self.prefix + name: value for name, value in self.scalars.items()}
+
+
+@dataclass
+class _Setup:
+    """What :meth:`MemorizationWatch.setup` resolved for one model and process."""
+
+    probes: ProbeSet
+    timesteps: list[int]
+    train_data: Tensor | None
+    reducer: Reducer
+    collective_interrupt: bool
+    warm_start: dict[int, Tensor] | None = field(default=None)
+
+
+class MemorizationWatch:
+    r"""Watch a diffusion model for memorization in any training loop, and say when to stop.
+
+    At every check it samples a fixed probe set with deterministic DDIM, measures how sharp the learned density
+    is around each probe (the Hessian of ``log p_t`` is the Jacobian of the score), reduces the per-probe values
+    over processes, feeds the monitored value to a :class:`~memcallback.core.StopRule` and remembers the last
+    *safe* check. Training is never perturbed: the measurement uses its own generator and restores train/eval
+    flags, grad mode and RNG states.
+
+    **Safe check.** A successful check at which the stop rule did not alarm: its monitored value is finite and
+    either not past ``threshold`` or not worse than the best value so far by more than ``min_delta``. The
+    baseline (first) check is therefore safe. With ``stop.restore_safe_weights`` the model's ``state_dict`` is
+    copied to the host at every safe check (one copy, overwritten) and loaded back when the rule fires; with
+    ``on_safe`` a user function (e.g. writing a checkpoint) is called at every safe check instead or as well.
+
+    **Failures.** A check that raises (out of memory included) or meets non-finite values is skipped on every
+    rank, counted in ``check_failures`` and warned about once; it never ends training and never moves the rule.
+    **Time budget.** ``time_budget_s`` becomes the measurement's ``interrupt``: a check that overruns it stops at
+    the next point where it can return values, is kept, and logs ``partial = 1``.
+
+    **Several processes.** Every method that reduces (``check``) is collective. Each rank measures an equal
+    shard of the probes (padded), so every rank makes the same number of network calls when the solver's call
+    count is fixed (dense Jacobian, or a Krylov budget ``krylov_steps``); the interrupt is then collective too,
+    so all ranks stop at the same point. With a data-dependent call count (Lanczos run to ``tol``) the interrupt
+    stays per rank, and sharded models (FSDP), whose forward is itself collective, are refused at :meth:`setup`.
+
+    Args:
+        every_n_steps: check at every this many steps (``None``: epochs, see :meth:`due_at_epoch_end`).
+        every_n_epochs: check at the end of every this many epochs (exclusive with ``every_n_steps``).
+        check_at_start: check at step 0 (the baseline the stop rule compares to).
+        probes: the probe set.
+        sharpness: solver and score settings.
+        stop: the stop rule and what to do when it fires.
+        conditions: conditional metrics to add (``None``: none).
+        time_budget_s: seconds after which a check is cut short and marked partial (``None``: no budget).
+        prefix: namespace of every logged key; ``stop.monitor`` must start with it.
+        measure_fn: the measurement function (default: :func:`~memcallback.core.measurement.measure`).
+        clock: the clock of the time budget, in seconds.
+        on_safe: called with the step of every new safe check (after the weights were copied).
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int | None = 250,
+        every_n_epochs: int | None = None,
+        check_at_start: bool = True,
+        probes: ProbeConfig | None = None,
+        sharpness: SharpnessConfig | None = None,
+        stop: StopConfig | None = None,
+        conditions: ConditionalConfig | None = None,
+        time_budget_s: float | None = None,
+        prefix: str = names.PREFIX,
+        measure_fn: MeasureFn = measure,
+        clock: Callable[[], float] = time.perf_counter,
+        on_safe: Callable[[int], None] | None = None,
+    ) -> None:
+        require(isinstance(prefix, str) and bool(prefix), "prefix", prefix, "a non-empty string, e.g. 'memorization/'")
+        if (every_n_steps is None) == (every_n_epochs is None):
+            raise ValueError("Set exactly one of every_n_train_steps and every_n_epochs (the other to None); got "
+                             f"every_n_train_steps={every_n_steps!r}, every_n_epochs={every_n_epochs!r}.")
+        for name, value in (("every_n_train_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            require(value is None or (is_int(value) and value >= 1), name, value, "an int >= 1")
+        require(isinstance(check_at_start, bool), "check_on_train_start", check_at_start, "True or False")
+        require(time_budget_s is None or (is_real(time_budget_s) and 0 < time_budget_s < math.inf), "time_budget_s",
+                time_budget_s, "a positive finite number of seconds or None")
+        for name, value, kind in (("probes", probes, ProbeConfig), ("sharpness", sharpness, SharpnessConfig),
+                                  ("stop", stop, StopConfig), ("conditions", conditions, ConditionalConfig)):
+            require(value is None or isinstance(value, kind), name, value, f"a {kind.__name__} or None")
+        self.stop = stop or StopConfig()
+        require(self.stop.monitor.startswith(prefix) and self.stop.monitor != prefix, "monitor", self.stop.monitor,
+                f"one of this monitor's keys, which start with prefix={prefix!r} (e.g. '{prefix}{names.SCORE}')")
+        self.every_n_steps, self.every_n_epochs, self.check_at_start = every_n_steps, every_n_epochs, check_at_start
+        self.probes, self.sharpness = probes or ProbeConfig(), sharpness or SharpnessConfig()
+        self.conditions, self.time_budget_s, self.prefix = conditions, time_budget_s, prefix
+        self.measure_fn, self.clock, self.on_safe = measure_fn, clock, on_safe
+        self.rule = StopRule(self.stop)
+        self.safe_weights = SafeWeights()
+        self.history: list[dict[str, float]] = []
+        self.stopped_step: int | None = None
+        self.safe_step: int | None = None
+        self.failures = 0
+        self.last_step: int | None = None
+        self.setup_state: _Setup | None = None
+        self._reported: set[str] = set()  # one-time warnings already given
+
+    @property
+    def probe_set(self) -> ProbeSet | None:
+        """This rank's probes (after :meth:`setup`)."""
+        return None if self.setup_state is None else self.setup_state.probes
+
+    @property
+    def train_data(self) -> Tensor | None:
+        """The training samples of the ground truth given to :meth:`setup`."""
+        return None if self.setup_state is None else self.setup_state.train_data
+
+    @property
+    def monitor_key(self) -> str:
+        """The monitored key without prefix."""
+        return self.stop.monitor.removeprefix(self.prefix)
+
+    # ------------------------------------------------------------------------------------------------------
+    def setup(self, model: DiffusionModel, *, train_data: Tensor | None = None, rank: int = 0, world_size: int = 1,
+              reducer: Reducer | None = None, sharded: bool | None = None) -> None:
+        """Resolve everything that depends on the model and the process; raise a clear error on bad settings.
+
+        Args:
+            model: any :class:`~memcallback.DiffusionModel`.
+            train_data: ``[N, *data_shape]`` distinct training samples for the nearest-neighbour ground truth
+                (``nn_rate``, ``auroc``), or ``None``.
+            rank: this process's rank.
+            world_size: the number of processes.
+            reducer: collective operations (default: none for one process, ``torch.distributed`` otherwise).
+            sharded: whether the model's forward is collective (FSDP); ``None``: detected from its parameters.
+        """
+        model = check_model(model)
+        shape = tuple(model.data_shape)
+        timesteps = resolve_timesteps(model, self.probes.sigmas, self.probes.timesteps)
+        dim, num_t = math.prod(shape), model.schedule.num_timesteps
+        k = self.sharpness.k
+        if k > dim:
+            raise ValueError(f"k={k} is larger than the data dimension {dim}; choose a smaller k.")
+        if self.probes.num_sampling_steps > num_t:
+            raise ValueError(f"num_sampling_steps={self.probes.num_sampling_steps} exceeds the model's {num_t} "
+                             "timesteps.")
+        if self.conditions is not None and getattr(model, "conditional", None) is False:
+            raise ValueError(f"conditions={list(self.conditions.labels)} needs a conditional model, but "
+                             f"{type(model).__name__}.conditional is False; set conditions=None.")
+        fixed = fixed_call_count(self.sharpness, dim)
+        if (is_sharded(model) if sharded is None else sharded) and not fixed:
+            raise ValueError(f"The model is sharded (FSDP): every rank must make the same network calls during a "
+                             f"check, but solver={self.sharpness.solver!r} with krylov_steps=None stops when its "
+                             "tolerance is met, which differs between ranks. Use solver='dense' or a fixed Krylov "
+                             "budget (krylov_steps).")
+        if train_data is not None:
+            if tuple(train_data.shape[1:]) != shape:
+                raise ValueError(f"The training data has sample shape {tuple(train_data.shape[1:])} but the model's "
+                                 f"data_shape is {shape}; make them agree.")
+            if len(train_data) < 2:
+                raise ValueError("The nearest-neighbour ground truth needs at least 2 distinct training samples; "
+                                 "pass train_data=None (ground_truth=False).")
+        known = names.check_keys(timesteps, train_data is not None,
+                                 None if self.conditions is None else len(self.conditions.labels))
+        if self.monitor_key not in known:
+            raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor; choose one "
+                             f"of {sorted(self.prefix + name for name in known)}.")
+        if reducer is None:
+            reducer = NoDistribution() if world_size == 1 else TorchDistributed()
+        self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
+                                  train_data=train_data, reducer=reducer, collective_interrupt=fixed)
+
+    def due(self, step: int) -> bool:
+        """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
+        ``check_at_start``); never twice at one step."""
+        if step == self.last_step:
+            return False
+        if step == 0:
+            return self.check_at_start
+        return self.every_n_steps is not None and step % self.every_n_steps == 0
+
+    def due_at_epoch_end(self, epoch: int, step: int) -> bool:
+        """Whether a check is due at the end of epoch ``epoch`` (0-based) reached at step ``step``."""
+        n = self.every_n_epochs
+        return n is not None and (epoch + 1) % n == 0 and step != self.last_step
+
+    # ------------------------------------------------------------------------------------------------------
+    def check(self, model: nn.Module, step: int, *, epoch: int | None = None, can_stop: bool = True) -> CheckResult:
+        """Measure, reduce over processes, record, and decide. Collective: every rank calls it at the same step.
+
+        Args:
+            model: the model :meth:`setup` saw (its weights now).
+            step: the training step, the x-axis of every logged value.
+            epoch: the epoch, recorded in the history when given.
+            can_stop: feed the stop rule and the safe state (``False`` for checks outside training).
+        """
+        if self.setup_state is None:
+            raise RuntimeError("Call MemorizationWatch.setup(model, ...) before the first check.")
+        state = self.setup_state
+        self.last_step = step
+        request = MeasureRequest(noise=state.probes.noise, timesteps=state.timesteps,
+                                 num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
+                                 sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
+                                 interrupt=self._interrupt(), conditions=self.conditions)
+        error = None
+        try:
+            measured = self.measure_fn(model, request)
+        except Exception as err:  # a failed check is skipped and reported, never allowed to end training
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            state.warm_start, error = None, f"{type(err).__name__}: {err}"
+        if not state.reducer.all_true(error is None):
+            return self._failed(step, error)
+        report = measured.report
+        scalars = self._reduce(report) | {names.conditional(k): v for k, v in measured.conditional.items()}
+        partial = state.reducer.any_true(report.partial)
+        scalars[names.PARTIAL] = float(partial)
+        scalars[names.CHECK_FAILURES] = float(self.failures)
+        self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
+        state.warm_start = {t: s.eigenvectors for t, s in report.stats.items() if s.eigenvectors is not None} or None
+        self._warn_unconverged(scalars[names.CONVERGED_FRACTION], step)
+        result = CheckResult(step=step, scalars=scalars, prefix=self.prefix, report=report, partial=partial,
+                             message=self.summary_line(scalars, step))
+        if can_stop:
+            self._decide(model, result)
+        return result
+
+    def _interrupt(self) -> Callable[[], bool] | None:
+        """The time budget as the measurement's ``interrupt`` (collective when every rank makes the same calls)."""
+        if self.time_budget_s is None:
+            return None
+        start, budget, state = self.clock(), self.time_budget_s, self.setup_state
+
+        def over_budget() -> bool:
+            late = self.clock() - start > budget
+            return state.reducer.any_true(late) if state.collective_interrupt else late
+
+        return over_budget
+
+    def _reduce(self, report: SharpnessReport) -> dict[str, float]:
+        """The summary of every rank's probes together: per-probe values gathered in probe order, padding
+        dropped, then the one summary (:func:`~memcallback.measure.report.summarize`). Every key of the schema is
+        there on every rank: what a cut-short measurement did not reach is NaN."""
+        state = self.setup_state
+        probes = state.probes
+        per_sample = report.per_sample()
+        keys = sorted(names.per_sample_keys(state.timesteps, state.train_data is not None))
+        missing = torch.full((probes.noise.shape[0],), math.nan, dtype=torch.float64)
+        local = torch.stack([per_sample[k].detach().to(torch.float64).reshape(-1) if k in per_sample
+                             else missing.to(report.samples.device) for k in keys])
+        values = gather_probes(state.reducer, local, probes.rank, probes.world_size, probes.num_samples)
+        return summarize(dict(zip(keys, values, strict=True)), state.timesteps, report.seconds)
+
+    def _decide(self, model: nn.Module, result: CheckResult) -> None:
+        value = result.scalars[self.monitor_key]
+        result.fired = self.setup_state.reducer.any_true(self.rule.update(value))
+        result.safe = not result.fired and math.isfinite(value) and self.rule.wait_count == 0
+        if result.safe:
+            self.safe_step = result.step
+            if self.stop.restore_safe_weights:
+                self.safe_weights.keep(model, result.step)
+            if self.on_safe is not None:
+                self.on_safe(result.step)
+        if result.fired:
+            self.stopped_step = result.step
+            result.stop = self.stop.stop_training
+            result.reason = f"Memorization rose at step {result.step}: {self.stop.monitor} {self.rule.reason}."
+            if self.stop.restore_safe_weights:
+                result.restored = self.safe_weights.restore(model)
+
+    def _failed(self, step: int, error: str | None) -> CheckResult:
+        self.failures += 1
+        state = self.setup_state
+        local = error is not None
+        reason = error or "it failed on another rank"
+        if "failure" not in self._reported and (local or state.probes.rank == 0):
+            where = f" on rank {state.probes.rank}" if state.probes.world_size > 1 else ""
+            warnings.warn(f"memcallback: the check at step {step} failed{where} and was skipped ({reason}). Training "
+                          f"goes on; later failures are counted in {self.prefix}{names.CHECK_FAILURES} without "
+                          "further warnings.", stacklevel=3)
+            self._reported.add("failure")
+        return CheckResult(step=step, scalars={names.CHECK_FAILURES: float(self.failures)}, prefix=self.prefix,
+                           failed=True, error=reason, message=f"[memorization] step {step} | check failed ({reason})")
+
+    def _warn_unconverged(self, converged_fraction: float, step: int) -> None:
+        """Warn once when the eigenvalue solver stopped short of ``tol`` on some probes (the check still counts)."""
+        if converged_fraction >= 1.0 or "convergence" in self._reported or self.setup_state.probes.rank != 0:
+            return
+        self._reported.add("convergence")
+        warnings.warn(f"memcallback: at step {step} the eigenvalue solver did not reach tol={self.sharpness.tol:g} on "
+                      f"{1 - converged_fraction:.0%} of the probes. The check is kept (its eigenvalues are the best "
+                      f"Ritz estimates, which underestimate the flattest directions) and "
+                      f"{self.prefix}{names.CONVERGED_FRACTION} tracks it; give the solver more Krylov steps or a "
+                      "looser tol, or use solver='dense' for small data. This warning is shown once.", stacklevel=3)
+
+    @staticmethod
+    def summary_line(scalars: dict[str, float], step: int) -> str:
+        """The one-line summary of a check, e.g. ``[memorization] step 1250 | score 0.127 | flagged 0% | ...``."""
+        parts = [f"step {step}", f"score {scalars[names.SCORE]:.3f}", f"flagged {scalars[names.FLAGGED_FRACTION]:.0%}",
+                 f"d_eff {scalars['effective_dim']:.1f}", f"mu_max {scalars['mu_max']:.3f}"]
+        if names.NN_RATE in scalars:
+            parts.append(f"nn-rate {scalars[names.NN_RATE]:.0%}")
+        if not math.isnan(scalars.get(names.AUROC, math.nan)):
+            parts.append(f"AUROC {scalars[names.AUROC]:.3f}")
+        parts.append(f"{scalars[names.SECONDS]:.2f} s" + (" (partial)" if scalars.get(names.PARTIAL) else ""))
+        return "[memorization] " + " | ".join(parts)
+
+    # ------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after a resume (not the safe weights: they live in checkpoints)."""
+        timesteps = [] if self.setup_state is None else self.setup_state.timesteps
+        return {"rule": self.rule.state_dict(), "history": self.history, "stopped_step": self.stopped_step,
+                "safe_step": self.safe_step, "failures": self.failures, "last_step": self.last_step,
+                "probes": {"seed": self.probes.seed, "num_samples": self.probes.num_samples, "timesteps": timesteps}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; warns when the checkpoint was measured on other probes or timesteps."""
+        probes = state.get("probes", {})
+        if probes and (probes.get("seed"), probes.get("num_samples")) != (self.probes.seed, self.probes.num_samples):
+            warnings.warn(f"memcallback: the checkpoint was measured with seed={probes.get('seed')} and num_samples="
+                          f"{probes.get('num_samples')}, this run uses seed={self.probes.seed} and num_samples="
+                          f"{self.probes.num_samples}: the curves before and after the resume differ in probes.",
+                          stacklevel=2)
+        timesteps = [] if self.setup_state is None else self.setup_state.timesteps
+        if probes and timesteps and list(probes.get("timesteps", [])) != list(timesteps):
+            warnings.warn(f"memcallback: the checkpoint measured timesteps {probes.get('timesteps')}, this run "
+                          f"measures {timesteps}; the stop rule starts afresh.", stacklevel=2)
+            self.rule.reset()
+        else:
+            self.rule.load_state_dict(state.get("rule", {}))
+        self.history = list(state.get("history", []))
+        self.stopped_step = state.get("stopped_step")
+        self.safe_step = state.get("safe_step")
+        self.failures = int(state.get("failures", 0))
+        self.last_step = state.get("last_step")

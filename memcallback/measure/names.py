@@ -1,0 +1,89 @@
+"""The one schema of metric names: every key a memorization check produces, for every producer and consumer.
+
+Keys are relative to a namespace (``PREFIX`` unless the user picks another one), so the logged name of the
+memorization score is ``"memorization/score"``. One check logs:
+
+=============================  =====================================================================
+``{name}`` for ``SHARPNESS``   mean over the probes of a per-sample statistic at the primary timestep
+``flagged_fraction``           fraction of probes whose memorization score exceeds ``flag_threshold``
+``converged_fraction``         fraction of probes whose eigenvalue solves met ``tol``
+``t{t}/{name}``                each of the above at measurement timestep ``t`` (the primary one too)
+``nn_rate``                    fraction of probes whose sample copies a training image (ground truth)
+``auroc``, ``t{t}/auroc``      AUROC of the memorization score against that ground truth
+``cond/{name}``                conditional metrics (``CONDITIONAL``), ``cond/cond{c}/{name}`` per condition,
+                               ``cond/sharpest_condition`` and ``cond/seconds``
+``seconds``                    wall time of the measurement (per rank)
+``partial``                    1.0 when the measurement was cut short by the time budget, else 0.0
+``check_failures``             failed checks so far
+=============================  =====================================================================
+
+and, outside the per-check values, ``stopped`` (1.0 at the step the stop rule fired) and ``safe_step`` (the
+last check at which the model was not memorizing, in the run summary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: The default namespace of every logged key.
+PREFIX = "memorization/"
+#: The memorization score in ``[0, 1]`` (mean over probes): the default statistic of the stop rule.
+SCORE = "score"
+#: Per-sample sharpness statistics (``SharpnessStats.scalars()``), in the order tables and loggers show them.
+SHARPNESS = ("score", "mu_max", "mu_topk", "min_mu", "effective_dim", "flat_count", "trace_mu", "eps_norm_sq",
+             "hs_norm", "asymmetry")
+FLAGGED_FRACTION = "flagged_fraction"
+CONVERGED_FRACTION = "converged_fraction"
+#: Everything measured per probe at each timestep (means of these are the per-timestep scalars).
+PER_TIMESTEP = (*SHARPNESS, FLAGGED_FRACTION, CONVERGED_FRACTION)
+NN_RATE = "nn_rate"
+AUROC = "auroc"
+SECONDS = "seconds"
+PARTIAL = "partial"
+CHECK_FAILURES = "check_failures"
+STOPPED = "stopped"
+SAFE_STEP = "safe_step"
+#: Per-sample conditional metrics (``ConditionalReport.per_sample()`` without ground truth).
+CONDITIONAL = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
+SHARPEST_CONDITION = "sharpest_condition"
+
+
+def at_timestep(t: int, name: str) -> str:
+    """``t{t}/{name}``: a statistic at measurement timestep ``t``."""
+    return f"t{t}/{name}"
+
+
+def of_condition(index: int, name: str) -> str:
+    """``cond{index}/{name}``: a conditional statistic of one condition (inside the ``cond/`` group)."""
+    return f"cond{index}/{name}"
+
+
+def conditional(name: str) -> str:
+    """``cond/{name}``: a key of ``ConditionalReport.summary()`` as the monitor logs it."""
+    return f"cond/{name}"
+
+
+def per_sample_keys(timesteps: Sequence[int], ground_truth: bool) -> set[str]:
+    """Keys of ``SharpnessReport.per_sample()`` for these measurement timesteps (the first is primary)."""
+    keys = {at_timestep(t, name) for t in timesteps for name in PER_TIMESTEP} | set(PER_TIMESTEP)
+    return keys | ({NN_RATE} if ground_truth else set())
+
+
+def summary_keys(timesteps: Sequence[int], ground_truth: bool) -> set[str]:
+    """Keys of ``SharpnessReport.summary()`` (and of a check's reduced sharpness values)."""
+    keys = per_sample_keys(timesteps, ground_truth) | {SECONDS}
+    return keys | ({AUROC} | {at_timestep(t, AUROC) for t in timesteps} if ground_truth else set())
+
+
+def conditional_summary_keys(num_conditions: int) -> set[str]:
+    """Keys of ``ConditionalReport.summary()`` without ground truth or spectra, before the ``cond/`` group."""
+    per_condition = {of_condition(c, name) for c in range(num_conditions) for name in CONDITIONAL}
+    return set(CONDITIONAL) | per_condition | {SHARPEST_CONDITION, SECONDS}
+
+
+def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None) -> set[str]:
+    """Every key (without prefix) that one successful check of the monitoring core logs."""
+    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES}
+    if num_conditions is not None:
+        keys |= {conditional(name) for name in conditional_summary_keys(num_conditions)}
+    return keys

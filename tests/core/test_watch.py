@@ -1,0 +1,285 @@
+"""The framework-free monitoring core in a plain loop: schedule, reduction over ranks, failures, time budget, the
+stop decision and the safe weights, on models with closed-form scores (no Lightning)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from analytic import GaussianModel
+from torch import Tensor, nn
+
+from memcallback.core import (
+    MeasureRequest,
+    MemorizationWatch,
+    NoDistribution,
+    ProbeConfig,
+    StopConfig,
+    measure,
+)
+from memcallback.diffusion import NoiseSchedule
+from memcallback.measure import analyze, names
+from memcallback.measure.analysis import probe_noise
+from memcallback.measure.sharpness import SharpnessConfig
+
+DENSE = SharpnessConfig(k=2, solver="dense")
+PROBES = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,))
+
+
+class TrainableGaussian(nn.Module):
+    """A Gaussian model's exact noise prediction times a trainable ``scale`` (1: exact)."""
+
+    def __init__(self, d: int = 4) -> None:
+        super().__init__()
+        cov = torch.diag(torch.linspace(1.0, 0.01, d))
+        self.base = GaussianModel(torch.zeros(d), cov, NoiseSchedule.linear(100))
+        self.schedule, self.prediction_type, self.data_shape = self.base.schedule, "epsilon", self.base.data_shape
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def model_output(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return (self.scale * self.base.model_output(x_t.double(), t)).to(x_t.dtype)
+
+
+def scripted(series: list[float | None]):
+    """A measurement function: the real one, with the memorization score of check ``i`` set to ``series[i]``."""
+    calls = iter(series)
+
+    def measure_fn(model, request: MeasureRequest):
+        measured = measure(model, request)
+        value = next(calls)
+        if value is not None:
+            measured.report.primary.memorization_score.fill_(value)
+        return measured
+
+    return measure_fn
+
+
+def watch(**kwargs) -> MemorizationWatch:
+    return MemorizationWatch(**({"every_n_steps": 2, "probes": PROBES, "sharpness": DENSE} | kwargs))
+
+
+def test_schedule() -> None:
+    w = watch(every_n_steps=3, check_at_start=False)
+    assert [s for s in range(10) if w.due(s)] == [3, 6, 9]
+    w = watch(every_n_steps=3)
+    w.last_step = 3  # checked already at this step
+    assert [s for s in range(7) if w.due(s)] == [0, 6]
+    epochs = watch(every_n_steps=None, every_n_epochs=2)
+    assert [e for e in range(6) if epochs.due_at_epoch_end(e, step=10 * e + 10)] == [1, 3, 5]
+    assert not epochs.due(4)
+
+
+def test_a_check_in_a_plain_loop_equals_analyze() -> None:
+    """One process: the reduced values are analyze's own summary of the same probes, key for key."""
+    model = TrainableGaussian()
+    w = watch()
+    w.setup(model)
+    result = w.check(model, step=0)
+    expected = analyze(model, noise=probe_noise(8, (4,), seed=0), sigmas=(0.1,), num_sampling_steps=5,
+                       config=DENSE).summary()
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
+    assert {k: v for k, v in result.scalars.items() if k not in ("seconds", "partial", "check_failures")} == {
+        k: v for k, v in expected.items() if k != "seconds"}
+    assert (result.scalars["partial"], result.scalars["check_failures"]) == (0.0, 0.0)
+    assert result.metrics()["memorization/score"] == result.scalars["score"]
+    assert result.safe and not result.fired and w.safe_step == 0 and w.history[0]["step"] == 0.0
+
+
+class ThreadReducer:
+    """In-process collectives for ranks run as threads: each call waits for every rank, then returns the sum."""
+
+    def __init__(self, world_size: int) -> None:
+        self.barrier = threading.Barrier(world_size)
+        self.slots: list[object] = [None] * world_size
+        self.world_size = world_size
+
+    def for_rank(self, rank: int) -> object:
+        parent = self
+
+        class RankReducer:
+            def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+                parent.slots[rank] = tensor.clone()
+                parent.barrier.wait()
+                total = sum(parent.slots[1:], parent.slots[0].clone())
+                parent.barrier.wait()
+                return total
+
+            def all_true(self, flag: bool) -> bool:
+                return int(self.all_reduce_sum(torch.tensor(int(flag)))) == parent.world_size
+
+            def any_true(self, flag: bool) -> bool:
+                return int(self.all_reduce_sum(torch.tensor(int(flag)))) > 0
+
+        return RankReducer()
+
+
+def run_ranks(world_size: int, make_watch, steps=(0,)) -> list[list]:
+    """Run ``make_watch(rank)`` on every rank (threads) for the given check steps; each rank's results."""
+    reducer, results, errors = ThreadReducer(world_size), [[] for _ in range(world_size)], []
+    model = TrainableGaussian()
+
+    def rank_main(rank: int) -> None:
+        try:
+            w = make_watch(rank)
+            w.setup(model, rank=rank, world_size=world_size, reducer=reducer.for_rank(rank))
+            results[rank] = [w.check(model, step) for step in steps]
+        except Exception as err:  # surfaced below
+            errors.append(err)
+            reducer.barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world_size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_three_ranks_with_padded_shards_reduce_to_the_one_process_values() -> None:
+    """8 probes over 3 ranks: shards of 3, 3 and 2 + 1 padding probe; gathered in probe order, padding dropped."""
+    single = watch()
+    model = TrainableGaussian()
+    single.setup(model)
+    expected = single.check(model, 0).scalars
+    ranks = run_ranks(3, lambda rank: watch())
+    assert [w[0].report.samples.shape[0] for w in ranks] == [3, 3, 3]  # every rank makes the same calls
+    for (result,) in ranks:
+        assert result.scalars.keys() == expected.keys()
+        for key in expected.keys() - {"seconds"}:
+            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+
+
+def test_the_time_budget_cuts_every_rank_at_the_same_point_and_keeps_the_check() -> None:
+    """Rank 1's clock runs past the budget; with a fixed call count the interrupt is collective, so every rank
+    stops together, and the check is kept as partial (not failed)."""
+    ticks = {0: 0.0, 1: 0.0}
+
+    def clock_of(rank: int):
+        def clock() -> float:
+            ticks[rank] += 1000.0 if rank == 1 else 0.0
+            return ticks[rank]
+
+        return clock
+
+    ranks = run_ranks(2, lambda rank: watch(time_budget_s=10.0, clock=clock_of(rank)), steps=(0, 2))
+    for results in ranks:
+        assert [r.partial and not r.failed for r in results] == [True, True]
+        assert [r.scalars["partial"] for r in results] == [1.0, 1.0]
+    assert [r.scalars.keys() for r in ranks[0]] == [r.scalars.keys() for r in ranks[1]]
+
+
+def test_a_failed_check_is_skipped_counted_and_warned_once(recwarn) -> None:
+    model = TrainableGaussian()
+    calls = iter([None, "oom", "oom"])
+
+    def measure_fn(m, request):
+        if next(calls) == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return measure(m, request)
+
+    w = watch(measure_fn=measure_fn)
+    w.setup(model)
+    results = [w.check(model, step) for step in (0, 2, 4)]
+    assert [r.failed for r in results] == [False, True, True] and w.failures == 2
+    assert results[2].scalars == {"check_failures": 2.0} and results[2].report is None
+    assert [h["step"] for h in w.history] == [0.0]
+    warned = [str(x.message) for x in recwarn if "failed and was skipped" in str(x.message)]
+    assert len(warned) == 1 and "OutOfMemoryError" in warned[0]
+
+
+class Reporting(NoDistribution):
+    """One process that plays what the other ranks said: a failure there, or a fired rule there."""
+
+    def __init__(self, others_failed: bool = False, others_fired: bool = False) -> None:
+        self.others_failed, self.others_fired = others_failed, others_fired
+
+    def all_true(self, flag: bool) -> bool:
+        return flag and not self.others_failed
+
+    def any_true(self, flag: bool) -> bool:
+        return flag or self.others_fired
+
+
+def test_a_failure_or_a_stop_on_another_rank_is_shared() -> None:
+    model = TrainableGaussian()
+    w = watch()
+    w.setup(model, reducer=Reporting(others_failed=True))
+    result = w.check(model, 0)
+    assert result.failed and result.error == "it failed on another rank" and not w.history
+    w = watch()
+    w.setup(model, reducer=Reporting(others_fired=True))
+    result = w.check(model, 0)
+    assert result.fired and result.stop and w.stopped_step == 0 and not result.safe
+
+
+def test_a_memorizing_loop_ends_with_the_weights_of_its_last_safe_check() -> None:
+    """A plain training loop: the score is quiet at steps 0 and 2 (safe), rises at 4 and 6 (patience 2 fires at 6);
+    the model's weights are put back to those of step 2, and ``on_safe`` saw every safe step."""
+    model = TrainableGaussian()
+    saved: list[int] = []
+    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+    w = watch(stop=stop, measure_fn=scripted([0.0, 0.1, 0.5, 0.6]), on_safe=saved.append)
+    w.setup(model)
+    scale_at: dict[int, float] = {}
+    for step in range(20):
+        if w.due(step):
+            scale_at[step] = model.scale.item()
+            result = w.check(model, step)
+            if result.stop:
+                break
+        with torch.no_grad():
+            model.scale += 0.01  # a training step
+    assert (result.step, result.fired, result.restored, w.safe_step, saved) == (6, True, True, 2, [0, 2])
+    assert model.scale.item() == scale_at[2] != scale_at[6]
+    assert w.safe_weights.step == 2
+
+
+def test_state_dict_round_trip() -> None:
+    model = TrainableGaussian()
+    w = watch(measure_fn=scripted([0.0, 0.5]), stop=StopConfig(threshold=0.3, patience=2))
+    w.setup(model)
+    w.check(model, 0)
+    w.check(model, 2)
+    resumed = watch()
+    resumed.setup(model)
+    resumed.load_state_dict(w.state_dict())
+    assert (resumed.rule.wait_count, resumed.safe_step, resumed.last_step, resumed.history) == (1, 0, 2, w.history)
+
+
+def test_setup_errors_name_what_to_change() -> None:
+    model = TrainableGaussian()
+    lanczos_to_tol = SharpnessConfig(k=2, solver="lanczos", krylov_steps=None)
+    with pytest.raises(ValueError, match=r"sharded .* krylov_steps=None"):
+        watch(sharpness=lanczos_to_tol).setup(model, sharded=True)
+    watch(sharpness=SharpnessConfig(k=2, solver="lanczos")).setup(model, sharded=True)  # a fixed budget is fine
+    with pytest.raises(ValueError, match="monitor='memorization/auroc' is not logged"):
+        watch(stop=StopConfig(monitor="memorization/auroc")).setup(model)
+    with pytest.raises(ValueError, match="at least 2 distinct training samples"):
+        watch().setup(model, train_data=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="monitor='memorization/score' is invalid.*prefix='mem/'"):
+        watch(prefix="mem/")
+    with pytest.raises(RuntimeError, match="setup"):
+        watch().check(model, 0)
+
+
+def test_the_core_imports_no_framework() -> None:
+    code = ("import sys, memcallback.core, memcallback.measure, memcallback.spectral; "
+            "bad = [m for m in ('lightning', 'wandb', 'hydra') if m in sys.modules]; assert not bad, bad")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_partial_values_that_were_not_reached_are_nan_not_missing() -> None:
+    """A measurement cut during sampling has no statistics at all; the check still logs every key (NaN)."""
+    model = TrainableGaussian()
+    ticks = iter(range(1000))
+    w = watch(time_budget_s=0.5, clock=lambda: float(next(ticks)))  # every reading 1 s later: over at once
+    w.setup(model)
+    result = w.check(model, 0)
+    assert result.partial and not result.failed and result.report.stats == {}
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
+    assert math.isnan(result.scalars["score"]) and not result.safe  # nothing measured: nothing certified

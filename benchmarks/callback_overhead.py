@@ -1,13 +1,19 @@
-"""Training time with and without MemorizationMonitor at its default schedule, measured side by side.
+"""Training time with and without MemorizationMonitor at its default settings, measured side by side.
 
-    python benchmarks/callback_overhead.py [--steps 2000] [--repeats 2]
+    python benchmarks/callback_overhead.py [--case digits|unet32] [--steps N] [--repeats 2] [--every 250]
 
-Trains the digits_memorize reference model (ResidualMLP 256x3 on 16 digits, batch 128) for ``--steps``
-steps, alternating runs without and with the callback so machine noise hits both alike, and prints the
-median wall time of each and the overhead ratio. The callback uses its defaults (a check every 500 steps
-plus the baseline, 64 probes, DDIM-50, dense Hessian for 8x8 data) except that it never stops training, so
-both runs cover the same steps; plots and media are off since the benchmark has no logger. ``--threads``
-defaults to 1, as in the digits experiments.
+Cases (both batch 128):
+
+* ``digits``: the digits_memorize reference model (ResidualMLP 256x3 on 16 digits; 8x8 data, dense Hessian).
+* ``unet32``: ``SmallUNet`` 3x32x32 (base 32, mults [1, 2]) on 32 RGB 32x32 patches (``PatchesDataModule``):
+  the matrix-free path.
+
+Trains for ``--steps`` steps (default 2000 for digits, 250 for unet32), alternating runs without and with the
+callback so machine noise hits both alike, and prints the median wall time of each and the overhead ratio,
+plus the overhead projected to the schedule: median seconds per check / (``--every`` x seconds per training
+step without the callback). The callback uses its defaults (probes, sharpness settings, a check every
+``--every`` steps plus the baseline) except that it never stops training, so both runs cover the same steps;
+plots and media are off since the benchmark has no logger. ``--threads`` defaults to 1, as in the experiments.
 """
 
 from __future__ import annotations
@@ -22,16 +28,27 @@ import lightning.pytorch as pl
 import torch
 
 from memcallback import MemorizationMonitor
-from memcallback.app.data import DigitsDataModule
-from memcallback.app.models import DiffusionModule, ResidualMLP
+from memcallback.app.data import DigitsDataModule, PatchesDataModule
+from memcallback.app.models import DiffusionModule, ResidualMLP, SmallUNet
+from memcallback.core import StopConfig
+
+DEFAULT_STEPS = {"digits": 2000, "unet32": 250}
 
 
-def train_once(steps: int, with_monitor: bool) -> tuple[float, MemorizationMonitor | None]:
+def build(case: str, steps: int) -> tuple[DiffusionModule, pl.LightningDataModule]:
+    if case == "digits":
+        return (DiffusionModule(ResidualMLP((1, 8, 8), hidden=256, num_blocks=3)),
+                DigitsDataModule(batch_size=128, num_train=16, samples_per_epoch=64000, seed=0))
+    return (DiffusionModule(SmallUNet((3, 32, 32), base_channels=32, channel_mults=(1, 2)), lr=1e-3),
+            PatchesDataModule(patch_size=32, batch_size=128, num_train=32, samples_per_epoch=128 * steps, seed=0))
+
+
+def train_once(case: str, steps: int, every: int, with_monitor: bool) -> tuple[float, MemorizationMonitor | None]:
     pl.seed_everything(0, verbose=False)
-    module = DiffusionModule(ResidualMLP((1, 8, 8), hidden=256, num_blocks=3))
-    data = DigitsDataModule(batch_size=128, num_train=16, samples_per_epoch=64000, seed=0)
+    module, data = build(case, steps)
     # stop_training=False: the run must cover the same steps with and without the callback
-    monitor = MemorizationMonitor(save_plot=False, stop_training=False) if with_monitor else None
+    monitor = (MemorizationMonitor(every_n_train_steps=every, stop=StopConfig(stop_training=False), save_plot=False,
+                                   media="none") if with_monitor else None)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -44,31 +61,40 @@ def train_once(steps: int, with_monitor: bool) -> tuple[float, MemorizationMonit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--case", choices=sorted(DEFAULT_STEPS), default="digits")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: per case)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--every", type=int, default=250, help="check schedule (the callback's default)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    steps = args.steps or DEFAULT_STEPS[args.case]
     torch.set_num_threads(args.threads)
     times: dict[bool, list[float]] = {False: [], True: []}
     check_seconds: list[float] = []
-    train_once(200, with_monitor=True)  # warm-up (imports, allocator, first torch.func call), not timed
+    train_once(args.case, min(steps, 20), args.every, with_monitor=True)  # warm-up (imports, first calls), untimed
     for _ in range(args.repeats):
         for with_monitor in (False, True):
-            seconds, monitor = train_once(args.steps, with_monitor)
+            seconds, monitor = train_once(args.case, steps, args.every, with_monitor)
             times[with_monitor].append(seconds)
             if monitor is not None:
                 check_seconds += [h["seconds"] for h in monitor.history]
     base, watched = statistics.median(times[False]), statistics.median(times[True])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{args.steps} steps, {args.repeats} repeats (alternating)")
+    monitor = MemorizationMonitor()
+    print(f"case {args.case}: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{steps} steps, {args.repeats} repeats (alternating), a check every {args.every} steps")
+    print(f"callback defaults: {monitor.probes}; {monitor.sharpness}")
     print("| run | median wall time (s) | all runs (s) |")
     print("|---|---|---|")
     print(f"| without callback | {base:.1f} | {', '.join(f'{t:.1f}' for t in times[False])} |")
     print(f"| with MemorizationMonitor (defaults) | {watched:.1f} | {', '.join(f'{t:.1f}' for t in times[True])} |")
     per_run = sum(check_seconds) / args.repeats
+    per_check = statistics.median(check_seconds)
+    step_seconds = base / steps
     print(f"\noverhead (median wall times): {100 * (watched / base - 1):+.1f}%")
     print(f"time inside checks: {per_run:.2f} s per run = {100 * per_run / base:.1f}% of the run without callback "
-          f"({len(check_seconds) // args.repeats} checks per run, median {statistics.median(check_seconds):.2f} s)")
+          f"({len(check_seconds) // args.repeats} checks per run, median {per_check:.2f} s)")
+    print(f"one check = {per_check / step_seconds:.1f} training steps ({step_seconds:.3f} s each); projected "
+          f"overhead at a check every {args.every} steps: {100 * per_check / (args.every * step_seconds):.1f}%")
 
 
 if __name__ == "__main__":

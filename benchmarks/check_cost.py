@@ -35,16 +35,9 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
+import cost_models
 import torch
-
-from memcallback.measure.analysis import probe_noise
-from memcallback.measure.ground_truth import memorization_labels
-from memcallback.measure.report import auroc
-from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cost_models  # noqa: E402
-from cost_candidates import (  # noqa: E402
+from cost_candidates import (
     Setting,
     applications,
     forward_equivalents,
@@ -53,7 +46,12 @@ from cost_candidates import (  # noqa: E402
     sampling_calls,
     train_steps,
 )
-from cost_units import UnitCosts, unit_costs  # noqa: E402
+from cost_units import UnitCosts, unit_costs
+
+from memcallback.measure.analysis import probe_noise
+from memcallback.measure.ground_truth import memorization_labels
+from memcallback.measure.report import auroc
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
 
 SIGMA = 0.1
 MAX_SCORE_ERROR = 0.02
@@ -74,20 +72,17 @@ def budget(steps: int = 26, product: str = "S", **kwargs) -> SharpnessConfig:
 
 SETTINGS = [
     BEFORE,
-    Setting("library defaults now", DEFAULT, warm=True),
-    Setting("S budget 26 (2k+10) cold, trace 16", budget(26)),
-    Setting("S budget 26 warm, trace 16", budget(26), warm=True),
-    Setting("S budget 18 warm, trace 8", budget(18, trace_probes=8), warm=True),
+    Setting("library defaults now, warm", DEFAULT, warm=True),
+    Setting("S budget 26 (2k+10) cold, trace 8", budget(26, trace_probes=8)),
+    Setting("S budget 26 warm, deflated trace 8", budget(26, trace_probes=8, trace_estimator="deflated"), warm=True),
+    Setting("S budget 26 warm, trace 8, jvp forward", budget(26, trace_probes=8, jvp="forward"), warm=True),
     Setting("JT budget 26 cold, trace 8", budget(26, "JT", trace_probes=8)),
     Setting("JT budget 26 warm, trace 8", budget(26, "JT", trace_probes=8), warm=True),
     Setting("JT budget 18 warm, trace 8", budget(18, "JT", trace_probes=8), warm=True),
     Setting("JT budget 26 warm, trace 4", budget(26, "JT", trace_probes=4), warm=True),
-    Setting("S budget 26 warm, deflated trace 8", budget(26, trace_probes=8, trace_estimator="deflated"), warm=True),
     Setting("JT budget 26 warm, trace 8, DDIM-25", budget(26, "JT", trace_probes=8), warm=True, sampling_steps=25),
-    Setting("S budget 26 warm, trace 8, DDIM-25", budget(26, trace_probes=8), warm=True, sampling_steps=25),
     Setting("JT budget 26 warm, trace 8, DDIM-25, spectrum on 1/2", budget(26, "JT", trace_probes=8), warm=True,
             sampling_steps=25, probe_fraction=0.5),
-    Setting("S budget 26 warm, trace 8, jvp forward", budget(26, trace_probes=8, jvp="forward"), warm=True),
     Setting("power, budget 26 (1 block iteration per end)", replace(DEFAULT, solver="power", krylov_steps=26),
             warm=True),
     Setting("power to tol 1e-3", replace(DEFAULT, solver="power", krylov_steps=None, tol=1e-3, lanczos_iters=480)),
@@ -107,11 +102,12 @@ class ModelRun:
     labels: dict[int, torch.Tensor]
     reference: SharpnessStats
     previous_vectors: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    previous_states: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def prepare(name: str, probes: int, device: torch.device, log) -> ModelRun:
-    model, data = cost_models.trained(name, log)
-    previous = cost_models.trained(name, log, previous=True)[0]
+    model, data = cost_models.trained(name, log, device=device)
+    previous = cost_models.trained(name, log, previous=True, device=device)[0]
     model, previous = model.to(device), previous.to(device)
     timestep = model.schedule.timestep_for_sigma(SIGMA)
     noise = probe_noise(probes, model.data_shape, seed=0).to(device)
@@ -128,11 +124,16 @@ def evaluate(run: ModelRun, s: Setting, power_probes: int) -> tuple[SharpnessSta
     x_t, labels = run.states[s.sampling_steps].x_t, run.labels[s.sampling_steps]
     n = power_probes if s.config.solver == "power" and s.config.krylov_steps is None else len(x_t)
     v0 = None
-    if s.warm:
-        key = (s.config, s.sampling_steps)
+    if s.warm:  # the previous check's Ritz vectors depend on the spectrum's settings only
+        spectrum = replace(s.config, trace_probes=2, trace_estimator="hutchinson", asymmetry_probes=0,
+                           jvp="double_backward")
+        key = (spectrum, s.sampling_steps)
         if key not in run.previous_vectors:
-            prev_x = sample_states(run.previous, run.noise, s.sampling_steps, run.timestep).x_t
-            run.previous_vectors[key] = measure(run.previous, prev_x, run.timestep, s.config)[0].eigenvectors
+            if s.sampling_steps not in run.previous_states:
+                run.previous_states[s.sampling_steps] = sample_states(run.previous, run.noise, s.sampling_steps,
+                                                                      run.timestep).x_t
+            prev_x = run.previous_states[s.sampling_steps]
+            run.previous_vectors[key] = measure(run.previous, prev_x, run.timestep, spectrum)[0].eigenvectors
         v0 = run.previous_vectors[key][:n]
     stats, seconds = measure(run.model, x_t[:n], run.timestep, s.config, v0=v0)
     return stats, seconds, labels[:n], n
@@ -201,10 +202,10 @@ def main() -> None:
 
     # model -> probes the 'before' solves are counted on (the trained SmallUNet: from table 2; 0: skip)
     models = {
-        "mlp-digits (trained)": (cost_models.trained("mlp-digits", log)[0], 0),
+        "mlp-digits (trained)": (cost_models.trained("mlp-digits", log, device=device)[0], 0),
         "mlp-digits (untrained)": (cost_models.mlp_digits(), 0),
         "unet32 (untrained)": (cost_models.unet32(), args.today_probes),
-        "unet32-patches (trained)": (cost_models.trained("unet32-patches", log)[0], 0),
+        "unet32-patches (trained)": (cost_models.trained("unet32-patches", log, device=device)[0], 0),
         "ddpm-cifar10 35.7M (random)": (cost_models.ddpm_cifar10(), args.cifar_today_probes),
     }
     units = print_units(models, args, device, log)

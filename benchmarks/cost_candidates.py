@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+from cost_units import UnitCosts
 from torch import Tensor, nn
 
 from memcallback.diffusion import ddim_sample, sampling_timesteps, score_function
 from memcallback.measure.analysis import measurement_mode
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
-
-from cost_units import UnitCosts
 
 
 @dataclass(frozen=True)

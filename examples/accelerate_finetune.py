@@ -7,7 +7,7 @@ each sample, logs ``memorization/...`` through the accelerator's trackers, and s
 rises, putting back the weights of the last check at which the model was not memorizing.
 
     python examples/accelerate_finetune.py                       # tiny UNet on the CPU, about a minute
-    accelerate launch examples/accelerate_finetune.py --size 32 --width 64 --steps 4000 --log-with wandb
+    accelerate launch examples/accelerate_finetune.py --size 32 --width 64 --steps 4000 --num-probes 32
 
 W&B runs offline unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads the run later).
 Needs ``pip install memcallback[accelerate]`` (accelerate and diffusers) and scikit-learn for the sample images.
@@ -35,7 +35,7 @@ def instance_images(num_images: int, size: int, seed: int) -> Tensor:
     """``[num_images, 3, size, size]`` random square crops of scikit-learn's two sample photos, in [-1, 1]."""
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.as_tensor(image).permute(2, 0, 1).float() / 127.5 - 1 for image in load_sample_images().images]
+    photos = [torch.tensor(image).permute(2, 0, 1).float() / 127.5 - 1 for image in load_sample_images().images]
     generator = torch.Generator().manual_seed(seed)
     crop = 4 * size  # crop a region 4x the target size, then downsample it with antialiasing
     images = []
@@ -57,17 +57,17 @@ def tiny_unet(size: int, width: int) -> UNet2DModel:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=16, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=8, help="image side in pixels")
     parser.add_argument("--width", type=int, default=16, help="UNet channels at full resolution")
     parser.add_argument("--num-images", type=int, default=4, help="instance images")
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps at most")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps at most")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--check-every", type=int, default=100, help="steps between memorization checks")
-    parser.add_argument("--num-probes", type=int, default=8, help="probe samples per check")
-    parser.add_argument("--num-sampling-steps", type=int, default=20, help="DDIM steps per probe sample")
-    parser.add_argument("--log-with", default="wandb" if importlib.util.find_spec("wandb") else None,
-                        help="accelerate tracker (wandb, tensorboard, ...); default: wandb when installed")
+    parser.add_argument("--num-probes", type=int, default=4, help="probe samples per check")
+    parser.add_argument("--num-sampling-steps", type=int, default=10, help="DDIM steps per probe sample")
+    parser.add_argument("--log-with", default="wandb" if importlib.util.find_spec("wandb") else "none",
+                        help="accelerate tracker (wandb, tensorboard, ...) or none; default: wandb when installed")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/accelerate_finetune"))
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.manual_seed(args.seed)
-    accelerator = Accelerator(log_with=args.log_with, project_dir=args.output_dir)
+    accelerator = Accelerator(log_with=None if args.log_with == "none" else args.log_with, project_dir=args.output_dir)
     accelerator.init_trackers("memcallback-finetune", config={k: str(v) for k, v in vars(args).items()})
 
     images = instance_images(args.num_images, args.size, args.seed)

@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from memcallback.core import CheckResult, MemorizationWatch, ProbeConfig, StopConfig, StopRule
     from memcallback.diffusion import DiffusionModel, NoiseSchedule, ddim_sample, ddpm_sample, score_function
     from memcallback.lightning import MemorizationMonitor
-    from memcallback.measure.conditional import ConditionalConfig
     from memcallback.measure import (
         ConditionalReport,
         MemorizationLabels,
@@ -82,6 +81,7 @@ if TYPE_CHECKING:
         memorization_labels,
         nearest_neighbours,
     )
+    from memcallback.measure.conditional import ConditionalConfig
 
 
 def __getattr__(name: str) -> Any:

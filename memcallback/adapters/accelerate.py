@@ -10,6 +10,7 @@ returned to the loop::
     unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
     watch = AcceleratedWatch(MemorizationWatch(every_n_steps=100), accelerator)
     watch.setup(unet, noise_scheduler, train_data=instance_images)
+    watch.check(0)  # the baseline, before fine-tuning
     for step, batch in enumerate(loader, start=1):
         ...  # the training step
         if watch.after_step(step):
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from memcallback.adapters.diffusers import DiffusersModel
-from memcallback.core.watch import CheckResult, MemorizationWatch
+from memcallback.core import CheckResult, MemorizationWatch
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 
@@ -113,7 +114,11 @@ class AcceleratedWatch:
         self.model = measured
 
     def after_step(self, step: int) -> bool:
-        """Check when one is due after optimizer step ``step``; whether the loop should stop training now."""
+        """Check when one is due after optimizer step ``step``; whether the loop should stop training now.
+
+        With gradient accumulation call it once per optimizer step: where diffusers' scripts count
+        ``global_step`` (under ``if accelerator.sync_gradients:``).
+        """
         return self.watch.due(step) and self.check(step).stop
 
     def check(self, step: int) -> CheckResult:

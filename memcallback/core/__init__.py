@@ -4,8 +4,9 @@ measurement function, the reduction over processes, the stop rule, the safe weig
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed
 from memcallback.core.measurement import Measurement, MeasureRequest, measure
 from memcallback.core.probes import ProbeConfig, ProbeSet
+from memcallback.core.result import CheckResult
 from memcallback.core.stopping import StopConfig, StopRule
-from memcallback.core.watch import CheckResult, MemorizationWatch
+from memcallback.core.watch import MemorizationWatch
 
 __all__ = [
     "CheckResult",

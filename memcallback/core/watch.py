@@ -29,6 +29,7 @@ from memcallback.arguments import is_int, is_real, require
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes
 from memcallback.core.measurement import MeasureFn, MeasureRequest, fixed_call_count, is_sharded, measure
 from memcallback.core.probes import ProbeConfig, ProbeSet
+from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.diffusion import DiffusionModel, check_model
@@ -37,47 +38,6 @@ from memcallback.measure.analysis import resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.report import SharpnessReport, summarize
 from memcallback.measure.sharpness import SharpnessConfig
-
-
-@dataclass
-class CheckResult:
-    """The outcome of one :meth:`MemorizationWatch.check`.
-
-    Attributes:
-        step: the training step of the check.
-        scalars: the reduced values, keys of :mod:`~memcallback.measure.names` without prefix (a failed check
-            has ``check_failures`` only); identical on every rank except ``seconds``.
-        prefix: the namespace of the logged keys.
-        report: this rank's :class:`~memcallback.measure.SharpnessReport`, the payload of media (``None`` when
-            the check failed).
-        failed: the check raised or met non-finite values on some rank; it was skipped.
-        error: why it failed (this rank's error, or that it failed on another rank).
-        partial: the time budget cut the measurement short on some rank; its values are kept.
-        fired: the stop rule fired at this check (memorization rose).
-        stop: ``fired`` and the settings say stop training.
-        safe: the stop rule did not alarm: this check is the new last safe check.
-        restored: the weights of the last safe check were loaded back into the model.
-        message: the one-line summary of the check (or of its failure).
-        reason: why the stop rule fired (empty unless ``fired``).
-    """
-
-    step: int
-    scalars: dict[str, float]
-    prefix: str = names.PREFIX
-    report: SharpnessReport | None = None
-    failed: bool = False
-    error: str | None = None
-    partial: bool = False
-    fired: bool = False
-    stop: bool = False
-    safe: bool = False
-    restored: bool = False
-    message: str = ""
-    reason: str = ""
-
-    def metrics(self) -> dict[str, float]:
-        """The scalars under their logged names (``prefix`` + key)."""
-        return {self.prefix + name: value for name, value in self.scalars.items()}
 
 
 @dataclass
@@ -221,11 +181,16 @@ class MemorizationWatch:
             raise ValueError(f"conditions={list(self.conditions.labels)} needs a conditional model, but "
                              f"{type(model).__name__}.conditional is False; set conditions=None.")
         fixed = fixed_call_count(self.sharpness, dim)
-        if (is_sharded(model) if sharded is None else sharded) and not fixed:
+        sharded = is_sharded(model) if sharded is None else sharded
+        if sharded and not fixed:
             raise ValueError(f"The model is sharded (FSDP): every rank must make the same network calls during a "
                              f"check, but solver={self.sharpness.solver!r} with krylov_steps=None stops when its "
                              "tolerance is met, which differs between ranks. Use solver='dense' or a fixed Krylov "
                              "budget (krylov_steps).")
+        if sharded and not self.sharpness.use_dense(dim) and self.sharpness.jvp == "double_backward":
+            raise ValueError("The model is sharded (FSDP), whose parameters are freed between forward and backward: "
+                             "jvp='double_backward' (a backward through a backward) fails there. Use jvp='forward' "
+                             "or solver='dense'.")
         if train_data is not None:
             if tuple(train_data.shape[1:]) != shape:
                 raise ValueError(f"The training data has sample shape {tuple(train_data.shape[1:])} but the model's "

@@ -13,8 +13,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from memcallback.arguments import is_int, require
 from memcallback.core.measurement import Measurement, MeasureRequest, measure
 from memcallback.core.probes import ProbeConfig
+from memcallback.core.result import CheckResult
 from memcallback.core.stopping import StopConfig, StopRule
-from memcallback.core.watch import CheckResult, MemorizationWatch
+from memcallback.core.watch import MemorizationWatch
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.lightning.distributed import StrategyReducer
 from memcallback.lightning.reporting import log_run_summary, log_scalars, safe_checkpoint_path, set_callback_metrics

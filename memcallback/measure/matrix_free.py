@@ -64,8 +64,14 @@ class Measured(NamedTuple):
 
 
 def measure_matrix_free(op: JacobianOperator, s: Tensor, s2: float, config: SharpnessConfig, v0: Tensor | None,
-                 generator: torch.Generator | None, stop: Interrupt) -> Measured:
-    """Statistics from Jacobian products of ``op`` (at the score ``s``), part by part, until ``stop`` fires."""
+                        generator: torch.Generator | None, stop: Interrupt) -> Measured:
+    """Statistics from Jacobian products of ``op``, part by part, each skipped once ``stop`` has fired.
+
+    The parts run in the order of ``SharpnessStats.products``: ``||J s||`` (``s`` the score at ``op``'s
+    points), the spectrum (both ends from one Krylov run under a budget, else top-k then a second solve
+    for the bottom), the trace (one ``J^T z`` per probe), the asymmetry. ``stop`` is asked before each
+    part and by the solvers after every step.
+    """
     B, k = op.batch_size, config.k
     nan = torch.full((B,), float("nan"), dtype=op.dtype, device=op.device)
     products: dict[str, int] = {}

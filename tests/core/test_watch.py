@@ -256,12 +256,14 @@ def test_setup_errors_name_what_to_change() -> None:
     lanczos_to_tol = SharpnessConfig(k=2, solver="lanczos", krylov_steps=None)
     with pytest.raises(ValueError, match=r"sharded .* krylov_steps=None"):
         watch(sharpness=lanczos_to_tol).setup(model, sharded=True)
-    watch(sharpness=SharpnessConfig(k=2, solver="lanczos")).setup(model, sharded=True)  # a fixed budget is fine
-    with pytest.raises(ValueError, match="monitor='memorization/auroc' is not logged"):
+    with pytest.raises(ValueError, match=r"sharded .* jvp='forward'"):
+        watch(sharpness=SharpnessConfig(k=2, solver="lanczos")).setup(model, sharded=True)
+    watch(sharpness=SharpnessConfig(k=2, solver="lanczos", jvp="forward")).setup(model, sharded=True)  # fine
+    with pytest.raises(ValueError, match=r"monitor='memorization/auroc' is not logged"):
         watch(stop=StopConfig(monitor="memorization/auroc")).setup(model)
     with pytest.raises(ValueError, match="at least 2 distinct training samples"):
         watch().setup(model, train_data=torch.zeros(1, 4))
-    with pytest.raises(ValueError, match="monitor='memorization/score' is invalid.*prefix='mem/'"):
+    with pytest.raises(ValueError, match=r"monitor='memorization/score' is invalid.*prefix='mem/'"):
         watch(prefix="mem/")
     with pytest.raises(RuntimeError, match="setup"):
         watch().check(model, 0)

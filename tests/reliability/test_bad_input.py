@@ -265,7 +265,8 @@ def test_every_hydra_override_is_validated(callbacks_node, name: str, value: Any
     cfg = OmegaConf.create({"callbacks": callbacks_node})
     OmegaConf.set_struct(cfg, True)  # as composed: an override cannot add keys
     if name.startswith("conditions."):  # a conditional run first sets the group (null by default)
-        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(ConditionalConfig([0])).items()}
+        fields = {k: list(v) if isinstance(v, tuple) else v
+                  for k, v in dataclasses.asdict(ConditionalConfig([0])).items()}
         cfg.callbacks.memorization.conditions = {"_target_": "memcallback.ConditionalConfig", **fields}
     kwargs = {name: value} | ({"every_n_train_steps": None} if name == "every_n_epochs" else {})
     overrides = [f"callbacks.memorization.{k}={hydra_literal(v)}" for k, v in kwargs.items()]

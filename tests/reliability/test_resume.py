@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from reliability_helpers import (
     ROOT,
-    ScriptedMonitor,
     TINY_APP,
+    ScriptedMonitor,
     assert_same_values,
     forced_stop,
     read_reports,

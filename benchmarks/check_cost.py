@@ -75,7 +75,6 @@ SETTINGS = [
     Setting("library defaults now, warm", DEFAULT, warm=True),
     Setting("S budget 26 (2k+10) cold, trace 8", budget(26, trace_probes=8)),
     Setting("S budget 26 warm, deflated trace 8", budget(26, trace_probes=8, trace_estimator="deflated"), warm=True),
-    Setting("S budget 26 warm, trace 8, jvp forward", budget(26, trace_probes=8, jvp="forward"), warm=True),
     Setting("JT budget 26 cold, trace 8", budget(26, "JT", trace_probes=8)),
     Setting("JT budget 26 warm, trace 8", budget(26, "JT", trace_probes=8), warm=True),
     Setting("JT budget 18 warm, trace 8", budget(18, "JT", trace_probes=8), warm=True),
@@ -185,7 +184,7 @@ def main() -> None:
     parser.add_argument("--cifar-today-probes", type=int, default=0,
                         help="probes the 35.7M UNet's 'before' solves are counted on (0: skip, slow on CPU)")
     parser.add_argument("--power-probes", type=int, default=4, help="probes power iteration to tol runs on")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -38,7 +38,7 @@ OUTPUTS = Path(__file__).resolve().parent / "outputs"
 WEIGHTS = OUTPUTS / "weights"
 TRAIN_BATCH = 32
 #: Patches the memorizing model is trained on.
-NUM_MEMORIZE = 8
+NUM_MEMORIZE = 4
 #: The weights this many steps before the end are kept too: the model of the previous check (warm starts).
 PREVIOUS_CHECK_STEPS = 250
 
@@ -100,7 +100,7 @@ def ddpm_cifar10() -> nn.Module:
 RECIPES = {
     "mlp-digits": Recipe(mlp_digits, digits, steps=1500, lr=1e-3),
     "unet32-patches": Recipe(unet32, patches32, steps=1500, lr=1e-3),
-    "unet32-memorize": Recipe(unet32, memorize_subset, steps=1200, lr=1e-3),
+    "unet32-memorize": Recipe(unet32, memorize_subset, steps=700, lr=1e-3),
 }
 
 

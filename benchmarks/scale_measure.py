@@ -40,8 +40,9 @@ NEAR_ZERO = 0.5  # |sigma^2 lambda| below this counts as near-zero curvature
 
 
 def measured_steps(spec: RunSpec, every: int) -> list[int]:
-    """The checkpoints of ``spec`` that get measured: every ``every`` training steps of its grid."""
-    return [s for s in spec.grid if s % every == 0]
+    """The checkpoints of ``spec`` that get measured: every ``every`` training steps of its grid, from ``every``
+    on (the first check of a monitor comes after ``every`` steps; the untrained step 0 is not measured)."""
+    return [s for s in spec.grid if s % every == 0 and s > 0]
 
 
 def stable_rank(network: nn.Module) -> float:

@@ -160,6 +160,20 @@ def study_curves(args: argparse.Namespace, w: ScaleWriter) -> None:
             ["run", "role", f"onset (lower > {ONSET:.0%})", f"lower > {LATE:.0%}",
              f"onset on the training log (64 samples every {args.every} steps)", "final nn rate [95% CI]",
              "max nn rate"], rows)
+    by_n: dict[int, list[Run]] = {}
+    for run in runs:
+        if run.memorizing:
+            by_n.setdefault(run.record["n"], []).append(run)
+    rows = []
+    for n, group in sorted(by_n.items()):
+        onsets = [r.onset() for r in group]
+        quick = [r.quick_onset() for r in group]
+        known = [o for o in quick if o is not None]
+        rows.append([str(n), ", ".join(fmt(o) for o in onsets), ", ".join(fmt(o) for o in quick),
+                     fmt(float(np.mean(known)) / n, 1) if known else "-"])
+    w.table("Onset against N (seeds in run order; a dash: no onset within the run)",
+            ["N", f"onset, measured every {args.measure_every} steps", f"onset, training log every {args.every} steps",
+             "mean training-log onset / N (steps per training patch)"], rows)
     sig = series(runs)
     for run in runs:
         iv = run.intervals()

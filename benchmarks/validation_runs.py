@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
-from memcallback import MemorizationMonitor, analyze
+from memcallback import MemorizationMonitor, ProbeConfig, StopConfig, analyze
 from memcallback.app.data import DigitsDataModule, ToyMixtureDataModule
 from memcallback.app.models import DiffusionModule, ResidualMLP
 from memcallback.diffusion import ddim_sample
@@ -103,8 +103,9 @@ def train(cache: Path, spec: RunSpec) -> dict[str, Any]:
         dm = ToyMixtureDataModule(seed=0)
     else:
         dm = DigitsDataModule(num_train=spec.num_train, samples_per_epoch=64000, batch_size=128, seed=0)
-    monitor = MemorizationMonitor(sigmas=CURVE_SIGMAS, every_n_train_steps=CHECK_EVERY, stop_training=False,
-                                  save_plot=False, log_media=False, k=1 if spec.toy else 8)
+    monitor = MemorizationMonitor(probes=ProbeConfig(sigmas=CURVE_SIGMAS), every_n_train_steps=CHECK_EVERY,
+                                  stop=StopConfig(stop_training=False), save_plot=False, media="none",
+                                  sharpness=SharpnessConfig(k=1 if spec.toy else 8))
     recorder = _ValLossRecorder()
     ckpt = ModelCheckpoint(dirpath=folder / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
                            every_n_train_steps=CHECK_EVERY, save_top_k=-1, monitor=None)

@@ -22,7 +22,7 @@ from validation_runs import (
     history,
 )
 
-from memcallback.core.stopping import StopRule
+from memcallback.core import StopConfig, StopRule
 
 DEFAULT_RULE = {"threshold": 0.1, "min_delta": 0.05, "patience": 1}
 
@@ -68,7 +68,7 @@ def study_curves(args: argparse.Namespace, w: Writer) -> None:
 
 def replay(history: list[dict], key: str, threshold: float, min_delta: float, patience: int) -> int | None:
     """The step where the callback's stop rule fires on a recorded history (``None``: never)."""
-    rule = StopRule(mode="max", threshold=threshold, min_delta=min_delta, patience=patience)
+    rule = StopRule(StopConfig(mode="max", threshold=threshold, min_delta=min_delta, patience=patience))
     return next((int(h["step"]) for h in history if rule.update(h[key])), None)
 
 

@@ -33,7 +33,7 @@ _EXPORTS = {
     "ProbeConfig": "memcallback.core",
     "StopConfig": "memcallback.core",
     "StopRule": "memcallback.core",
-    "ConditionalConfig": "memcallback.measure.conditional",
+    "ConditionalConfig": "memcallback.measure",
     "DiffusionModel": "memcallback.diffusion",
     "NoiseSchedule": "memcallback.diffusion",
     "ddim_sample": "memcallback.diffusion",

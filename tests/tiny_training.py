@@ -1,15 +1,17 @@
-"""A tiny reference model, data and trainer for callback tests: milliseconds per step on a CPU."""
+"""A tiny reference model, data and trainer for callback tests (milliseconds per step on a CPU), and a monitor
+whose memorization score follows a script through the public ``measure`` seam."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Sequence
 
 import lightning.pytorch as pl
-import pytest
 
+from memcallback import MemorizationMonitor
 from memcallback.app.data import DigitsDataModule
 from memcallback.app.models import DiffusionModule, ResidualMLP
-from memcallback.lightning.callback import MemorizationMonitor
+from memcallback.core import Measurement, MeasureRequest
 
 
 def make_module(ema_decay: float | None = None) -> DiffusionModule:
@@ -37,14 +39,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def scripted(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
-    """Make every check report the next value of ``values`` as the score (the measurement still runs)."""
-    it = iter(values)
-    original = MemorizationMonitor._reduce
+class ScriptedMonitor(MemorizationMonitor):
+    """The real measurement at every check, with every probe's memorization score replaced by the next value of
+    ``series`` (so the reduced ``score`` is that value); ``None`` in the series keeps the measured score.
 
-    def fake_reduce(self, report, device):
-        out = original(self, report, device)
-        out["score"] = next(it)
-        return out
+    Args:
+        series: the scores of consecutive checks, or a function of this rank returning them.
+        **kwargs: the monitor's arguments.
+    """
 
-    monkeypatch.setattr(MemorizationMonitor, "_reduce", fake_reduce)
+    def __init__(self, series: Sequence[float | None] | Callable[[int], Sequence[float | None]], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.series = series
+        self.calls = 0
+
+    def measure(self, model, request: MeasureRequest) -> Measurement:
+        measured = super().measure(model, request)
+        series = self.series(self.watch.probe_set.rank) if callable(self.series) else self.series
+        value = series[self.calls]
+        self.calls += 1
+        if value is not None:
+            measured.report.primary.memorization_score.fill_(value)
+        return measured

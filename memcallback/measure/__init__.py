@@ -2,12 +2,13 @@
 model (:func:`analyze`), the conditional metrics, and the nearest-neighbour ground truth."""
 
 from memcallback.measure.analysis import analyze
-from memcallback.measure.conditional import ConditionalReport, conditional_report
+from memcallback.measure.conditional import ConditionalConfig, ConditionalReport, conditional_report
 from memcallback.measure.ground_truth import MemorizationLabels, memorization_labels, nearest_neighbours
 from memcallback.measure.report import SharpnessReport, auroc
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
 
 __all__ = [
+    "ConditionalConfig",
     "ConditionalReport",
     "MemorizationLabels",
     "SharpnessConfig",

@@ -31,7 +31,7 @@ PREFIX = "memorization/"
 SCORE = "score"
 #: Per-sample sharpness statistics (``SharpnessStats.scalars()``), in the order tables and loggers show them.
 SHARPNESS = ("score", "mu_max", "mu_topk", "min_mu", "effective_dim", "flat_count", "trace_mu", "eps_norm_sq",
-             "hs_norm", "asymmetry")
+             "hs_norm", "asymmetry", "ritz_residual")
 FLAGGED_FRACTION = "flagged_fraction"
 CONVERGED_FRACTION = "converged_fraction"
 #: Everything measured per probe at each timestep (means of these are the per-timestep scalars).

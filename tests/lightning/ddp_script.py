@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-from scripted import ScriptedMonitor
+from tiny_training import ScriptedMonitor
 
 from memcallback import ProbeConfig, SharpnessConfig, StopConfig
 from memcallback.app.data import DigitsDataModule

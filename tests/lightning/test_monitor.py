@@ -5,8 +5,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from scripted import ScriptedMonitor
-from tiny_training import make_data, make_module, make_trainer
+from tiny_training import ScriptedMonitor, make_data, make_module, make_trainer
 
 from memcallback import MemorizationMonitor, StopConfig
 

@@ -22,7 +22,6 @@ from lightning.pytorch.callbacks import Callback
 from tiny_training import free_port
 
 from memcallback import MemorizationMonitor
-from memcallback.core import Measurement, MeasureRequest
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -124,25 +123,6 @@ class KillAt(Callback):
                              batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-class ScriptedMonitor(MemorizationMonitor):
-    """The real measurement at every check, with every probe's memorization score replaced by the next value of
-    ``series`` (so the reduced ``score`` is that value), through the public ``measure`` seam.
-
-    Args:
-        series: the scores of consecutive checks.
-        **kwargs: the monitor's arguments.
-    """
-
-    def __init__(self, series: list[float], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.series = iter(series)
-
-    def measure(self, model: Any, request: MeasureRequest) -> Measurement:
-        measured = super().measure(model, request)
-        measured.report.primary.memorization_score.fill_(next(self.series))
-        return measured
 
 
 def read_reports(out_dir: Path, when: str) -> list[dict[str, Any]]:

@@ -17,14 +17,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from reliability_helpers import (
     ROOT,
     TINY_APP,
-    ScriptedMonitor,
     assert_same_values,
     forced_stop,
     read_reports,
     report_overrides,
     train_py,
 )
-from tiny_training import make_data, make_module, make_trainer
+from tiny_training import ScriptedMonitor, make_data, make_module, make_trainer
 
 from memcallback import StopConfig
 from memcallback.app.train import run

@@ -278,6 +278,17 @@ def test_every_hydra_override_is_validated(callbacks_node, name: str, value: Any
         return
     if ACCEPTS[name](value):
         assert same(stored(instantiate(cfg.callbacks.memorization), name), value)
+    elif name in GROUPS and isinstance(value, dict) and value and name != "conditions":
+        # a mapping is merged into the group: it sets those fields (an unknown key failed to merge above)
+        fields = {f"{name}.{key}": v for key, v in value.items()}
+        invalid = [field for field, v in fields.items() if not ACCEPTS[field](v)]
+        if not invalid:
+            monitor = instantiate(cfg.callbacks.memorization)
+            assert all(same(stored(monitor, field), v) for field, v in fields.items())
+        else:
+            with pytest.raises(InstantiationException) as info:
+                instantiate(cfg.callbacks.memorization)
+            assert_clear_error(info.value.__cause__, invalid[0])
     elif name in GROUPS and value == {} and name != "conditions":  # merging nothing into a group changes nothing
         cls, needs = GROUPS[name]
         assert stored(instantiate(cfg.callbacks.memorization), name) == cls(**needs)

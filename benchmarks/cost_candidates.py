@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from memcallback.diffusion import ddim_sample, sampling_timesteps, score_function
 from memcallback.measure.analysis import measurement_mode
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
+from memcallback.spectral import KrylovRun, jacobian_operator, krylov_run
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,18 @@ def applications(products: dict[str, int], setting: Setting) -> float:
 def train_steps(fe: dict[str, float], u: UnitCosts, probes: int) -> float:
     """The check's wall time in training steps of batch 128: forward equivalents at ``probes`` rows."""
     return sum(fe.values()) * u.forward * probes / u.batch / u.train_step
+
+
+def budget_sweep(model: nn.Module, x_t: Tensor, timestep: int, k: int, budgets: list[int],
+                 seed: int = 1) -> dict[int, Tensor]:
+    """Top-``k`` eigenvalues of ``S`` after each budget ``n`` in ``budgets``, from one cold Lanczos run.
+
+    A cold budget of ``n`` steps is the first ``n`` steps of one longer run from the same start (the start
+    vector comes first from the generator, as in ``measure_sharpness``), so one run of ``max(budgets)`` steps
+    gives them all: the Ritz values of the leading ``n x n`` block of its tridiagonal.
+    """
+    with measurement_mode(model):
+        op = jacobian_operator(score_function(model, timestep), x_t)
+        run = krylov_run(op, max(budgets), generator=torch.Generator().manual_seed(seed))
+    return {n: KrylovRun(alpha=run.alpha[:, :n], beta=run.beta[:, :n], ends=run.ends[:, :n], basis=run.basis[:, :n],
+                         shape=run.shape, num_matvecs=n).ritz(k, "LA").eigenvalues for n in budgets}

@@ -37,7 +37,7 @@ cat "$out/patches_memorize.md" "$out/patches_memorize.log" | grep -iE "stop|memo
 
 # (b) ~3 min: cost tables with every model at 64 probes (trains the cached benchmark models on the GPU if missing).
 step check_cost 270 python benchmarks/check_cost.py --device cuda --probes 64 --check-probes 64 --cifar-probes 64 \
-  --today-probes 64 --cifar-today-probes 64 --power-probes 16 --repeats 5
+  --before-probes 64 --cifar-before-probes 64 --power-probes 16 --repeats 5
 
 # (c) < 1 min: CPU vs CUDA (fp32, then TF32) on the fixed small model.
 step device_agreement 60 python benchmarks/device_agreement.py

@@ -72,17 +72,17 @@ def main() -> None:
     parser.add_argument("study", choices=["train", "measure", *REPORTS])
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/outputs/scale"))
     parser.add_argument("--out", type=Path, default=Path("docs/scale"))
-    parser.add_argument("--runs", nargs="+", default=["16:0", "all:0", "16:1", "all:1", "64:0"],
+    parser.add_argument("--runs", nargs="+", default=["16:0", "all:0", "64:0", "16:1", "all:1", "64:1"],
                         help="N:seed per run (N=all: every non-held-out patch)")
     parser.add_argument("--calibrate", nargs="+", default=["16:1", "all:1"],
                         help="runs whose thresholds are calibrated (one memorizing, one generalizing); "
                              "the others are reported")
-    parser.add_argument("--steps", type=int, default=4000, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=6000, help="training steps per run")
     parser.add_argument("--every", type=int, default=250, help="checkpoint grid (training steps)")
-    parser.add_argument("--measure-every", type=int, default=500, help="checkpoints measured (training steps)")
+    parser.add_argument("--measure-every", type=int, default=250, help="checkpoints measured (training steps)")
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--samples", type=int, default=256, help="DDIM-50 samples for the nn rate per checkpoint")
-    parser.add_argument("--measured", type=int, default=128, help="of which measured by analyze() and SLQ")
+    parser.add_argument("--measured", type=int, default=64, help="of which measured by analyze() and SLQ")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -34,10 +34,13 @@ def resolve_timesteps(model: DiffusionModel, sigmas: Sequence[float] = (), times
 
 
 def probe_noise(num_samples: int, data_shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The fixed initial noises ``x_T`` of the probe set, from a private CPU generator (same every call)."""
+    """The fixed initial noises ``x_T`` of the probe set, from a private CPU generator (same every call).
+
+    Drawn in float32 and then cast, so a half-precision model gets the same probes, rounded, as a float32 one.
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    return randn((num_samples, *data_shape), torch.Generator().manual_seed(seed), dtype=dtype)
+    return randn((num_samples, *data_shape), torch.Generator().manual_seed(seed), dtype=torch.float32).to(dtype)
 
 
 @contextlib.contextmanager

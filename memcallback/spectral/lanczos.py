@@ -135,7 +135,8 @@ def _ritz(
             resids.append((beta[b, hi - 1] * S[-1]).abs())
             S_full[lo:hi, lo:hi] = S
             block += [i] * (hi - lo)
-        theta, res, current = torch.cat(thetas), torch.cat(resids), torch.tensor(block) == len(bounds)
+        theta, res = torch.cat(thetas), torch.cat(resids)
+        current = torch.tensor(block, device=alpha.device) == len(bounds)
         idx = select(theta, k, which)
         scale = theta.abs().max()
         converged = res[idx] <= tol * scale

@@ -141,8 +141,8 @@ def test_unknown_keys_and_options_fail(tmp_path, override, error):
 
 @pytest.mark.parametrize(
     ("overrides", "media"),
-    [([], "images"), (["data=toy"], "images"), (["data=patches"], "images"), (["experiment=patches_memorize"], "images"),
-     (["data=image_folder", "data.root=/nonexistent"], "charts")],
+    [([], "images"), (["data=toy"], "images"), (["data=patches"], "images"),
+     (["experiment=patches_memorize"], "images"), (["data=image_folder", "data.root=/nonexistent"], "charts")],
 )
 def test_images_are_shown_for_public_data_only(tmp_path, overrides, media):
     """The reference app opts into image media for its public data sets; a user's own folder keeps the default."""

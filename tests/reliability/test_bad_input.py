@@ -88,7 +88,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.timesteps": lambda v: is_list(v) and all(is_int(t) and t >= 0 for t in v),
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
     "sharpness": never,
-    "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)
+    "sharpness.k": lambda v: is_int(v) and 1 <= v < 46,  # below krylov_steps (default 46)
     "sharpness.solver": one_of("auto", "dense", "lanczos", "power"),
     "sharpness.krylov_steps": lambda v: v is None or (is_int(v) and v > 8),  # larger than k (default 8)
     "sharpness.krylov_product": one_of("S", "JT"),  # JT: fine with the defaults (auto, a budget, hutchinson)

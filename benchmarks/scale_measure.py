@@ -68,8 +68,11 @@ def near_zero_count(module: nn.Module, states: Tensor, timestep: int, sigma: flo
 def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, num_measured: int) -> dict[str, Any]:
     """All signals of one checkpoint (see the module docstring), cached in ``<run>/measure/``."""
     path = run_dir(cache, spec) / "measure" / f"step{step:06d}_{num_samples}_{num_measured}.pt"
+    config = SharpnessConfig()
     if path.exists():
-        return torch.load(path, weights_only=False)
+        cached = torch.load(path, weights_only=False)
+        if cached["config"] == repr(config):  # measured at today's defaults
+            return cached
     torch.set_num_threads(1)
     module = checkpoint(cache, spec, step)
     dm = datamodule(spec)
@@ -86,7 +89,6 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     labels = memorization_labels(samples, train_x)
     seconds["sampling_all"] = time.perf_counter() - start
 
-    config = SharpnessConfig()
     report = analyze(module, noise=noise[:num_measured], sigmas=(SIGMA,), config=config, train_data=train_x)
     seconds["analyze"] = report.seconds
     # analyze() samples the same noises with gradients enabled; its samples are the ones its statistics belong

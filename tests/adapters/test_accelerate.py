@@ -190,6 +190,8 @@ def run_rank(out: Path) -> None:
     result = {"world_size": accelerator.num_processes, "stopped_step": watch.stopped_step, "steps": step,
               "history": watch.history, "baseline": first}
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    accelerator.wait_for_everyone()  # no rank tears the process group down while the other still talks to it
+    accelerator.end_training()
 
 
 @pytest.mark.slow

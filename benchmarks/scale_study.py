@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from scale_cost import study_cost
 from scale_measure import measure_checkpoint, measured_steps
-from scale_report import ScaleWriter, study_cost, study_curves, study_detect, study_stopping
+from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
 from scale_runs import RunSpec, parse_spec, train
 
 

@@ -6,7 +6,7 @@ Every ``--check-every`` steps the watch samples a fixed probe set, measures how 
 each sample, logs ``memorization/...`` through the accelerator's trackers, and stops training when memorization
 rises, putting back the weights of the last check at which the model was not memorizing.
 
-    python examples/accelerate_finetune.py                       # tiny UNet on the CPU, about a minute
+    python examples/accelerate_finetune.py                       # tiny UNet on the CPU, a few minutes
     accelerate launch examples/accelerate_finetune.py --size 32 --width 64 --steps 4000 --num-probes 32
 
 W&B runs offline unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads the run later).

@@ -82,6 +82,9 @@ class AcceleratedWatch:
     def __init__(self, watch: MemorizationWatch, accelerator: Accelerator) -> None:
         if not isinstance(watch, MemorizationWatch):
             raise TypeError(f"AcceleratedWatch wraps a memcallback.MemorizationWatch, got {type(watch).__name__}.")
+        if watch.every_n_steps is None:
+            raise ValueError("AcceleratedWatch checks on a step schedule (after_step): build the MemorizationWatch "
+                             "with every_n_steps=N instead of every_n_epochs.")
         self.watch, self.accelerator = watch, accelerator
         self.model: DiffusionModel | None = None
 

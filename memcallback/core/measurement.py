@@ -88,7 +88,11 @@ def is_sharded(model: object) -> bool:
     if not isinstance(model, nn.Module):
         return False
     from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.tensor import DTensor
+
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor import DTensor
 
     return (any(isinstance(p, DTensor) for p in model.parameters())
             or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()))

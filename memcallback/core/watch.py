@@ -296,15 +296,27 @@ class MemorizationWatch:
         if result.safe:
             self.safe_step = result.step
             if self.stop.restore_safe_weights:
-                self.safe_weights.keep(model, result.step)
+                self._guarded("keeping the safe weights", self.safe_weights.keep, model, result.step)
             if self.on_safe is not None:
-                self.on_safe(result.step)
+                self._guarded("saving the safe checkpoint", self.on_safe, result.step)
         if result.fired:
             self.stopped_step = result.step
             result.stop = self.stop.stop_training
             result.reason = f"Memorization rose at step {result.step}: {self.stop.monitor} {self.rule.reason}."
             if self.stop.restore_safe_weights:
-                result.restored = self.safe_weights.restore(model)
+                result.restored = bool(self._guarded("restoring the safe weights", self.safe_weights.restore, model))
+
+    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a side job of the stop decision (copying, saving or restoring weights); a failure (a full disk, a
+        state_dict that does not fit) is warned about once and never ends training. Returns ``fn``'s value or None."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            if what not in self._reported:
+                self._reported.add(what)
+                warnings.warn(f"memcallback: {what} failed ({type(err).__name__}: {err}); training goes on. This "
+                              "warning is shown once.", stacklevel=3)
+            return None
 
     def _failed(self, step: int, error: str | None) -> CheckResult:
         self.failures += 1

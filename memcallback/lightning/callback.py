@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -212,8 +211,12 @@ class MemorizationMonitor(Callback):
         """Load the safe weights: the core's host copy, else (after a resume) ``safe.ckpt``."""
         path = safe_checkpoint_path(trainer)
         if not result.restored and path.is_file():
-            pl_module.load_state_dict(torch.load(path, map_location=pl_module.device, weights_only=True)["state_dict"])
-            result.restored = True
+            try:
+                checkpoint = trainer.strategy.load_checkpoint(path)
+                pl_module.load_state_dict(checkpoint["state_dict"])
+                result.restored = True
+            except Exception as err:  # a safe checkpoint that cannot be read must not end the run
+                rank_zero_warn(f"MemorizationMonitor: {path} could not be restored ({type(err).__name__}: {err}).")
         if result.restored:
             rank_zero_info(f"[memorization] weights of the last safe check (step {self.safe_step}) restored.")
         else:

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 import wandb
+
 from memcallback.measure.ground_truth import memorization_labels
 from memcallback.measure.report import SharpnessReport
 from memcallback.measure.sharpness import SharpnessStats

@@ -239,6 +239,24 @@ def test_a_memorizing_loop_ends_with_the_weights_of_its_last_safe_check() -> Non
     assert w.safe_weights.step == 2
 
 
+def test_a_failing_safe_checkpoint_save_warns_once_and_never_ends_the_loop() -> None:
+    """``on_safe`` (e.g. writing safe.ckpt to a full disk) raises at every safe check: one warning, the checks go on,
+    the safe step still advances and the stop still fires with the weights restored from the host copy."""
+    model = TrainableGaussian()
+
+    def disk_full(step: int) -> None:
+        raise OSError("No space left on device")
+
+    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=1, restore_safe_weights=True)
+    w = watch(stop=stop, measure_fn=scripted([0.0, 0.1, 0.5]), on_safe=disk_full)
+    w.setup(model)
+    with pytest.warns(UserWarning, match=r"saving the safe checkpoint failed \(OSError: No space left") as record:
+        results = [w.check(model, step) for step in (0, 2, 4)]
+    assert sum("saving the safe checkpoint" in str(r.message) for r in record) == 1
+    assert [(r.safe, r.fired) for r in results] == [(True, False), (True, False), (False, True)]
+    assert w.safe_step == 2 and results[-1].restored and results[-1].stop
+
+
 def test_state_dict_round_trip() -> None:
     model = TrainableGaussian()
     w = watch(measure_fn=scripted([0.0, 0.5]), stop=StopConfig(threshold=0.3, patience=2))

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor, nn
 
 from memcallback.adapters.diffusers import DiffusersModel
-from memcallback.core import CheckResult, MemorizationWatch
+from memcallback.core import CheckResult, CountingReducer, MemorizationWatch
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
-class AcceleratorReducer:
+class AcceleratorReducer(CountingReducer):
     """The :class:`~memcallback.core.Reducer` of an ``accelerate.Accelerator``: sums through
     ``accelerator.reduce`` (``torch.distributed`` under multi-GPU, multi-CPU, FSDP and DeepSpeed; XLA on TPUs);
     booleans travel as one int64 on ``accelerator.device``.
@@ -47,18 +46,14 @@ class AcceleratorReducer:
 
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
+        self.device = accelerator.device
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         return self.accelerator.reduce(tensor, reduction="sum")
 
-    def _count(self, flag: bool) -> int:
-        return int(self.all_reduce_sum(torch.tensor(int(bool(flag)), device=self.accelerator.device)).item())
-
-    def all_true(self, flag: bool) -> bool:
-        return self._count(flag) == self.accelerator.num_processes
-
-    def any_true(self, flag: bool) -> bool:
-        return self._count(flag) > 0
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
 
 
 class AcceleratedWatch:

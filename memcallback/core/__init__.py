@@ -1,7 +1,7 @@
 """The framework-free monitoring core (pure torch): :class:`MemorizationWatch` and its parts (the probe set, the
 measurement function, the reduction over processes, the stop rule, the safe weights)."""
 
-from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed
+from memcallback.core.distributed import CountingReducer, NoDistribution, Reducer, TorchDistributed
 from memcallback.core.measurement import Measurement, MeasureRequest, measure
 from memcallback.core.probes import ProbeConfig, ProbeSet
 from memcallback.core.result import CheckResult
@@ -10,6 +10,7 @@ from memcallback.core.watch import MemorizationWatch
 
 __all__ = [
     "CheckResult",
+    "CountingReducer",
     "MeasureRequest",
     "Measurement",
     "MemorizationWatch",

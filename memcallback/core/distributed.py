@@ -2,12 +2,14 @@
 
 The monitoring core never calls a distributed backend itself; it goes through a :class:`Reducer`. Every method
 is *collective*: under several processes every rank must call it, in the same order. Provided here:
-:class:`NoDistribution` (one process) and :class:`TorchDistributed` (``torch.distributed``, which is also what
-``accelerate`` runs on); the Lightning one (``trainer.strategy``) lives in :mod:`memcallback.lightning`.
+:class:`NoDistribution` (one process), :class:`CountingReducer` (booleans as a summed count, the base of the
+others) and :class:`TorchDistributed` (``torch.distributed``); the Lightning one (``trainer.strategy``) lives in
+:mod:`memcallback.lightning`, the accelerate one in :mod:`memcallback.adapters.accelerate`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -44,7 +46,32 @@ class NoDistribution:
         return bool(flag)
 
 
-class TorchDistributed:
+class CountingReducer(ABC):
+    """A :class:`Reducer` whose booleans travel as a count: one int64 summed with :meth:`all_reduce_sum` on
+    :attr:`device` and compared with the number of processes. Subclasses give the sum, the device and the count."""
+
+    device: torch.device
+
+    @abstractmethod
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """The elementwise sum of ``tensor`` over every process."""
+
+    @property
+    @abstractmethod
+    def num_processes(self) -> int:
+        """The number of processes the reductions span."""
+
+    def _count(self, flag: bool) -> int:
+        return int(self.all_reduce_sum(torch.tensor(int(bool(flag)), device=self.device)).item())
+
+    def all_true(self, flag: bool) -> bool:
+        return self._count(flag) == self.num_processes
+
+    def any_true(self, flag: bool) -> bool:
+        return self._count(flag) > 0
+
+
+class TorchDistributed(CountingReducer):
     """The :class:`Reducer` of an initialized ``torch.distributed`` process group (plain DDP, ``accelerate``).
 
     Booleans travel as one int64 on ``device``: a CUDA device for NCCL, the CPU for gloo (``None``: the current
@@ -74,16 +101,11 @@ class TorchDistributed:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out
 
-    def _count(self, flag: bool) -> int:
-        return int(self.all_reduce_sum(torch.tensor(int(bool(flag)), device=self.device)).item())
-
-    def all_true(self, flag: bool) -> bool:
+    @property
+    def num_processes(self) -> int:
         import torch.distributed as dist
 
-        return self._count(flag) == dist.get_world_size(self.group)
-
-    def any_true(self, flag: bool) -> bool:
-        return self._count(flag) > 0
+        return dist.get_world_size(self.group)
 
 
 def gather_probes(reducer: Reducer, local: Tensor, rank: int, world_size: int, num_probes: int) -> Tensor:

@@ -17,6 +17,11 @@ __all__ = ["PatchPool", "PatchesDataModule", "near_duplicates", "patch_pool"]
 
 PHOTO_NAMES = ("china.jpg", "flower.jpg")  # sklearn.datasets.load_sample_images()
 PHOTO_HEIGHT = 427  # both photos are 427 x 640 x 3
+#: The pool's defaults, shared by ``patch_pool`` and ``PatchesDataModule`` (stride ``None`` and flips on aside).
+PATCH_SIZE = 16
+DOWNSCALES = (1, 2, 4)
+MIN_STD = 0.1
+DEDUP_FRACTION = 0.5
 # Rows of the pairwise-distance blocks: memory stays at _BLOCK * pool size numbers.
 _BLOCK = 1024
 
@@ -114,12 +119,12 @@ def _cached_pool(
 
 
 def patch_pool(
-    patch_size: int = 16,
+    patch_size: int = PATCH_SIZE,
     stride: int | None = None,
-    downscales: Sequence[int] = (1, 2, 4),
+    downscales: Sequence[int] = DOWNSCALES,
     flips: bool = True,
-    min_std: float = 0.1,
-    dedup_fraction: float = 0.5,
+    min_std: float = MIN_STD,
+    dedup_fraction: float = DEDUP_FRACTION,
 ) -> PatchPool:
     """The de-duplicated patches of the two photographs of ``sklearn.datasets.load_sample_images()``.
 
@@ -198,12 +203,12 @@ class PatchesDataModule(ArrayDataModule):
 
     def __init__(
         self,
-        patch_size: int = 16,
+        patch_size: int = PATCH_SIZE,
         stride: int | None = None,
-        downscales: Sequence[int] = (1, 2, 4),
+        downscales: Sequence[int] = DOWNSCALES,
         flips: bool = True,
-        min_std: float = 0.1,
-        dedup_fraction: float = 0.5,
+        min_std: float = MIN_STD,
+        dedup_fraction: float = DEDUP_FRACTION,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)

@@ -17,6 +17,7 @@ Per checkpoint (all from fixed seeds, so every checkpoint of every run sees the 
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from memcallback import analyze
 from memcallback.diffusion import ddim_sample, score_function
 from memcallback.measure.analysis import measurement_mode, probe_noise
 from memcallback.measure.ground_truth import memorization_labels
-from memcallback.measure.sharpness import SharpnessConfig
+from memcallback.measure.sharpness import SharpnessConfig, memorization_score
 from memcallback.spectral import jacobian_operator, slq_density
 
 SIGMA = 0.1
@@ -37,6 +38,9 @@ PROBE_SEED = 1
 SLQ_PROBES = 1
 SLQ_STEPS = 20
 NEAR_ZERO = 0.5  # |sigma^2 lambda| below this counts as near-zero curvature
+#: fields of ``SharpnessConfig`` that only turn the measured ``mu`` into a score and a flag: a cached measurement
+#: is re-scored, not measured again, when only these change.
+SCORE_FIELDS = ("score_statistic", "flag_threshold", "score_reference_dim")
 
 
 def measured_steps(spec: RunSpec, every: int) -> list[int]:
@@ -65,14 +69,32 @@ def near_zero_count(module: nn.Module, states: Tensor, timestep: int, sigma: flo
     return states[0].numel() * (density.weights * near).sum(dim=1)
 
 
+def measurement_key(config: SharpnessConfig) -> str:
+    """The fields of ``config`` that change what is measured (all but ``SCORE_FIELDS``)."""
+    return repr({f.name: getattr(config, f.name) for f in fields(config) if f.name not in SCORE_FIELDS})
+
+
+def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, Any]:
+    """Set the per-sample ``score`` and ``flagged`` of a measurement from its ``mu`` under ``config``."""
+    ps = measurement["per_sample"]
+    score = memorization_score(torch.from_numpy(measurement["mu"]), torch.from_numpy(ps["effective_dim"]),
+                               torch.from_numpy(ps["flat_count"]), measurement["samples"][0].size,
+                               config.score_statistic, config.score_reference_dim)
+    ps["score"] = score.float().numpy()
+    ps["flagged"] = (score > config.flag_threshold).numpy()
+    measurement["config"] = repr(config)
+    return measurement
+
+
 def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, num_measured: int) -> dict[str, Any]:
-    """All signals of one checkpoint (see the module docstring), cached in ``<run>/measure/``."""
+    """All signals of one checkpoint (see the module docstring), cached in ``<run>/measure/``; the score and
+    flags always follow today's ``SharpnessConfig()``."""
     path = run_dir(cache, spec) / "measure" / f"step{step:06d}_{num_samples}_{num_measured}.pt"
     config = SharpnessConfig()
     if path.exists():
         cached = torch.load(path, weights_only=False)
-        if cached["config"] == repr(config):  # measured at today's defaults
-            return cached
+        if cached["measurement"] == measurement_key(config):  # measured as today's defaults measure
+            return rescore(cached, config)
     torch.set_num_threads(1)
     module = checkpoint(cache, spec, step)
     dm = datamodule(spec)
@@ -112,7 +134,8 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     per_sample["flagged"] = stats.flagged.numpy()
     per_sample["near_zero_count"] = slq.detach().double().numpy()
     result = {
-        "step": step, "timestep": t, "sigma": sigma, "config": repr(config), "products": dict(stats.products),
+        "step": step, "timestep": t, "sigma": sigma, "config": repr(config), "measurement": measurement_key(config),
+        "products": dict(stats.products),
         "copied": copied.numpy(), "distance_ratio": labels.distance_ratio.numpy(),
         "nearest_index": labels.nearest_index.numpy(), "per_sample": per_sample, "resampling_error": resampling_error,
         "samples": report.samples.numpy().astype(np.float32), "stable_rank": rank,

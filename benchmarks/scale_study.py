@@ -9,6 +9,7 @@ command that made every table::
     python benchmarks/scale_study.py curves    # nn rate with its interval, onset, every signal over training
     python benchmarks/scale_study.py stopping  # stop step per signal, calibrated on other runs; flag threshold
     python benchmarks/scale_study.py cost      # wall time of each signal per check, in training steps
+    python benchmarks/scale_study.py transfer  # does the flag/stop threshold transfer across d (8x8 runs)?
 
 Runs are ``N:seed`` (``all``: every non-held-out patch) and live in ``--cache`` (default
 ``benchmarks/outputs/scale``, gitignored); see ``scale_runs.py``. Thresholds are calibrated on the
@@ -31,6 +32,7 @@ from scale_cost import study_cost
 from scale_measure import measure_checkpoint, measured_steps
 from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
 from scale_runs import RunSpec, parse_spec, train
+from scale_transfer import study_transfer
 
 
 def specs(args: argparse.Namespace) -> list[RunSpec]:
@@ -65,7 +67,8 @@ def study_measure(args: argparse.Namespace) -> None:
             print(f"{label}: measured", flush=True)
 
 
-REPORTS = {"detect": study_detect, "curves": study_curves, "stopping": study_stopping, "cost": study_cost}
+REPORTS = {"detect": study_detect, "curves": study_curves, "stopping": study_stopping, "cost": study_cost,
+           "transfer": study_transfer}
 
 
 def main() -> None:
@@ -82,6 +85,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250, help="checkpoint grid (training steps)")
     parser.add_argument("--measure-every", type=int, default=250, help="checkpoints measured (training steps)")
     parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--transfer-runs", nargs="+", default=["16:0", "all:0", "16:1"],
+                        help="transfer: the runs at --transfer-patch-size that test the threshold's transfer")
+    parser.add_argument("--transfer-patch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=256, help="DDIM-50 samples for the nn rate per checkpoint")
     parser.add_argument("--measured", type=int, default=64, help="of which measured by analyze() and SLQ")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")

@@ -1,0 +1,127 @@
+"""Does the score's threshold transfer across data dimension? The pre-registered test of
+``docs/scale/normalization.md``: the top_mu score times ``sqrt(d / 64)`` with the digits thresholds, fitted on
+digits (d = 64) and the 16x16 patch calibration runs (d = 768), tested on 8x8x3 patches (d = 192)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+from scale_report import Run, ScaleWriter, load_runs
+from scale_signals import LATE
+from validation_runs import fmt
+
+from memcallback.core.stopping import StopConfig, StopRule
+
+REFERENCE_DIM = 64  # the digits' dimension, where flag_threshold and the stop threshold were calibrated
+DIGITS_FLAG = 0.39  # docs/results.md D3 (rate matching on digits)
+GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+# the pre-registered pass criteria (docs/scale/normalization.md)
+MATCHED_RANGE = (0.17, 0.28)
+MAX_FLAG_ERROR = 0.05
+MAX_GENERALIZING_FLAGGED = 0.05
+
+
+def raw_score(check: dict) -> np.ndarray:
+    """``1 - mean_i clamp(mu_i, 0, 1)`` over the k measured directions, per probe (the unscaled top_mu score)."""
+    return 1.0 - np.clip(check["mu"], 0.0, 1.0).mean(axis=1)
+
+
+def dimension(check: dict) -> int:
+    return int(check["samples"][0].size)
+
+
+def normalized_score(check: dict) -> np.ndarray:
+    """The raw score times ``sqrt(d / REFERENCE_DIM)``, clipped to ``[0, 1]``."""
+    return np.clip(raw_score(check) * math.sqrt(dimension(check) / REFERENCE_DIM), 0.0, 1.0)
+
+
+def _checks(runs: list[Run]) -> list[dict]:
+    return [c for r in runs for c in r.checks if c["step"] > 0]
+
+
+def flag_error(runs: list[Run], threshold: float, measured: int) -> float:
+    """Mean over checkpoints of ``|fraction of raw scores > threshold - nn rate of the measured probes|``."""
+    return float(np.mean([abs((raw_score(c) > threshold).mean() - c["copied"][:measured].mean())
+                          for c in _checks(runs)]))
+
+
+def rate_matched(runs: list[Run], measured: int) -> float:
+    """The raw-score threshold (0.01 grid) with the smallest :func:`flag_error` on ``runs``."""
+    return float(GRID[np.argmin([flag_error(runs, t, measured) for t in GRID])])
+
+
+def stop_rule_step(run: Run) -> int | None:
+    """The shipped ``StopRule(StopConfig())`` replayed on the probe mean of the normalized score."""
+    rule = StopRule(StopConfig())
+    return next((c["step"] for c in run.checks if c["step"] > 0 and rule.update(float(normalized_score(c).mean()))),
+                None)
+
+
+def stop_verdict(run: Run, step: int | None) -> str:
+    """``in time`` / ``late`` (at or after the 10% lower-bound step) / ``never`` / ``false stop`` / ``no stop``."""
+    if not run.memorizing:
+        return "no stop (correct)" if step is None else f"FALSE STOP at {step}"
+    late = run.onset(LATE)
+    if step is None:
+        return "never" + ("" if late is None else f" (10% passed at {late})")
+    rate, lo, hi = run.intervals()[run.steps.index(step)]
+    timing = "in time" if late is None or step < late else "late"
+    return f"{step} ({fmt(rate, 2)} [{fmt(lo, 2)}, {fmt(hi, 2)}]; {timing}; 10% passed at {late or '-'})"
+
+
+def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
+    """Rate-matched flag thresholds per dimension against the sqrt(d / 64) prediction, and the shipped stop rule
+    on the normalized score, for the 16x16 runs (fitted) and the 8x8 runs (the test)."""
+    big = load_runs(args)
+    small = load_runs(argparse.Namespace(**{**vars(args), "runs": args.transfer_runs, "calibrate": [],
+                                            "patch_size": args.transfer_patch_size}))
+    sets = [("16x16 calibration runs (fitted)", [r for r in big if r.calibration]),
+            ("16x16 reported runs", [r for r in big if not r.calibration]),
+            (f"{args.transfer_patch_size}x{args.transfer_patch_size} runs (the test)", small)]
+    rows = [["8x8 digits (docs/results.md D3; the reference)", "64", fmt(DIGITS_FLAG, 3), "-", fmt(DIGITS_FLAG, 2),
+             "0.026", "-", "0.000"]]
+    verdicts = {}
+    for name, runs in sets:
+        memorizing = [r for r in runs if r.memorizing]
+        generalizing = [r for r in runs if not r.memorizing]
+        d = dimension(runs[0].checks[0])
+        predicted = DIGITS_FLAG * math.sqrt(REFERENCE_DIM / d)
+        matched = rate_matched(memorizing, args.measured)
+        error = flag_error(memorizing, predicted, args.measured)
+        gen_flagged = max((float((raw_score(c) > predicted).mean()) for c in _checks(generalizing)), default=0.0)
+        rows.append([name, str(d), fmt(predicted, 3), ", ".join(r.name for r in memorizing), fmt(matched, 2),
+                     fmt(error, 3), fmt(flag_error(memorizing, matched, args.measured), 3), fmt(gen_flagged, 3)])
+        verdicts[name] = (predicted, matched, error, gen_flagged)
+    w.table("Flag threshold per data dimension: predicted = 0.39 sqrt(64 / d) on the raw top_mu score; rate "
+            "matching on the memorizing runs (0.01 grid); mean |flagged fraction - nn rate| over their checkpoints",
+            ["runs", "d", "predicted threshold", "memorizing runs", "rate-matched threshold",
+             "error at predicted", "error at rate-matched", "max flagged on generalizing at predicted"], rows)
+
+    rows = []
+    for name, runs in sets:
+        for run in runs:
+            rows.append([name, run.name, stop_verdict(run, stop_rule_step(run))])
+    w.table("The shipped StopRule (threshold 0.1, min_delta 0.05, patience 1) on the normalized score "
+            "(probe mean of clip(sqrt(d / 64) raw, 0, 1)): stop step (nn rate there [95% CI])",
+            ["runs", "run", "stop"], rows)
+
+    name, runs = sets[-1]
+    predicted, matched, error, gen_flagged = verdicts[name]
+    stops = {r.name: stop_verdict(r, stop_rule_step(r)) for r in runs}
+    checks = [
+        (f"1. rate-matched threshold in [{MATCHED_RANGE[0]}, {MATCHED_RANGE[1]}]", f"{matched:.2f}",
+         MATCHED_RANGE[0] <= matched <= MATCHED_RANGE[1]),
+        (f"2a. mean |flagged - nn rate| at {predicted:.3f} <= {MAX_FLAG_ERROR}", f"{error:.3f}",
+         error <= MAX_FLAG_ERROR),
+        (f"2b. generalizing run flags <= {MAX_GENERALIZING_FLAGGED:.0%} at every checkpoint", f"max {gen_flagged:.3f}",
+         gen_flagged <= MAX_GENERALIZING_FLAGGED),
+        ("3. stop rule in time on every memorizing run, never on the generalizing one", "; ".join(
+            f"{k}: {v}" for k, v in stops.items()),
+         all(("in time" in v) if r.memorizing else v.startswith("no stop") for r, v in zip(runs, stops.values(),
+                                                                                           strict=True))),
+    ]
+    w.table(f"Pre-registered criteria on the {name}", ["criterion", "measured", "holds"],
+            [[c, m, "yes" if ok else "**no**"] for c, m, ok in checks])
+    w.text(f"Hypothesis {'holds' if all(ok for *_, ok in checks) else 'fails'} on the test runs.")

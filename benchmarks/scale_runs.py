@@ -1,7 +1,8 @@
-"""Training runs of the realistic-scale study: SmallUNet on 16x16 RGB photo patches, cached and resumable.
+"""Training runs of the realistic-scale study: SmallUNet on p x p RGB photo patches (p = 16; 8 for the
+threshold-transfer test), cached and resumable.
 
-A run trains ``SmallUNet((3, p, p), base_channels=16, channel_mults=(1, 2))`` (DDPM, eps-prediction, linear
-schedule, v-prediction, AdamW lr 2e-3, batch 64, one torch thread) on ``N`` distinct patches of ``PatchesDataModule``
+A run trains ``SmallUNet((3, p, p), base_channels=16, channel_mults=(1, 2))`` (DDPM, v-prediction, linear
+schedule, AdamW lr 2e-3, batch 64, one torch thread) on ``N`` distinct patches of ``PatchesDataModule``
 (``N=None``: every non-held-out patch). The plain loop below does what ``DiffusionModule.training_step``
 does, with every random draw (batch indices, timesteps, noise) from one ``torch.Generator`` seeded by the
 run seed, so a run resumed from ``resume.pt`` continues bit for bit. Every ``every`` steps (and at step 0)

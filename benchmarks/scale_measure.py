@@ -40,7 +40,7 @@ SLQ_STEPS = 20
 NEAR_ZERO = 0.5  # |sigma^2 lambda| below this counts as near-zero curvature
 #: fields of ``SharpnessConfig`` that only turn the measured ``mu`` into a score and a flag: a cached measurement
 #: is re-scored, not measured again, when only these change.
-SCORE_FIELDS = ("score_statistic", "flag_threshold", "score_reference_dim")
+SCORE_FIELDS = ("score_statistic", "flag_threshold")
 
 
 def measured_steps(spec: RunSpec, every: int) -> list[int]:
@@ -79,7 +79,7 @@ def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, A
     ps = measurement["per_sample"]
     score = memorization_score(torch.from_numpy(measurement["mu"]), torch.from_numpy(ps["effective_dim"]),
                                torch.from_numpy(ps["flat_count"]), measurement["samples"][0].size,
-                               config.score_statistic, config.score_reference_dim)
+                               config.score_statistic)
     ps["score"] = score.float().numpy()
     ps["flagged"] = (score > config.flag_threshold).numpy()
     measurement["config"] = repr(config)

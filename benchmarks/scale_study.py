@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("study", choices=["train", "measure", *REPORTS])
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/outputs/scale"))
     parser.add_argument("--out", type=Path, default=Path("docs/scale"))
-    parser.add_argument("--runs", nargs="+", default=["16:0", "all:0", "64:0", "16:1", "all:1", "64:1"],
+    parser.add_argument("--runs", nargs="+", default=["16:0", "all:0", "32:0", "64:0", "16:1", "all:1", "32:1", "64:1"],
                         help="N:seed per run (N=all: every non-held-out patch)")
     parser.add_argument("--calibrate", nargs="+", default=["16:1", "all:1"],
                         help="runs whose thresholds are calibrated (one memorizing, one generalizing); "

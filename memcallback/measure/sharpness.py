@@ -12,7 +12,6 @@ memorized training image every direction is sharp, so even the largest ``mu`` ar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -74,11 +73,6 @@ class SharpnessConfig:
             ``"effective_dim"``: ``1 - clamp(d_eff / d, 0, 1)``;
             ``"flat_fraction"``: ``1 - flat_count / k``.
         flag_threshold: a sample is flagged as memorized when its score exceeds this.
-        score_reference_dim: with ``score_statistic="top_mu"``, the score is multiplied by
-            ``sqrt(d / score_reference_dim)`` and clipped to ``[0, 1]``, so that thresholds calibrated on data
-            of that dimension (``flag_threshold``, the stop rule's ``threshold``) serve data of dimension ``d``
-            (docs/scale/normalization.md). ``None``: the unscaled score. The other statistics are fractions of
-            ``d`` or ``k`` already and are never scaled.
         chunk_size: most vectors sent through the network at once (``None``: all).
     """
 
@@ -95,7 +89,6 @@ class SharpnessConfig:
     jvp: str = "double_backward"
     score_statistic: str = "top_mu"
     flag_threshold: float = 0.39
-    score_reference_dim: int | None = None
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -127,9 +120,6 @@ class SharpnessConfig:
                 "score_statistic", self.score_statistic, f"one of {SCORE_STATISTICS}")
         require(is_real(self.flag_threshold) and 0 <= self.flag_threshold <= 1,
                 "flag_threshold", self.flag_threshold, "a float in [0, 1]")
-        require(self.score_reference_dim is None or (is_int(self.score_reference_dim)
-                                                     and self.score_reference_dim >= 1),
-                "score_reference_dim", self.score_reference_dim, "None (no scaling) or an int >= 1 (e.g. 64)")
         require(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
                 "chunk_size", self.chunk_size, "None or an int >= 1")
 
@@ -206,19 +196,14 @@ class SharpnessStats:
         return {name: values[name].float() for name in self.SCALARS}
 
 
-def memorization_score(mu: Tensor, effective_dim: Tensor, flat_count: Tensor, dim: int, statistic: str,
-                       reference_dim: int | None = None) -> Tensor:
+def memorization_score(mu: Tensor, effective_dim: Tensor, flat_count: Tensor, dim: int, statistic: str) -> Tensor:
     """Map sharpness statistics to a per-sample memorization score in ``[0, 1]`` (1 = fully sharp).
 
-    ``top_mu``: ``1 - mean_i clamp(mu_i, 0, 1)``, times ``sqrt(dim / reference_dim)`` and clipped to
-    ``[0, 1]`` when ``reference_dim`` is set; ``effective_dim``: ``1 - clamp(d_eff / d, 0, 1)``;
+    ``top_mu``: ``1 - mean_i clamp(mu_i, 0, 1)``; ``effective_dim``: ``1 - clamp(d_eff / d, 0, 1)``;
     ``flat_fraction``: ``1 - flat_count / k``.
     """
     if statistic == "top_mu":
-        score = 1.0 - mu.clamp(0.0, 1.0).mean(dim=1)
-        if reference_dim is None:
-            return score
-        return (score * math.sqrt(dim / reference_dim)).clamp(0.0, 1.0)
+        return 1.0 - mu.clamp(0.0, 1.0).mean(dim=1)
     if statistic == "effective_dim":
         return 1.0 - (effective_dim / dim).clamp(0.0, 1.0)
     if statistic == "flat_fraction":
@@ -279,7 +264,7 @@ def measure_sharpness(
     top = m.eigenvalues[:, : config.k]
     mu = 1.0 + s2 * top
     effective_dim = dim + m.trace_mu
-    score = memorization_score(mu, effective_dim, m.flat_count, dim, config.score_statistic, config.score_reference_dim)
+    score = memorization_score(mu, effective_dim, m.flat_count, dim, config.score_statistic)
     return SharpnessStats(
         timestep=int(timestep), sigma=float(sigma), eigenvalues=top, mu=mu, min_mu=m.min_mu,
         min_mu_residual=m.min_mu_residual, trace_mu=m.trace_mu, effective_dim=effective_dim, flat_count=m.flat_count,

@@ -91,33 +91,6 @@ def test_score_statistics() -> None:
     torch.testing.assert_close(memorization_score(mu, d_eff, flat, 64, "flat_fraction"), torch.tensor([0.0, 1.0]))
 
 
-def test_score_reference_dim_scales_top_mu_by_sqrt_of_dimension_ratio() -> None:
-    mu = torch.tensor([[1.2, 0.9], [0.9, 0.7], [0.1, -0.3]])
-    d_eff, flat = torch.tensor([30.0, 20.0, 2.0]), torch.tensor([2, 1, 0])
-    raw = memorization_score(mu, d_eff, flat, 768, "top_mu")
-    torch.testing.assert_close(memorization_score(mu, d_eff, flat, 64, "top_mu", reference_dim=64),
-                               memorization_score(mu, d_eff, flat, 64, "top_mu"))  # unchanged at the reference
-    scaled = memorization_score(mu, d_eff, flat, 768, "top_mu", reference_dim=64)
-    torch.testing.assert_close(scaled, torch.tensor([0.05 * 12**0.5, 0.2 * 12**0.5, 1.0]))  # 0.95 * 3.46 clipped
-    assert torch.equal(memorization_score(mu, d_eff, flat, 768, "effective_dim", reference_dim=64),
-                       memorization_score(mu, d_eff, flat, 768, "effective_dim"))
-    assert (scaled >= raw).all()
-
-
-def test_score_reference_dim_flags_through_measure_sharpness() -> None:
-    """The scaled score and its flag come out of measure_sharpness on an exact Gaussian score."""
-    d, sigma = 16, 0.5
-    var = torch.linspace(0.01, 1.0, d)  # data covariance diag: mu_i = var_i / (var_i + sigma^2)
-    x = torch.randn(3, d, generator=torch.Generator().manual_seed(0))
-    score_fn = lambda z: -z / (var + sigma**2)  # noqa: E731
-    plain = measure_sharpness(score_fn, x, 10, sigma, SharpnessConfig(k=4, solver="dense"))
-    scaled = measure_sharpness(score_fn, x, 10, sigma, SharpnessConfig(k=4, solver="dense", score_reference_dim=4))
-    torch.testing.assert_close(scaled.memorization_score, (plain.memorization_score * 2.0).clamp(0, 1))
-    mu_top = (var / (var + sigma**2)).sort(descending=True).values[:4]
-    torch.testing.assert_close(plain.memorization_score, (1 - mu_top.mean()).expand(3))
-    assert torch.equal(scaled.flagged, scaled.memorization_score > 0.39)
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -129,7 +102,6 @@ def test_score_reference_dim_flags_through_measure_sharpness() -> None:
         ({"score_statistic": "trace"}, "score_statistic"),
         ({"flag_threshold": 1.5}, "flag_threshold"),
         ({"chunk_size": 0}, "chunk_size"),
-        ({"score_reference_dim": 0}, "score_reference_dim"),
         ({"krylov_steps": 8, "k": 8}, "krylov_steps"),
         ({"solver": "power", "trace_estimator": "deflated"}, "trace_estimator"),
         ({"krylov_steps": None, "trace_estimator": "deflated"}, "trace_estimator"),

@@ -86,10 +86,12 @@ def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, A
     return measurement
 
 
-def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, num_measured: int) -> dict[str, Any]:
-    """All signals of one checkpoint (see the module docstring), cached in ``<run>/measure/``; the score and
-    flags always follow today's ``SharpnessConfig()``."""
-    path = run_dir(cache, spec) / "measure" / f"step{step:06d}_{num_samples}_{num_measured}.pt"
+def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, num_measured: int,
+                       sigma: float = SIGMA) -> dict[str, Any]:
+    """All signals of one checkpoint (see the module docstring) at noise level ``sigma``, cached in
+    ``<run>/measure/``; the score and flags always follow today's ``SharpnessConfig()``."""
+    level = "" if sigma == SIGMA else f"_sigma{sigma:g}"
+    path = run_dir(cache, spec) / "measure" / f"step{step:06d}_{num_samples}_{num_measured}{level}.pt"
     config = SharpnessConfig()
     if path.exists():
         cached = torch.load(path, weights_only=False)
@@ -99,8 +101,8 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     module = checkpoint(cache, spec, step)
     dm = datamodule(spec)
     train_x = dm.unique_train_data()
-    t = module.schedule.timestep_for_sigma(SIGMA)
-    sigma = module.schedule.sigma(t, torch.float64).item()
+    t = module.schedule.timestep_for_sigma(sigma)
+    sigma_t = module.schedule.sigma(t, torch.float64).item()
     noise = probe_noise(num_samples, module.data_shape, PROBE_SEED)
     seconds: dict[str, float] = {}
 
@@ -111,7 +113,7 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     labels = memorization_labels(samples, train_x)
     seconds["sampling_all"] = time.perf_counter() - start
 
-    report = analyze(module, noise=noise[:num_measured], sigmas=(SIGMA,), config=config, train_data=train_x)
+    report = analyze(module, noise=noise[:num_measured], sigmas=(sigma,), config=config, train_data=train_x)
     seconds["analyze"] = report.seconds
     # analyze() samples the same noises with gradients enabled; its samples are the ones its statistics belong
     # to, so its labels are used for the measured probes (the difference is recorded).
@@ -121,7 +123,7 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     stats = report.primary
 
     start = time.perf_counter()
-    slq = near_zero_count(module, outs[0].trajectory[t], t, sigma, PROBE_SEED)
+    slq = near_zero_count(module, outs[0].trajectory[t], t, sigma_t, PROBE_SEED)
     seconds["slq"] = time.perf_counter() - start
     start = time.perf_counter()
     rank = stable_rank(module.network)
@@ -134,7 +136,7 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     per_sample["flagged"] = stats.flagged.numpy()
     per_sample["near_zero_count"] = slq.detach().double().numpy()
     result = {
-        "step": step, "timestep": t, "sigma": sigma, "config": repr(config), "measurement": measurement_key(config),
+        "step": step, "timestep": t, "sigma": sigma_t, "config": repr(config), "measurement": measurement_key(config),
         "products": dict(stats.products),
         "copied": copied.numpy(), "distance_ratio": labels.distance_ratio.numpy(),
         "nearest_index": labels.nearest_index.numpy(), "per_sample": per_sample, "resampling_error": resampling_error,

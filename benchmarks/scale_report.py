@@ -97,7 +97,7 @@ def load_runs(args: argparse.Namespace) -> list[Run]:
     for text in args.runs:
         spec = parse_spec(text, args.steps, args.every, args.patch_size)
         record = json.loads((run_dir(args.cache, spec) / "run.json").read_text())
-        checks = [measure_checkpoint(args.cache, spec, s, args.samples, args.measured)
+        checks = [measure_checkpoint(args.cache, spec, s, args.samples, args.measured, args.sigma)
                   for s in measured_steps(spec, args.measure_every)]
         out.append(Run(spec, record, checks, spec.label in calibrate))
     return out

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_cost import study_cost
-from scale_measure import measure_checkpoint, measured_steps
+from scale_measure import SIGMA, measure_checkpoint, measured_steps
 from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
 from scale_runs import RunSpec, parse_spec, train
 from scale_transfer import study_transfer
@@ -40,12 +40,12 @@ def specs(args: argparse.Namespace) -> list[RunSpec]:
     return [parse_spec(text, args.steps, args.every, args.patch_size) for text in args.runs]
 
 
-def _measure_run(job: tuple[Path, RunSpec, list[int], int, int]) -> str:
-    cache, spec, steps, num_samples, num_measured = job
+def _measure_run(job: tuple[Path, RunSpec, list[int], int, int, float]) -> str:
+    cache, spec, steps, num_samples, num_measured, sigma = job
     torch.set_num_threads(1)
     for step in steps:
         start = time.perf_counter()
-        m = measure_checkpoint(cache, spec, step, num_samples, num_measured)
+        m = measure_checkpoint(cache, spec, step, num_samples, num_measured, sigma)
         print(f"{spec.label} step {step}: nn rate {m['copied'].mean():.3f}, score "
               f"{m['per_sample']['score'].mean():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     return spec.label
@@ -60,7 +60,7 @@ def study_train(args: argparse.Namespace) -> None:
 
 def study_measure(args: argparse.Namespace) -> None:
     """Measure every checkpoint of every run, one run per process, ``--jobs`` at a time."""
-    jobs = [(args.cache, spec, measured_steps(spec, args.measure_every), args.samples, args.measured)
+    jobs = [(args.cache, spec, measured_steps(spec, args.measure_every), args.samples, args.measured, args.sigma)
             for spec in specs(args)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for label in pool.map(_measure_run, jobs):
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--transfer-patch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=256, help="DDIM-50 samples for the nn rate per checkpoint")
     parser.add_argument("--measured", type=int, default=64, help="of which measured by analyze() and SLQ")
+    parser.add_argument("--sigma", type=float, default=SIGMA, help="noise level of the measurement (measure, "
+                        "detect, curves, stopping)")
     parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -61,7 +61,7 @@ from memcallback.measure.analysis import measurement_mode
 from memcallback.measure.sharpness import SharpnessConfig, measure_sharpness
 from memcallback.spectral import jacobian_operator, lanczos, power_iteration
 
-PER_STAGE = ("top_mu k=4", "top_mu k=8")
+PER_STAGE = ("top_mu k=4", "top_mu k=8", "mean_mu k=4")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ STATISTICS: dict[str, tuple[str, Callable[[SharpnessStats], torch.Tensor]]] = {
     "top_mu k=4": ("1 - mean clamp(mu, 0, 1) over the 4 flattest", lambda s: _top_mu(s, 4)),
     "top_mu k=8": ("1 - mean clamp(mu, 0, 1) over the 8 flattest (current default)", lambda s: _top_mu(s, 8)),
     "top_mu k=16": ("1 - mean clamp(mu, 0, 1) over the 16 flattest", lambda s: _top_mu(s, 16)),
+    "mean_mu k=4": ("1 - mean mu over the 4 flattest, unclamped (mu > 1 counts)", lambda s: 1.0 - s.mu[:, :4].mean(1)),
+    "mean_mu k=8": ("1 - mean mu over the 8 flattest, unclamped (mu > 1 counts)", lambda s: 1.0 - s.mu[:, :8].mean(1)),
     "mu_max": ("-mu_1 (flattest direction only)", lambda s: -s.mu[:, 0]),
     "effective_dim": ("-(d + sigma^2 tr H); same ranking as -trace", lambda s: -s.effective_dim),
     "flat_count": ("-#{mu_i > 0.5} over all 64 directions", lambda s: -s.flat_count.float()),

@@ -5,6 +5,7 @@ command that made every table::
 
     python benchmarks/scale_study.py train     # train the runs, resumable (checkpoints every --every steps)
     python benchmarks/scale_study.py measure   # every signal on every checkpoint, cached per checkpoint
+    python benchmarks/scale_study.py reference # the same sharpness at noised training and held-out images
     python benchmarks/scale_study.py detect    # per-sample AUROC / TPR@1%FPR per signal, ROC, most-memorized grid
     python benchmarks/scale_study.py curves    # nn rate with its interval, onset, every signal over training
     python benchmarks/scale_study.py stopping  # stop step per signal, calibrated on other runs; flag threshold
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_cost import study_cost
 from scale_measure import SIGMA, measure_checkpoint, measured_steps
+from scale_reference import reference_checkpoint, top_mu_score
 from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
 from scale_runs import RunSpec, parse_spec, train
 from scale_transfer import study_transfer
@@ -51,6 +53,17 @@ def _measure_run(job: tuple[Path, RunSpec, list[int], int, int, float]) -> str:
     return spec.label
 
 
+def _reference_run(job: tuple[Path, RunSpec, list[int], float]) -> str:
+    cache, spec, steps, sigma = job
+    torch.set_num_threads(1)
+    for step in steps:
+        start = time.perf_counter()
+        r = reference_checkpoint(cache, spec, step, sigma)
+        print(f"{spec.label} step {step}: score at noised training images {top_mu_score(r['train']['mu']).mean():.4f}, "
+              f"held-out {top_mu_score(r['val']['mu']).mean():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return spec.label
+
+
 def study_train(args: argparse.Namespace) -> None:
     """Train (or resume) every run, ``--jobs`` at a time, one torch thread each."""
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -67,13 +80,21 @@ def study_measure(args: argparse.Namespace) -> None:
             print(f"{label}: measured", flush=True)
 
 
+def study_reference(args: argparse.Namespace) -> None:
+    """Sharpness at noised training and held-out images of every checkpoint, one run per process."""
+    jobs = [(args.cache, spec, measured_steps(spec, args.measure_every), args.sigma) for spec in specs(args)]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for label in pool.map(_reference_run, jobs):
+            print(f"{label}: reference measured", flush=True)
+
+
 REPORTS = {"detect": study_detect, "curves": study_curves, "stopping": study_stopping, "cost": study_cost,
            "transfer": study_transfer}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["train", "measure", *REPORTS])
+    parser.add_argument("study", choices=["train", "measure", "reference", *REPORTS])
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/outputs/scale"))
     parser.add_argument("--out", type=Path, default=Path("docs/scale"))
     parser.add_argument("--runs", nargs="+", default=["16:0", "all:0", "32:0", "64:0", "16:1", "all:1", "32:1", "64:1"],
@@ -99,6 +120,8 @@ def main() -> None:
         study_train(args)
     elif args.study == "measure":
         study_measure(args)
+    elif args.study == "reference":
+        study_reference(args)
     else:
         start = time.perf_counter()
         writer = ScaleWriter(args.out, args.study)

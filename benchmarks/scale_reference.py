@@ -1,0 +1,70 @@
+"""Sharpness at noised real images, the reference a probe's score can be compared with.
+
+The level of the top_mu score depends on the model as well as on memorization: a generalizing UNet also
+grows sharper as it trains (``docs/scale/normalization.md``). The same statistic at *real* images noised to
+the same level gives two references measured on the same network at the same check:
+
+- held-out images ``x_t = alpha_t x_val + sigma_t z``: where a generalizing model is as sharp as at its own
+  samples, and a memorizing one is not (held-out images lie between its memorized peaks);
+- training images: sharp under a memorizing model (its peaks), as flat as held-out images under a
+  generalizing one. Only scalars leave this module; the images stay on the machine.
+
+Per checkpoint: ``REFERENCE_STATES`` states each (training images cycled when ``N`` is smaller), fixed noise,
+measured with ``measure_sharpness`` at the defaults of ``SharpnessConfig``, cached in ``<run>/reference/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scale_measure import SIGMA
+from scale_runs import RunSpec, checkpoint, datamodule, run_dir
+from torch import Tensor
+
+from memcallback.diffusion import score_function
+from memcallback.measure.analysis import measurement_mode
+from memcallback.measure.sharpness import SharpnessConfig, measure_sharpness
+
+REFERENCE_STATES = 64
+REFERENCE_SEED = 3
+
+
+def _noised(module: torch.nn.Module, images: Tensor, t: int, seed: int) -> Tensor:
+    """``alpha_t x + sigma_t z`` with ``z`` from ``seed``."""
+    z = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    alpha = module.schedule.alpha(t, torch.float32)
+    sigma = module.schedule.sigma(t, torch.float32)
+    return alpha * images + sigma * z
+
+
+def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = SIGMA) -> dict[str, Any]:
+    """Per-state ``mu`` (``[n, k]``) at noised training and held-out images of one checkpoint (cached)."""
+    path = run_dir(cache, spec) / "reference" / f"step{step:06d}_{REFERENCE_STATES}_sigma{sigma:g}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    torch.set_num_threads(1)
+    module = checkpoint(cache, spec, step)
+    dm = datamodule(spec)
+    train_x = dm.unique_train_data()
+    sets = {"train": train_x[torch.arange(REFERENCE_STATES) % len(train_x)], "val": dm.val_data[:REFERENCE_STATES]}
+    t = module.schedule.timestep_for_sigma(sigma)
+    sigma_t = module.schedule.sigma(t, torch.float64).item()
+    config = SharpnessConfig()
+    out: dict[str, Any] = {"step": step, "timestep": t, "sigma": sigma_t}
+    with measurement_mode(module):
+        for name, images in sets.items():
+            states = _noised(module, images, t, REFERENCE_SEED)
+            stats = measure_sharpness(score_function(module, t), states, t, sigma_t, config,
+                                      generator=torch.Generator().manual_seed(REFERENCE_SEED))
+            out[name] = {"mu": stats.mu.detach().numpy(), "score": stats.memorization_score.detach().numpy()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+def top_mu_score(mu: np.ndarray) -> np.ndarray:
+    """The default score ``1 - mean_i clamp(mu_i, 0, 1)`` from cached ``mu``."""
+    return 1.0 - np.clip(mu, 0.0, 1.0).mean(axis=1)

@@ -41,10 +41,13 @@ def _noised(module: torch.nn.Module, images: Tensor, t: int, seed: int) -> Tenso
 
 
 def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = SIGMA) -> dict[str, Any]:
-    """Per-state ``mu`` (``[n, k]``) at noised training and held-out images of one checkpoint (cached)."""
+    """Per-state ``mu`` (``[n, k]``) and every per-sample scalar of ``SharpnessStats`` at noised training and
+    held-out images of one checkpoint (cached)."""
     path = run_dir(cache, spec) / "reference" / f"step{step:06d}_{REFERENCE_STATES}_sigma{sigma:g}.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        cached = torch.load(path, weights_only=False)
+        if "scalars" in cached["train"]:
+            return cached
     torch.set_num_threads(1)
     module = checkpoint(cache, spec, step)
     dm = datamodule(spec)
@@ -59,12 +62,18 @@ def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = S
             states = _noised(module, images, t, REFERENCE_SEED)
             stats = measure_sharpness(score_function(module, t), states, t, sigma_t, config,
                                       generator=torch.Generator().manual_seed(REFERENCE_SEED))
-            out[name] = {"mu": stats.mu.detach().numpy(), "score": stats.memorization_score.detach().numpy()}
+            out[name] = {"mu": stats.mu.detach().numpy(),
+                         "scalars": {k: v.detach().numpy() for k, v in stats.scalars().items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)
     return out
 
 
 def top_mu_score(mu: np.ndarray) -> np.ndarray:
-    """The default score ``1 - mean_i clamp(mu_i, 0, 1)`` from cached ``mu``."""
+    """The default score ``1 - mean_i clamp(mu_i, 0, 1)`` (``score_statistic="top_mu"``) from cached ``mu``."""
     return 1.0 - np.clip(mu, 0.0, 1.0).mean(axis=1)
+
+
+def reference_score(reference: dict[str, Any], images: str) -> float:
+    """Mean score at the noised ``"train"`` or ``"val"`` (held-out) images of one checkpoint's reference."""
+    return float(top_mu_score(reference[images]["mu"]).mean())

@@ -15,6 +15,7 @@ from scale_measure import (
     measure_checkpoint,
     measured_steps,
 )
+from scale_reference import reference_checkpoint, reference_score
 from scale_runs import RunSpec, datamodule, parse_spec, run_dir
 from scale_signals import (
     LATE,
@@ -90,8 +91,9 @@ class Run:
         return {e["step"]: e for e in self.record["evals"]}
 
 
-def load_runs(args: argparse.Namespace) -> list[Run]:
-    """Every run with its measured checkpoints (measuring any that are missing)."""
+def load_runs(args: argparse.Namespace, reference: bool = True) -> list[Run]:
+    """Every run with its measured checkpoints (measuring any that are missing), with the sharpness at noised
+    training and held-out images of each checkpoint under ``"reference"`` when ``reference``."""
     out = []
     calibrate = {parse_spec(t, args.steps, args.every, args.patch_size).label for t in args.calibrate}
     for text in args.runs:
@@ -99,6 +101,9 @@ def load_runs(args: argparse.Namespace) -> list[Run]:
         record = json.loads((run_dir(args.cache, spec) / "run.json").read_text())
         checks = [measure_checkpoint(args.cache, spec, s, args.samples, args.measured, args.sigma)
                   for s in measured_steps(spec, args.measure_every)]
+        if reference:
+            for c in checks:
+                c["reference"] = reference_checkpoint(args.cache, spec, c["step"], args.sigma)
         out.append(Run(spec, record, checks, spec.label in calibrate))
     return out
 
@@ -109,6 +114,11 @@ def series(runs: list[Run]) -> list[Series]:
            for name, (_, _, desc) in PER_SAMPLE.items()]
     out.insert(1, Series("flagged_fraction", f"+fraction with score > {DIGITS_FLAG_THRESHOLD}",
                          lambda c: float(np.mean(c["per_sample"]["flagged"]))))
+    if all("reference" in c for r in runs for c in r.checks):
+        out += [Series("probes_minus_heldout", "+score(probes) - score(noised held-out images)",
+                       lambda c: float(np.mean(c["per_sample"]["score"]) - reference_score(c["reference"], "val"))),
+                Series("train_minus_heldout", "+score(noised training images) - score(noised held-out images)",
+                       lambda c: reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))]
     sign = _stable_rank_sign(runs)
     out.append(Series("stable_rank", f"{'+' if sign > 0 else '-'}mean stable rank ||W||_F^2/||W||_2^2 (sign from "
                       "the calibration runs)", lambda c: sign * c["stable_rank"]))

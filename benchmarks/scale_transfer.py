@@ -8,6 +8,7 @@ import argparse
 import math
 
 import numpy as np
+from scale_reference import top_mu_score
 from scale_report import Run, ScaleWriter, load_runs
 from scale_signals import LATE
 from validation_runs import fmt
@@ -24,8 +25,8 @@ MAX_GENERALIZING_FLAGGED = 0.05
 
 
 def raw_score(check: dict) -> np.ndarray:
-    """``1 - mean_i clamp(mu_i, 0, 1)`` over the k measured directions, per probe (the unscaled top_mu score)."""
-    return 1.0 - np.clip(check["mu"], 0.0, 1.0).mean(axis=1)
+    """The unscaled top_mu score of every measured probe of one checkpoint."""
+    return top_mu_score(check["mu"])
 
 
 def dimension(check: dict) -> int:
@@ -74,9 +75,9 @@ def stop_verdict(run: Run, step: int | None) -> str:
 def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
     """Rate-matched flag thresholds per dimension against the sqrt(d / 64) prediction, and the shipped stop rule
     on the normalized score, for the 16x16 runs (fitted) and the 8x8 runs (the test)."""
-    big = load_runs(args)
+    big = load_runs(args, reference=False)
     small = load_runs(argparse.Namespace(**{**vars(args), "runs": args.transfer_runs, "calibrate": [],
-                                            "patch_size": args.transfer_patch_size}))
+                                            "patch_size": args.transfer_patch_size}), reference=False)
     sets = [("16x16 calibration runs (fitted)", [r for r in big if r.calibration]),
             ("16x16 reported runs", [r for r in big if not r.calibration]),
             (f"{args.transfer_patch_size}x{args.transfer_patch_size} runs (the test)", small)]

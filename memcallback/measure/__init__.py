@@ -1,9 +1,11 @@
 """The measurement tier (pure torch): per-sample sharpness and the memorization score, one measurement of a
-model (:func:`analyze`), the conditional metrics, and the nearest-neighbour ground truth."""
+model (:func:`analyze`), the sharpness gap between training and held-out images, the conditional metrics, and the
+nearest-neighbour ground truth."""
 
 from memcallback.measure.analysis import analyze
 from memcallback.measure.conditional import ConditionalConfig, ConditionalReport, conditional_report
 from memcallback.measure.ground_truth import MemorizationLabels, memorization_labels, nearest_neighbours
+from memcallback.measure.reference import SharpnessGap, sharpness_gap
 from memcallback.measure.report import SharpnessReport, auroc
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
 
@@ -12,6 +14,7 @@ __all__ = [
     "ConditionalReport",
     "MemorizationLabels",
     "SharpnessConfig",
+    "SharpnessGap",
     "SharpnessReport",
     "SharpnessStats",
     "analyze",
@@ -20,4 +23,5 @@ __all__ = [
     "measure_sharpness",
     "memorization_labels",
     "nearest_neighbours",
+    "sharpness_gap",
 ]

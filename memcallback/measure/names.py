@@ -10,6 +10,8 @@ memorization score is ``"memorization/score"``. One check logs:
 ``t{t}/{name}``                each of the above at measurement timestep ``t`` (the primary one too)
 ``nn_rate``                    fraction of probes whose sample copies a training image (ground truth)
 ``auroc``, ``t{t}/auroc``      AUROC of the memorization score against that ground truth
+``sharpness_gap``              mean score at noised training images minus at noised held-out images, with
+                               ``score_train_images`` and ``score_heldout_images`` (when a reference is given)
 ``cond/{name}``                conditional metrics (``CONDITIONAL``), ``cond/cond{c}/{name}`` per condition,
                                ``cond/sharpest_condition`` and ``cond/seconds``
 ``seconds``                    wall time of the measurement (per rank)
@@ -43,6 +45,11 @@ PARTIAL = "partial"
 CHECK_FAILURES = "check_failures"
 STOPPED = "stopped"
 SAFE_STEP = "safe_step"
+#: The sharpness gap and its two halves (``SharpnessGap.summary()``).
+SCORE_TRAIN_IMAGES = "score_train_images"
+SCORE_HELDOUT_IMAGES = "score_heldout_images"
+SHARPNESS_GAP = "sharpness_gap"
+REFERENCE = (SCORE_TRAIN_IMAGES, SCORE_HELDOUT_IMAGES, SHARPNESS_GAP)
 #: Per-sample conditional metrics (``ConditionalReport.per_sample()`` without ground truth).
 CONDITIONAL = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
 SHARPEST_CONDITION = "sharpest_condition"

@@ -1,0 +1,104 @@
+"""The sharpness gap: the memorization score at noised training images against noised held-out images.
+
+The level of the score depends on the network as well as on memorization: a generalizing network also
+grows sharper as it trains, wherever it is measured. A memorizing network grows sharp *at its training
+images* (its peaks) and not at held-out images, which lie between the peaks. Measured on the same network,
+at the same noise level and with the same noise draws, the difference
+
+    gap = mean_i score(alpha_t x_i + sigma_t z_i)  -  mean_j score(alpha_t y_j + sigma_t z_j)
+
+(``x_i`` training images, ``y_j`` held-out images, ``z`` shared) is ~0 for a generalizing network at any
+level of sharpness and grows as the network memorizes (docs/scale/reference.md). It needs no sampling, and
+only scalars leave the measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from memcallback.diffusion import DiffusionModel, check_model, score_function
+from memcallback.measure import names
+from memcallback.measure.analysis import measurement_mode, probe_noise
+from memcallback.measure.sharpness import Interrupt, SharpnessConfig, SharpnessStats, measure_sharpness
+
+
+@dataclass
+class SharpnessGap:
+    """The result of :func:`sharpness_gap`.
+
+    Attributes:
+        train: statistics at the noised training images.
+        heldout: statistics at the noised held-out images.
+        partial: an interrupt stopped the measurement (the gap is NaN).
+    """
+
+    train: SharpnessStats | None
+    heldout: SharpnessStats | None
+    partial: bool = False
+
+    @property
+    def gap(self) -> float:
+        """Mean score at the training images minus mean score at the held-out images (NaN when partial)."""
+        if self.train is None or self.heldout is None or self.partial:
+            return float("nan")
+        return float(self.train.memorization_score.mean() - self.heldout.memorization_score.mean())
+
+    def summary(self) -> dict[str, float]:
+        """``{score_train_images, score_heldout_images, sharpness_gap}`` (NaN where not measured)."""
+        def mean(stats: SharpnessStats | None) -> float:
+            return float("nan") if stats is None or stats.partial else float(stats.memorization_score.mean())
+
+        return {names.SCORE_TRAIN_IMAGES: mean(self.train), names.SCORE_HELDOUT_IMAGES: mean(self.heldout),
+                names.SHARPNESS_GAP: self.gap}
+
+
+def sharpness_gap(
+    model: DiffusionModel,
+    train_images: Tensor,
+    heldout_images: Tensor,
+    timestep: int,
+    config: SharpnessConfig | None = None,
+    seed: int = 0,
+    interrupt: Callable[[], bool] | None = None,
+) -> SharpnessGap:
+    """Measure the memorization score at noised training and held-out images (see the module docstring).
+
+    Args:
+        model: any :class:`~memcallback.DiffusionModel` (an ``nn.Module`` is put in eval mode and restored).
+        train_images: ``[n, *data_shape]`` training images (clean, in the model's data space).
+        heldout_images: ``[n, *data_shape]`` held-out images, as many as ``train_images``.
+        timestep: the noise level ``t`` of the states ``alpha_t x + sigma_t z``.
+        config: solver and score settings (defaults: :class:`SharpnessConfig`).
+        seed: seed of the noise ``z`` (the same draws for both sets) and of the solvers' random vectors.
+        interrupt: as in :func:`~memcallback.measure.analyze`; once it fires the gap is NaN and ``partial``.
+
+    Returns:
+        A :class:`SharpnessGap`.
+    """
+    model = check_model(model)
+    config = config or SharpnessConfig()
+    shape = tuple(model.data_shape)
+    for name, images in (("train_images", train_images), ("heldout_images", heldout_images)):
+        if images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"{name} must have shape [n, *{shape}], got {tuple(images.shape)}.")
+    if len(train_images) != len(heldout_images) or len(train_images) < 1:
+        raise ValueError(f"Give as many held-out as training images, at least one: got {len(train_images)} and "
+                         f"{len(heldout_images)}.")
+    stop = Interrupt(interrupt)
+    z = probe_noise(len(train_images), shape, seed).to(train_images)
+    alpha = model.schedule.alpha(timestep, torch.float64).item()
+    sigma = model.schedule.sigma(timestep, torch.float64).item()
+    fn = score_function(model, timestep)
+    measured: list[SharpnessStats | None] = [None, None]
+    with measurement_mode(model):
+        for i, images in enumerate((train_images, heldout_images)):
+            if stop():
+                break
+            states = alpha * images.to(z) + sigma * z
+            measured[i] = measure_sharpness(fn, states, timestep, sigma, config,
+                                            generator=torch.Generator().manual_seed(seed + 1), interrupt=stop)
+    return SharpnessGap(train=measured[0], heldout=measured[1], partial=stop.fired)

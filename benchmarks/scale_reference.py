@@ -9,8 +9,9 @@ the same level gives two references measured on the same network at the same che
 - training images: sharp under a memorizing model (its peaks), as flat as held-out images under a
   generalizing one. Only scalars leave this module; the images stay on the machine.
 
-Per checkpoint: ``REFERENCE_STATES`` states each (training images cycled when ``N`` is smaller), fixed noise,
-measured with ``measure_sharpness`` at the defaults of ``SharpnessConfig``, cached in ``<run>/reference/``.
+Per checkpoint: ``REFERENCE_STATES`` states each (training images cycled when ``N`` is smaller), the same fixed
+noise for both, measured by :func:`memcallback.measure.sharpness_gap` at the defaults of ``SharpnessConfig``,
+cached in ``<run>/reference/``.
 """
 
 from __future__ import annotations
@@ -22,27 +23,16 @@ import numpy as np
 import torch
 from scale_measure import SIGMA
 from scale_runs import RunSpec, checkpoint, datamodule, run_dir
-from torch import Tensor
 
-from memcallback.diffusion import score_function
-from memcallback.measure.analysis import measurement_mode
-from memcallback.measure.sharpness import SharpnessConfig, measure_sharpness
+from memcallback.measure import sharpness_gap
 
 REFERENCE_STATES = 64
 REFERENCE_SEED = 3
 
 
-def _noised(module: torch.nn.Module, images: Tensor, t: int, seed: int) -> Tensor:
-    """``alpha_t x + sigma_t z`` with ``z`` from ``seed``."""
-    z = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-    alpha = module.schedule.alpha(t, torch.float32)
-    sigma = module.schedule.sigma(t, torch.float32)
-    return alpha * images + sigma * z
-
-
 def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = SIGMA) -> dict[str, Any]:
     """Per-state ``mu`` (``[n, k]``) and every per-sample scalar of ``SharpnessStats`` at noised training and
-    held-out images of one checkpoint (cached)."""
+    held-out images of one checkpoint: :func:`memcallback.measure.sharpness_gap` at the defaults, cached."""
     path = run_dir(cache, spec) / "reference" / f"step{step:06d}_{REFERENCE_STATES}_sigma{sigma:g}.pt"
     if path.exists():
         cached = torch.load(path, weights_only=False)
@@ -52,18 +42,13 @@ def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = S
     module = checkpoint(cache, spec, step)
     dm = datamodule(spec)
     train_x = dm.unique_train_data()
-    sets = {"train": train_x[torch.arange(REFERENCE_STATES) % len(train_x)], "val": dm.val_data[:REFERENCE_STATES]}
     t = module.schedule.timestep_for_sigma(sigma)
-    sigma_t = module.schedule.sigma(t, torch.float64).item()
-    config = SharpnessConfig()
-    out: dict[str, Any] = {"step": step, "timestep": t, "sigma": sigma_t}
-    with measurement_mode(module):
-        for name, images in sets.items():
-            states = _noised(module, images, t, REFERENCE_SEED)
-            stats = measure_sharpness(score_function(module, t), states, t, sigma_t, config,
-                                      generator=torch.Generator().manual_seed(REFERENCE_SEED))
-            out[name] = {"mu": stats.mu.detach().numpy(),
-                         "scalars": {k: v.detach().numpy() for k, v in stats.scalars().items()}}
+    result = sharpness_gap(module, train_x[torch.arange(REFERENCE_STATES) % len(train_x)],
+                           dm.val_data[:REFERENCE_STATES], t, seed=REFERENCE_SEED)
+    out: dict[str, Any] = {"step": step, "timestep": t, "sigma": module.schedule.sigma(t, torch.float64).item()}
+    for name, stats in (("train", result.train), ("val", result.heldout)):
+        out[name] = {"mu": stats.mu.detach().numpy(),
+                     "scalars": {k: v.detach().numpy() for k, v in stats.scalars().items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)
     return out

@@ -73,7 +73,8 @@ def sharpness_gap(
         heldout_images: ``[n, *data_shape]`` held-out images, as many as ``train_images``.
         timestep: the noise level ``t`` of the states ``alpha_t x + sigma_t z``.
         config: solver and score settings (defaults: :class:`SharpnessConfig`).
-        seed: seed of the noise ``z`` (the same draws for both sets) and of the solvers' random vectors.
+        seed: seed of the noise ``z`` (the same draws for both sets) and, afresh for each set, of the solvers'
+            random vectors.
         interrupt: as in :func:`~memcallback.measure.analyze`; once it fires the gap is NaN and ``partial``.
 
     Returns:
@@ -100,5 +101,5 @@ def sharpness_gap(
                 break
             states = alpha * images.to(z) + sigma * z
             measured[i] = measure_sharpness(fn, states, timestep, sigma, config,
-                                            generator=torch.Generator().manual_seed(seed + 1), interrupt=stop)
+                                            generator=torch.Generator().manual_seed(seed), interrupt=stop)
     return SharpnessGap(train=measured[0], heldout=measured[1], partial=stop.fired)

@@ -84,7 +84,7 @@ class AcceleratedWatch:
         self.model: DiffusionModel | None = None
 
     def setup(self, model: nn.Module, noise_scheduler: Any | None = None, *,
-              train_data: Tensor | None = None) -> None:
+              train_data: Tensor | None = None, heldout_data: Tensor | None = None) -> None:
         """Resolve the model to measure and the processes; raise a clear error on bad settings.
 
         Args:
@@ -95,6 +95,8 @@ class AcceleratedWatch:
                 :class:`~memcallback.DiffusionModel`).
             train_data: ``[N, *data_shape]`` distinct training samples (e.g. the instance images) for the
                 nearest-neighbour ground truth (``nn_rate``, ``auroc``), on any device, or ``None``.
+            heldout_data: ``[M, *data_shape]`` samples never trained on; with ``train_data``, the sharpness gap
+                (see :meth:`MemorizationWatch.setup`), or ``None``.
         """
         unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
         if noise_scheduler is not None:
@@ -107,6 +109,7 @@ class AcceleratedWatch:
                                 "watch.setup(unet, noise_scheduler, ...).") from None
         device = self.accelerator.device
         self.watch.setup(measured, train_data=None if train_data is None else train_data.to(device),
+                         heldout_data=None if heldout_data is None else heldout_data.to(device),
                          rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
                          reducer=AcceleratorReducer(self.accelerator))
         self.model = measured

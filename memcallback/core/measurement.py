@@ -1,8 +1,9 @@
 """What one check measures: the injectable measurement function of the monitoring core and its default.
 
 A measurement function takes the model and a :class:`MeasureRequest` and returns a :class:`Measurement`.
-The default, :func:`measure`, runs :func:`~memcallback.measure.analyze` on this rank's probes and, when
-conditions are watched, :func:`~memcallback.measure.conditional_report`. Tests, or users with their own
+The default, :func:`measure`, runs :func:`~memcallback.measure.analyze` on this rank's probes,
+:func:`~memcallback.measure.sharpness_gap` on its reference images and, when conditions are watched,
+:func:`~memcallback.measure.conditional_report`. Tests, or users with their own
 measurement, pass another function with the same signature to :class:`~memcallback.core.MemorizationWatch`.
 """
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from memcallback.diffusion import DiffusionModel
 from memcallback.measure.analysis import analyze
 from memcallback.measure.conditional import ConditionalConfig, conditional_report
+from memcallback.measure.reference import SharpnessGap, sharpness_gap
 from memcallback.measure.report import SharpnessReport
 from memcallback.measure.sharpness import SharpnessConfig
 
@@ -36,6 +38,7 @@ class MeasureRequest:
         interrupt: called between units of work; once it returns True the measurement returns what it has,
             marked partial. Collective when every rank makes the same calls (see :class:`MemorizationWatch`).
         conditions: the conditional metrics to add, or ``None``.
+        reference: ``(training images, held-out images)`` of this rank for the sharpness gap, or ``None``.
     """
 
     noise: Tensor
@@ -47,6 +50,7 @@ class MeasureRequest:
     warm_start: dict[int, Tensor] | None = None
     interrupt: Callable[[], bool] | None = None
     conditions: ConditionalConfig | None = None
+    reference: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -57,10 +61,13 @@ class Measurement:
         report: this rank's :class:`~memcallback.measure.SharpnessReport` (its ``partial`` flag included).
         conditional: the conditional metrics as ``ConditionalReport.summary()`` keys (identical on every rank:
             same weights, same noises), empty when no conditions are watched.
+        reference: this rank's sharpness gap (``None`` when no reference was requested or the probes'
+            measurement was cut short).
     """
 
     report: SharpnessReport
     conditional: dict[str, float]
+    reference: SharpnessGap | None = None
 
 
 #: The signature of a measurement function.
@@ -68,18 +75,23 @@ MeasureFn = Callable[[DiffusionModel, MeasureRequest], Measurement]
 
 
 def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
-    """The default measurement: :func:`~memcallback.measure.analyze` of this rank's probes, then the
-    conditional metrics of every watched condition (the paper's ``||H^D s^D||`` at the first sampling step)."""
+    """The default measurement: :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of
+    its reference images at the primary timestep (unless the probes were cut short), then the conditional
+    metrics of every watched condition (the paper's ``||H^D s^D||`` at the first sampling step)."""
     report = analyze(model, noise=request.noise, timesteps=request.timesteps, sigmas=(), config=request.sharpness,
                      num_sampling_steps=request.num_sampling_steps, seed=request.seed, train_data=request.train_data,
                      warm_start=request.warm_start, interrupt=request.interrupt)
+    gap = None
+    if request.reference is not None and not report.partial:
+        gap = sharpness_gap(model, *request.reference, request.timesteps[0], request.sharpness, seed=request.seed,
+                            interrupt=request.interrupt)
     conditional: dict[str, float] = {}
     if request.conditions is not None:
         labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)
         conditional = conditional_report(model, labels, num_samples_per_cond=request.conditions.num_samples_per_cond,
                                          num_generations=request.conditions.num_generations,
                                          seed=request.seed).summary()
-    return Measurement(report=report, conditional=conditional)
+    return Measurement(report=report, conditional=conditional, reference=gap)
 
 
 def is_sharded(model: object) -> bool:

@@ -24,6 +24,8 @@ class ProbeConfig:
         timesteps: explicit measurement timesteps (placed before those from ``sigmas``).
         seed: seed of the probe noises and of all solver randomness (a private generator: the training
             job's random streams are never touched).
+        reference_images: training and as many held-out images measured at the primary noise level for the
+            sharpness gap (:func:`~memcallback.measure.sharpness_gap`), when both are given at setup; 0: off.
     """
 
     num_samples: int = 64
@@ -31,10 +33,13 @@ class ProbeConfig:
     sigmas: Sequence[float] = (0.1,)
     timesteps: Sequence[int] = ()
     seed: int = 0
+    reference_images: int = 16
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "num_sampling_steps"):
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
+        require(is_int(self.reference_images) and self.reference_images >= 0, "reference_images",
+                self.reference_images, "an int >= 0 (0: no sharpness gap)")
         require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
         for name, example in (("sigmas", "[0.1]"), ("timesteps", "[27]")):
             value = getattr(self, name)
@@ -78,10 +83,8 @@ class ProbeSet:
         """The shard of ``rank`` among ``world_size`` processes."""
         require(is_int(world_size) and world_size >= 1, "world_size", world_size, "an int >= 1")
         require(is_int(rank) and 0 <= rank < world_size, "rank", rank, f"an int in [0, {world_size - 1}]")
-        per_rank = math.ceil(config.num_samples / world_size)
-        noise = probe_noise(config.num_samples, data_shape, config.seed)
-        padded = noise[torch.arange(per_rank * world_size) % config.num_samples]
-        return cls(noise=padded[rank::world_size], num_samples=config.num_samples, rank=rank, world_size=world_size)
+        noise = shard(probe_noise(config.num_samples, data_shape, config.seed), rank, world_size)
+        return cls(noise=noise, num_samples=config.num_samples, rank=rank, world_size=world_size)
 
     @property
     def valid(self) -> Tensor:
@@ -94,3 +97,11 @@ class ProbeSet:
         import hashlib
 
         return hashlib.sha256(self.noise.cpu().numpy().tobytes()).hexdigest()
+
+
+def shard(values: Tensor, rank: int, world_size: int) -> Tensor:
+    """Rank ``rank``'s equal share of ``values [n, ...]``: extended cyclically to ``ceil(n / W) * W`` rows
+    (padding repeats the first ones), then every ``W``-th row from ``rank`` (``W = world_size``); the layout
+    :func:`~memcallback.core.distributed.gather_probes` undoes."""
+    per_rank = math.ceil(len(values) / world_size)
+    return values[torch.arange(per_rank * world_size, device=values.device) % len(values)][rank::world_size]

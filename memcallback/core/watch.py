@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from memcallback.arguments import is_int, is_real, require
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes
 from memcallback.core.measurement import MeasureFn, MeasureRequest, fixed_call_count, is_sharded, measure
-from memcallback.core.probes import ProbeConfig, ProbeSet
+from memcallback.core.probes import ProbeConfig, ProbeSet, shard
 from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
 from memcallback.core.stopping import StopConfig, StopRule
@@ -36,6 +36,7 @@ from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
+from memcallback.measure.reference import SharpnessGap
 from memcallback.measure.report import SharpnessReport, summarize
 from memcallback.measure.sharpness import SharpnessConfig
 
@@ -49,6 +50,8 @@ class _Setup:
     train_data: Tensor | None
     reducer: Reducer
     collective_interrupt: bool
+    reference: tuple[Tensor, Tensor] | None = None  # this rank's shard of (training, held-out) reference images
+    num_reference: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
 
 
@@ -154,14 +157,18 @@ class MemorizationWatch:
         return self.stop.monitor.removeprefix(self.prefix)
 
     # ------------------------------------------------------------------------------------------------------
-    def setup(self, model: DiffusionModel, *, train_data: Tensor | None = None, rank: int = 0, world_size: int = 1,
-              reducer: Reducer | None = None, sharded: bool | None = None) -> None:
+    def setup(self, model: DiffusionModel, *, train_data: Tensor | None = None, heldout_data: Tensor | None = None,
+              rank: int = 0, world_size: int = 1, reducer: Reducer | None = None, sharded: bool | None = None) -> None:
         """Resolve everything that depends on the model and the process; raise a clear error on bad settings.
 
         Args:
             model: any :class:`~memcallback.DiffusionModel`.
             train_data: ``[N, *data_shape]`` distinct training samples for the nearest-neighbour ground truth
-                (``nn_rate``, ``auroc``), or ``None``.
+                (``nn_rate``, ``auroc``) and the sharpness gap, or ``None``.
+            heldout_data: ``[M, *data_shape]`` samples never trained on: with ``train_data`` and
+                ``probes.reference_images > 0``, the first ``min(reference_images, M)`` of them and as many
+                training samples (cycled when ``N`` is smaller) give the sharpness gap (``sharpness_gap``,
+                ``score_train_images``, ``score_heldout_images``). Only these scalars are logged.
             rank: this process's rank.
             world_size: the number of processes.
             reducer: collective operations (default: none for one process, ``torch.distributed`` otherwise).
@@ -198,15 +205,28 @@ class MemorizationWatch:
             if len(train_data) < 2:
                 raise ValueError("The nearest-neighbour ground truth needs at least 2 distinct training samples; "
                                  "pass train_data=None (ground_truth=False).")
-        known = names.check_keys(timesteps, train_data is not None,
-                                 None if self.conditions is None else len(self.conditions.labels))
+        if heldout_data is not None and (heldout_data.dim() != len(shape) + 1 or tuple(heldout_data.shape[1:]) != shape
+                                         or len(heldout_data) < 1):
+            raise ValueError(f"heldout_data must have shape [M, *{shape}] with M >= 1, got "
+                             f"{tuple(heldout_data.shape)}; pass held-out samples of the model's data shape or None.")
+        num_reference = 0
+        reference = None
+        if train_data is not None and heldout_data is not None and self.probes.reference_images > 0:
+            num_reference = min(self.probes.reference_images, len(heldout_data))
+            cycled = train_data[torch.arange(num_reference, device=train_data.device) % len(train_data)]
+            reference = (shard(cycled, rank, world_size), shard(heldout_data[:num_reference], rank, world_size))
+        num_conditions = None if self.conditions is None else len(self.conditions.labels)
+        known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None)
         if self.monitor_key not in known:
-            raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor; choose one "
-                             f"of {sorted(self.prefix + name for name in known)}.")
+            hint = (" (the sharpness gap needs training and held-out data at setup, and probes.reference_images > 0)"
+                    if self.monitor_key in names.REFERENCE else "")
+            raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
+                             f"one of {sorted(self.prefix + name for name in known)}.")
         if reducer is None:
             reducer = NoDistribution() if world_size == 1 else TorchDistributed()
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
-                                  train_data=train_data, reducer=reducer, collective_interrupt=fixed)
+                                  train_data=train_data, reducer=reducer, collective_interrupt=fixed,
+                                  reference=reference, num_reference=num_reference)
 
     def due(self, step: int) -> bool:
         """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
@@ -239,7 +259,7 @@ class MemorizationWatch:
         request = MeasureRequest(noise=state.probes.noise, timesteps=state.timesteps,
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
                                  sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
-                                 interrupt=self._interrupt(), conditions=self.conditions)
+                                 interrupt=self._interrupt(), conditions=self.conditions, reference=state.reference)
         error = None
         try:
             measured = self.measure_fn(model, request)
@@ -251,7 +271,11 @@ class MemorizationWatch:
             return self._failed(step, error)
         report = measured.report
         scalars = self._reduce(report) | {names.conditional(k): v for k, v in measured.conditional.items()}
-        partial = state.reducer.any_true(report.partial)
+        gap_partial = False
+        if state.reference is not None:
+            scalars |= self._reduce_reference(measured.reference)
+            gap_partial = measured.reference is not None and measured.reference.partial
+        partial = state.reducer.any_true(report.partial or gap_partial)
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
         self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
@@ -288,6 +312,19 @@ class MemorizationWatch:
                              else missing.to(report.samples.device) for k in keys])
         values = gather_probes(state.reducer, local, probes.rank, probes.world_size, probes.num_samples)
         return summarize(dict(zip(keys, values, strict=True)), state.timesteps, report.seconds)
+
+    def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
+        """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
+        state = self.setup_state
+        n_local = state.reference[0].shape[0]
+        local = torch.full((2, n_local), math.nan, dtype=torch.float64, device=state.reference[0].device)
+        for row, stats in enumerate((None, None) if gap is None else (gap.train, gap.heldout)):
+            if stats is not None and not stats.partial:
+                local[row] = stats.memorization_score.detach().to(local)
+        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size, state.num_reference)
+        train, heldout = values.mean(dim=1).tolist()
+        return {names.SCORE_TRAIN_IMAGES: train, names.SCORE_HELDOUT_IMAGES: heldout,
+                names.SHARPNESS_GAP: train - heldout}
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
         value = result.scalars[self.monitor_key]
@@ -352,6 +389,8 @@ class MemorizationWatch:
             parts.append(f"nn-rate {scalars[names.NN_RATE]:.0%}")
         if not math.isnan(scalars.get(names.AUROC, math.nan)):
             parts.append(f"AUROC {scalars[names.AUROC]:.3f}")
+        if not math.isnan(scalars.get(names.SHARPNESS_GAP, math.nan)):
+            parts.append(f"gap {scalars[names.SHARPNESS_GAP]:+.3f}")
         parts.append(f"{scalars[names.SECONDS]:.2f} s" + (" (partial)" if scalars.get(names.PARTIAL) else ""))
         return "[memorization] " + " | ".join(parts)
 

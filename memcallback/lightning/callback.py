@@ -61,7 +61,8 @@ class MemorizationMonitor(Callback):
             (:class:`~memcallback.measure.ConditionalConfig`), logged as ``cond/hds``, ``cond/sd_norm``,
             ``cond/cond{i}/...`` and ``cond/sharpest_condition``; ``None``: the unconditional measurement only.
         ground_truth: with a datamodule that has ``unique_train_data()``, also log the nearest-neighbour
-            memorization rate and the AUROC of the score against it.
+            memorization rate and the AUROC of the score against it, and when it also has ``heldout_data()``
+            the sharpness gap (``probes.reference_images`` of each; only scalars are logged).
         time_budget_s: a check running longer is cut short and kept as partial (``None``: no budget).
         media: W&B media with a ``WandbLogger``: ``"none"``, ``"charts"`` or ``"images"`` (see ``MEDIA``).
         num_media_samples: most memorized samples shown with ``media="images"``.
@@ -157,11 +158,14 @@ class MemorizationMonitor(Callback):
         if data_shape is not None and tuple(data_shape) != tuple(model.data_shape):
             raise ValueError(f"The datamodule serves samples of shape {tuple(data_shape)} but the model's data_shape "
                              f"is {tuple(model.data_shape)}; make them agree.")
-        train = None
+        train = heldout = None
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
             train = datamodule.unique_train_data().to(pl_module.device)
+            if hasattr(datamodule, "heldout_data") and len(held := datamodule.heldout_data()) > 0:
+                heldout = held.to(pl_module.device)
         self._trainer = trainer
-        self.watch.setup(pl_module, train_data=train, rank=trainer.global_rank, world_size=trainer.world_size,
+        self.watch.setup(pl_module, train_data=train, heldout_data=heldout, rank=trainer.global_rank,
+                         world_size=trainer.world_size,
                          reducer=StrategyReducer(trainer.strategy), sharded=_is_sharding(trainer.strategy))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

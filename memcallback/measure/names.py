@@ -88,9 +88,10 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
     return set(CONDITIONAL) | per_condition | {SHARPEST_CONDITION, SECONDS}
 
 
-def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None) -> set[str]:
+def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
+               reference: bool = False) -> set[str]:
     """Every key (without prefix) that one successful check of the monitoring core logs."""
-    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES}
+    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES} | (set(REFERENCE) if reference else set())
     if num_conditions is not None:
         keys |= {conditional(name) for name in conditional_summary_keys(num_conditions)}
     return keys

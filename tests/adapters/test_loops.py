@@ -56,7 +56,7 @@ def setup() -> tuple[DiffusionModule, DigitsDataModule, torch.optim.Optimizer]:
 def plain_loop() -> tuple[MemorizationWatch, DiffusionModule]:
     module, data, optimizer = setup()
     watch = MemorizationWatch(every_n_steps=EVERY, **SETTINGS)
-    watch.setup(module, train_data=data.unique_train_data())
+    watch.setup(module, train_data=data.unique_train_data(), heldout_data=data.heldout_data())
     for step, x0 in enumerate(batches(data.train_dataloader())):
         if (watch.due(step) and watch.check(module, step).stop) or step == MAX_STEPS:
             break
@@ -75,7 +75,7 @@ def accelerate_loop() -> tuple[MemorizationWatch, DiffusionModule]:
     accelerator = Accelerator(cpu=True)
     network, optimizer, loader = accelerator.prepare(module.network, optimizer, data.train_dataloader())
     watch = AcceleratedWatch(MemorizationWatch(every_n_steps=EVERY, **SETTINGS), accelerator)
-    watch.setup(module, train_data=data.unique_train_data())
+    watch.setup(module, train_data=data.unique_train_data(), heldout_data=data.heldout_data())
     for step, x0 in enumerate(batches(loader)):
         if watch.after_step(step) or step == MAX_STEPS:
             break
@@ -106,6 +106,7 @@ def test_plain_accelerate_and_lightning_loops_check_and_stop_alike(tmp_path) -> 
     assert reference.stopped_step is not None and 0 < reference.stopped_step < MAX_STEPS  # the stop fired
     assert reference.safe_step == reference.stopped_step - EVERY
     assert [row["step"] for row in reference.history] == list(range(0, reference.stopped_step + 1, EVERY))
+    assert all(math.isfinite(row["sharpness_gap"]) for row in reference.history)  # the datamodule's held-out images
     weights = module.state_dict()
     for name, (watch, trained) in loops.items():
         assert compared(watch.history) == compared(reference.history), name

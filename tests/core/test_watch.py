@@ -10,7 +10,7 @@ import threading
 
 import pytest
 import torch
-from analytic import GaussianModel
+from analytic import GaussianModel, IsotropicMixtureModel
 from torch import Tensor, nn
 
 from memcallback.core import (
@@ -22,7 +22,7 @@ from memcallback.core import (
     measure,
 )
 from memcallback.diffusion import NoiseSchedule
-from memcallback.measure import analyze, names
+from memcallback.measure import analyze, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
 from memcallback.measure.sharpness import SharpnessConfig
 
@@ -117,15 +117,16 @@ class ThreadReducer:
         return RankReducer()
 
 
-def run_ranks(world_size: int, make_watch, steps=(0,)) -> list[list]:
-    """Run ``make_watch(rank)`` on every rank (threads) for the given check steps; each rank's results."""
+def run_ranks(world_size: int, make_watch, steps=(0,), model=None, **data: Tensor) -> list[list]:
+    """Run ``make_watch(rank)`` on every rank (threads) for the given check steps; each rank's results. ``data``:
+    ``train_data`` / ``heldout_data`` for ``setup``."""
     reducer, results, errors = ThreadReducer(world_size), [[] for _ in range(world_size)], []
-    model = TrainableGaussian()
+    model = model or TrainableGaussian()
 
     def rank_main(rank: int) -> None:
         try:
             w = make_watch(rank)
-            w.setup(model, rank=rank, world_size=world_size, reducer=reducer.for_rank(rank))
+            w.setup(model, rank=rank, world_size=world_size, reducer=reducer.for_rank(rank), **data)
             results[rank] = [w.check(model, step) for step in steps]
         except Exception as err:  # surfaced below
             errors.append(err)
@@ -152,6 +153,50 @@ def test_three_ranks_with_padded_shards_reduce_to_the_one_process_values() -> No
         assert result.scalars.keys() == expected.keys()
         for key in expected.keys() - {"seconds"}:
             assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
+
+
+def memorized_mixture() -> tuple[IsotropicMixtureModel, Tensor, Tensor]:
+    """A density with one memorized training image (a near point mass) in a broad Gaussian; 3 training images
+    (the memorized one first) and 10 held-out ones from the broad part."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.cat([torch.full((1, 4), 2.0), 0.5 * torch.randn(2, 4, generator=g)])
+    model = IsotropicMixtureModel(torch.stack([train[0], torch.zeros(4)]), torch.tensor([1e-6, 1.0]),
+                                  torch.tensor([0.5, 0.5]), NoiseSchedule.linear(100))
+    return model, train, 0.5 * torch.randn(10, 4, generator=g)
+
+
+def test_the_sharpness_gap_is_measured_on_cycled_training_and_first_heldout_images() -> None:
+    model, train, heldout = memorized_mixture()
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), reference_images=5))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    result = w.check(model, 0)
+    t = w.setup_state.timesteps[0]
+    expected = sharpness_gap(model, train[[0, 1, 2, 0, 1]], heldout[:5], t, DENSE, seed=PROBES.seed).summary()
+    assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
+    assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True)
+    assert f"gap {result.scalars['sharpness_gap']:+.3f}" in result.message
+
+
+def test_three_ranks_reduce_the_sharpness_gap_to_the_one_process_value() -> None:
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), reference_images=7)
+    single = watch(probes=probes)
+    single.setup(model, train_data=train, heldout_data=heldout)
+    expected = single.check(model, 0).scalars
+    ranks = run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train, heldout_data=heldout)
+    for (result,) in ranks:  # 7 reference images: shards of 3, 2 + 1 padding, 2 + 1 padding
+        for key in names.REFERENCE:  # float32 sums over batches of 3 instead of 7 states
+            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
+def test_no_sharpness_gap_without_heldout_data_or_with_reference_images_zero() -> None:
+    model, train, heldout = memorized_mixture()
+    for w, data in ((watch(), {"train_data": train}),
+                    (watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, reference_images=0)),
+                     {"train_data": train, "heldout_data": heldout})):
+        w.setup(model, **data)
+        assert not set(names.REFERENCE) & set(w.check(model, 0).scalars)
 
 
 def test_the_time_budget_cuts_every_rank_at_the_same_point_and_keeps_the_check() -> None:
@@ -281,6 +326,10 @@ def test_setup_errors_name_what_to_change() -> None:
         watch(stop=StopConfig(monitor="memorization/auroc")).setup(model)
     with pytest.raises(ValueError, match="at least 2 distinct training samples"):
         watch().setup(model, train_data=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"sharpness_gap' is not logged .*needs training and held-out data"):
+        watch(stop=StopConfig(monitor="memorization/sharpness_gap")).setup(model, train_data=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"heldout_data must have shape \[M, \*\(4,\)\]"):
+        watch().setup(model, train_data=torch.zeros(3, 4), heldout_data=torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"monitor='memorization/score' is invalid.*prefix='mem/'"):
         watch(prefix="mem/")
     with pytest.raises(RuntimeError, match="setup"):

@@ -87,6 +87,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.sigmas": lambda v: is_list(v) and len(v) > 0 and all(is_real(s) and 0 < s < 1 for s in v),
     "probes.timesteps": lambda v: is_list(v) and all(is_int(t) and t >= 0 for t in v),
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
+    "probes.reference_images": count(0),
     "sharpness": never,
     "sharpness.k": lambda v: is_int(v) and 1 <= v < 46,  # below krylov_steps (default 46)
     "sharpness.solver": one_of("auto", "dense", "lanczos", "power"),

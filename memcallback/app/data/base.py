@@ -257,6 +257,13 @@ class ArrayDataModule(L.LightningDataModule):
         assert self._unique_train is not None
         return self._unique_train
 
+    def heldout_data(self) -> Tensor:
+        """The held-out images ``[m, *data_shape]`` (``val_data``; empty when ``val_fraction == 0``): the monitor's
+        reference for the sharpness gap."""
+        self._require_setup()
+        assert self.val_data is not None
+        return self.val_data
+
     def _dataset(self, x: Tensor, y: Tensor | None) -> TensorDataset:
         return TensorDataset(x, y if y is not None else torch.full((len(x),), -1, dtype=torch.long))
 

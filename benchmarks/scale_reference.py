@@ -24,6 +24,7 @@ import torch
 from scale_measure import SIGMA
 from scale_runs import RunSpec, checkpoint, datamodule, run_dir
 
+from memcallback.core import ProbeConfig
 from memcallback.measure import sharpness_gap
 
 REFERENCE_STATES = 64
@@ -60,5 +61,6 @@ def top_mu_score(mu: np.ndarray) -> np.ndarray:
 
 
 def reference_score(reference: dict[str, Any], images: str) -> float:
-    """Mean score at the noised ``"train"`` or ``"val"`` (held-out) images of one checkpoint's reference."""
-    return float(top_mu_score(reference[images]["mu"]).mean())
+    """Mean score at the first ``ProbeConfig().reference_images`` (the callback's count) noised ``"train"`` or
+    ``"val"`` (held-out) images of one checkpoint's reference."""
+    return float(top_mu_score(reference[images]["mu"][: ProbeConfig().reference_images]).mean())

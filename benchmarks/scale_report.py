@@ -30,9 +30,11 @@ from scale_signals import (
     stop_step,
     threshold_from,
 )
+from validation_gap import GAP_RULE
 from validation_report import Writer
 from validation_runs import fmt
 
+from memcallback.core import ProbeConfig
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.measure.ground_truth import nearest_neighbours
 from memcallback.viz.wandb_media import pair_grid, upscale
@@ -117,7 +119,8 @@ def series(runs: list[Run]) -> list[Series]:
     if all("reference" in c for r in runs for c in r.checks):
         out += [Series("probes_minus_heldout", "+score(probes) - score(noised held-out images)",
                        lambda c: float(np.mean(c["per_sample"]["score"]) - reference_score(c["reference"], "val"))),
-                Series("train_minus_heldout", "+score(noised training images) - score(noised held-out images)",
+                Series("sharpness_gap", "+score(noised training images) - score(noised held-out images), "
+                       f"{ProbeConfig().reference_images} of each (the callback's sharpness_gap)",
                        lambda c: reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))]
     sign = _stable_rank_sign(runs)
     out.append(Series("stable_rank", f"{'+' if sign > 0 else '-'}mean stable rank ||W||_F^2/||W||_2^2 (sign from "
@@ -325,6 +328,12 @@ def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
     summary["score (shipped rule)"] = shipped
     rows.append(["score, shipped StopRule (threshold 0.1, min_delta 0.05, patience 1; digits-calibrated)", "0.1",
                  "-", *[_stop_cell(r, shipped[r.spec.label]) for r in reported]])
+    if any(x.name == "sharpness_gap" for x in series(runs)):
+        gap = {r.spec.label: _gap_rule_stop(r) for r in reported}
+        summary["sharpness_gap (rule)"] = gap
+        rows.append([f"sharpness_gap, the rule of reference.md (threshold {GAP_RULE.threshold}, min_delta "
+                     f"{GAP_RULE.min_delta}, patience {GAP_RULE.patience}; calibrated on the seed-1 runs)",
+                     str(GAP_RULE.threshold), "-", *[_stop_cell(r, gap[r.spec.label]) for r in reported]])
     es = {r.spec.label: early_stopping(list(r.evals()), [e["val_loss"] for e in r.evals().values()])
           for r in reported}
     summary["val loss EarlyStopping"] = es
@@ -347,6 +356,13 @@ def _shipped_stop(run: Run) -> int | None:
     rule = StopRule(StopConfig())
     return next((c["step"] for c in run.checks if c["step"] > 0
                  and rule.update(float(np.mean(c["per_sample"]["score"])))), None)
+
+
+def _gap_rule_stop(run: Run) -> int | None:
+    rule = StopRule(GAP_RULE)
+    return next((c["step"] for c in run.checks if c["step"] > 0
+                 and rule.update(reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))),
+                None)
 
 
 def _rate_at(run: Run, step: int) -> tuple[float, float, float]:

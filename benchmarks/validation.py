@@ -9,6 +9,7 @@ One command per study; each writes a markdown fragment and PNG plots into ``--ou
     python benchmarks/validation.py stopping   # where the callback stops vs the rate, val-loss and budget
     python benchmarks/validation.py cost       # time per check, fraction of training, dense vs Lanczos vs power
     python benchmarks/validation.py toy        # the 2-D toy: ring + isolated repeated points
+    python benchmarks/validation.py gap        # the sharpness-gap stop rule (calibrated on patches) on the digits runs
 
 Runs (N distinct training digits in {16, 64, 256, all 1617}, 8000 steps, one torch thread) are cached in
 ``--cache`` (default ``<tempdir>/memcallback-validation``), outside git; see ``validation_runs.py``.
@@ -44,6 +45,7 @@ from validation_detect import (
     solver_rows,
     youden_threshold,
 )
+from validation_gap import study_gap
 from validation_report import Writer, runs, specs, train_one
 from validation_runs import (
     CHECK_EVERY,
@@ -317,7 +319,7 @@ def study_toy(args: argparse.Namespace, w: Writer) -> None:
 
 
 STUDIES = {"train": study_train, "detect": study_detect, "curves": study_curves, "stopping": study_stopping,
-           "cost": study_cost, "toy": study_toy}
+           "cost": study_cost, "toy": study_toy, "gap": study_gap}
 
 
 def main() -> None:

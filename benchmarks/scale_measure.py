@@ -4,7 +4,7 @@ Per checkpoint (all from fixed seeds, so every checkpoint of every run sees the 
 
 - ground truth: ``num_samples`` DDIM-50 samples from probe seed 1, each labelled a copy when
   ``d1 / d2 < 1/3`` against the run's distinct training patches;
-- ours: :func:`memcallback.analyze` at the defaults of ``SharpnessConfig`` (sigma 0.1) on the first
+- ours: :func:`memcallback.analyze` with ``MEASURED`` (sigma 0.1) on the first
   ``num_measured`` of those noises, so its per-sample statistics sit on the same samples as the labels;
 - SLQ: the spectral density of the same symmetrized Hessian at the same states ``x_t``
   (:func:`memcallback.spectral.slq_density`, ``SLQ_PROBES`` probe x ``SLQ_STEPS`` Lanczos steps per sample)
@@ -38,6 +38,9 @@ PROBE_SEED = 1
 SLQ_PROBES = 1
 SLQ_STEPS = 20
 NEAR_ZERO = 0.5  # |sigma^2 lambda| below this counts as near-zero curvature
+#: how every checkpoint of the study is measured: the defaults as committed in d34267d (``k=8``, Krylov budget 46,
+#: 8 trace probes); a score over fewer directions is computed from the same ``mu``.
+MEASURED = SharpnessConfig(k=8, score_statistic="top_mu", flag_threshold=0.39)
 #: fields of ``SharpnessConfig`` that only turn the measured ``mu`` into a score and a flag: a cached measurement
 #: is re-scored, not measured again, when only these change.
 SCORE_FIELDS = ("score_statistic", "flag_threshold")
@@ -75,11 +78,14 @@ def measurement_key(config: SharpnessConfig) -> str:
 
 
 def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, Any]:
-    """Set the per-sample ``score`` and ``flagged`` of a measurement from its ``mu`` under ``config``."""
+    """Set the per-sample ``score`` and ``flagged`` of a measurement from its ``k`` largest ``mu`` under ``config``
+    (``MEASURED`` resolved 8 of them), and ``mu_top4``, the mean of the 4 largest (the statistic of the default
+    score without its clamp)."""
     ps = measurement["per_sample"]
-    score = memorization_score(torch.from_numpy(measurement["mu"]), torch.from_numpy(ps["effective_dim"]),
-                               torch.from_numpy(ps["flat_count"]), measurement["samples"][0].size,
-                               config.score_statistic)
+    ps["mu_top4"] = measurement["mu"][:, :4].mean(axis=1)
+    mu = torch.from_numpy(measurement["mu"][:, : config.k])
+    score = memorization_score(mu, torch.from_numpy(ps["effective_dim"]), torch.from_numpy(ps["flat_count"]),
+                               measurement["samples"][0].size, config.score_statistic)
     ps["score"] = score.float().numpy()
     ps["flagged"] = (score > config.flag_threshold).numpy()
     measurement["config"] = repr(config)
@@ -88,15 +94,16 @@ def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, A
 
 def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, num_measured: int,
                        sigma: float = SIGMA) -> dict[str, Any]:
-    """All signals of one checkpoint (see the module docstring) at noise level ``sigma``, cached in
-    ``<run>/measure/``; the score and flags always follow today's ``SharpnessConfig()``."""
+    """All signals of one checkpoint (see the module docstring) at noise level ``sigma``, measured with
+    ``MEASURED`` and cached in ``<run>/measure/``; the score and flags always follow today's ``SharpnessConfig()``
+    (from the cached ``mu``)."""
     level = "" if sigma == SIGMA else f"_sigma{sigma:g}"
     path = run_dir(cache, spec) / "measure" / f"step{step:06d}_{num_samples}_{num_measured}{level}.pt"
-    config = SharpnessConfig()
+    config = MEASURED
     if path.exists():
         cached = torch.load(path, weights_only=False)
-        if cached["measurement"] == measurement_key(config):  # measured as today's defaults measure
-            return rescore(cached, config)
+        if cached["measurement"] == measurement_key(config):
+            return rescore(cached, SharpnessConfig())
     torch.set_num_threads(1)
     module = checkpoint(cache, spec, step)
     dm = datamodule(spec)
@@ -145,4 +152,4 @@ def measure_checkpoint(cache: Path, spec: RunSpec, step: int, num_samples: int, 
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result, path)
-    return result
+    return rescore(result, SharpnessConfig())

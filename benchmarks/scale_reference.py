@@ -10,7 +10,7 @@ the same level gives two references measured on the same network at the same che
   generalizing one. Only scalars leave this module; the images stay on the machine.
 
 Per checkpoint: ``REFERENCE_STATES`` states each (training images cycled when ``N`` is smaller), the same fixed
-noise for both, measured by :func:`memcallback.measure.sharpness_gap` at the defaults of ``SharpnessConfig``,
+noise for both, measured by :func:`memcallback.measure.sharpness_gap` with ``GAP_SHARPNESS`` (the top_mu score, k=8),
 cached in ``<run>/reference/``.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scale_measure import SIGMA
 from scale_runs import RunSpec, checkpoint, datamodule, run_dir
+from validation_gap import GAP_SHARPNESS
 
 from memcallback.core import ProbeConfig
 from memcallback.measure import sharpness_gap
@@ -33,7 +34,7 @@ REFERENCE_SEED = 3
 
 def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = SIGMA) -> dict[str, Any]:
     """Per-state ``mu`` (``[n, k]``) and every per-sample scalar of ``SharpnessStats`` at noised training and
-    held-out images of one checkpoint: :func:`memcallback.measure.sharpness_gap` at the defaults, cached."""
+    held-out images of one checkpoint: :func:`memcallback.measure.sharpness_gap` with ``GAP_SHARPNESS``, cached."""
     path = run_dir(cache, spec) / "reference" / f"step{step:06d}_{REFERENCE_STATES}_sigma{sigma:g}.pt"
     if path.exists():
         cached = torch.load(path, weights_only=False)
@@ -45,7 +46,7 @@ def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = S
     train_x = dm.unique_train_data()
     t = module.schedule.timestep_for_sigma(sigma)
     result = sharpness_gap(module, train_x[torch.arange(REFERENCE_STATES) % len(train_x)],
-                           dm.val_data[:REFERENCE_STATES], t, seed=REFERENCE_SEED)
+                           dm.val_data[:REFERENCE_STATES], t, GAP_SHARPNESS, seed=REFERENCE_SEED)
     out: dict[str, Any] = {"step": step, "timestep": t, "sigma": module.schedule.sigma(t, torch.float64).item()}
     for name, stats in (("train", result.train), ("val", result.heldout)):
         out[name] = {"mu": stats.mu.detach().numpy(),
@@ -56,7 +57,7 @@ def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = S
 
 
 def top_mu_score(mu: np.ndarray) -> np.ndarray:
-    """The default score ``1 - mean_i clamp(mu_i, 0, 1)`` (``score_statistic="top_mu"``) from cached ``mu``."""
+    """The top_mu score ``1 - mean_i clamp(mu_i, 0, 1)`` (``GAP_SHARPNESS``'s) from cached ``mu``."""
     return 1.0 - np.clip(mu, 0.0, 1.0).mean(axis=1)
 
 

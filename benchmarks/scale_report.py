@@ -329,7 +329,7 @@ def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
     rows.append(["score, shipped StopRule (threshold 0.1, min_delta 0.05, patience 1; digits-calibrated)", "0.1",
                  "-", *[_stop_cell(r, shipped[r.spec.label]) for r in reported]])
     if any(x.name == "sharpness_gap" for x in series(runs)):
-        gap = {r.spec.label: _gap_rule_stop(r) for r in reported}
+        gap = {r.spec.label: gap_rule_stop(r) for r in reported}
         summary["sharpness_gap (rule)"] = gap
         rows.append([f"sharpness_gap, the rule of reference.md (threshold {GAP_RULE.threshold}, min_delta "
                      f"{GAP_RULE.min_delta}, patience {GAP_RULE.patience}; calibrated on the seed-1 runs)",
@@ -358,7 +358,7 @@ def _shipped_stop(run: Run) -> int | None:
                  and rule.update(float(np.mean(c["per_sample"]["score"])))), None)
 
 
-def _gap_rule_stop(run: Run) -> int | None:
+def gap_rule_stop(run: Run) -> int | None:
     rule = StopRule(GAP_RULE)
     return next((c["step"] for c in run.checks if c["step"] > 0
                  and rule.update(reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))),

@@ -17,9 +17,10 @@ from memcallback.measure.report import auroc
 #: priori from the theory (memorized = sharp: small mu, small effective dimension, few near-zero-curvature
 #: directions, a very negative sharpest direction, large ``||H s||`` and ``||eps||^2``), as on digits.
 PER_SAMPLE: dict[str, tuple[str, float, str]] = {
-    "score": ("score", 1.0, "+memorization score (top_mu, k=8; the default)"),
+    "score": ("score", 1.0, "+memorization score (the default: mean_mu, k=4)"),
     "mu_max": ("mu_max", -1.0, "-mu_max (flattest direction)"),
     "mu_topk": ("mu_topk", -1.0, "-mean of the top-8 mu"),
+    "mu_top4": ("mu_top4", -1.0, "-mean of the top-4 mu (unclamped; digits' best, docs/validation/detect.md)"),
     "effective_dim": ("effective_dim", -1.0, "-effective dimension d + sigma^2 tr S (Hutchinson)"),
     "min_mu": ("min_mu", -1.0, "-min_mu (sharpest direction)"),
     "hs_norm": ("hs_norm", 1.0, "+sigma^3 ||H s||"),

@@ -8,8 +8,8 @@ import argparse
 import math
 
 import numpy as np
-from scale_reference import top_mu_score
-from scale_report import Run, ScaleWriter, load_runs
+from scale_reference import reference_score, top_mu_score
+from scale_report import Run, ScaleWriter, gap_rule_stop, load_runs
 from scale_signals import LATE
 from validation_runs import fmt
 
@@ -77,7 +77,7 @@ def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
     on the normalized score, for the 16x16 runs (fitted) and the 8x8 runs (the test)."""
     big = load_runs(args, reference=False)
     small = load_runs(argparse.Namespace(**{**vars(args), "runs": args.transfer_runs, "calibrate": [],
-                                            "patch_size": args.transfer_patch_size}), reference=False)
+                                            "patch_size": args.transfer_patch_size}), reference=True)
     sets = [("16x16 calibration runs (fitted)", [r for r in big if r.calibration]),
             ("16x16 reported runs", [r for r in big if not r.calibration]),
             (f"{args.transfer_patch_size}x{args.transfer_patch_size} runs (the test)", small)]
@@ -126,3 +126,8 @@ def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
     w.table(f"Pre-registered criteria on the {name}", ["criterion", "measured", "holds"],
             [[c, m, "yes" if ok else "**no**"] for c, m, ok in checks])
     w.text(f"Hypothesis {'holds' if all(ok for *_, ok in checks) else 'fails'} on the test runs.")
+    w.table(f"The sharpness-gap rule of reference.md (calibrated on the 16x16 seed-1 runs) on the {name}: stop step "
+            "(nn rate there [95% CI])", ["run", "stop", "max gap"],
+            [[r.name, stop_verdict(r, gap_rule_stop(r)),
+              fmt(max(reference_score(c["reference"], "train") - reference_score(c["reference"], "val")
+                      for c in r.checks), 4)] for r in runs])

@@ -58,6 +58,7 @@ from validation_runs import (
 from validation_training import study_curves, study_stopping
 
 from memcallback import analyze
+from memcallback.core import StopConfig
 from memcallback.diffusion import ddim_sample, score_function
 from memcallback.measure.analysis import measurement_mode
 from memcallback.measure.sharpness import SharpnessConfig, measure_sharpness
@@ -333,8 +334,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training processes at a time")
     parser.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--probes", type=int, default=256, help="probes per model and stage (detect)")
-    parser.add_argument("--k", type=int, default=8, help="top_mu directions (curves, stopping, cost)")
-    parser.add_argument("--threshold", type=float, default=0.1, help="stop-rule threshold (stopping)")
+    parser.add_argument("--k", type=int, default=4, help="score directions (curves, stopping, cost)")
+    parser.add_argument("--threshold", type=float, default=StopConfig().threshold,
+                        help="stop-rule threshold (stopping)")
     parser.add_argument("--sigma", type=float, default=0.1, help="noise level of the stop rule and cost")
     parser.add_argument("--solver-probes", type=int, default=128, help="probes per model and stage (solver table)")
     parser.add_argument("--solver-sigma", type=float, default=0.1, help="noise level of the solver table")

@@ -39,6 +39,7 @@ STATISTICS: dict[str, tuple[str, Callable[[SharpnessStats], torch.Tensor]]] = {
 }
 #: statistics the callback can use as its score today (``SharpnessConfig.score_statistic``; k=8 unless named).
 CALLBACK_SCORES: dict[str, Callable[[SharpnessStats], torch.Tensor]] = {
+    "mean_mu k=4": lambda s: (1.0 - s.mu[:, :4].mean(1)).clamp(0.0, 1.0),
     "top_mu k=4": lambda s: _top_mu(s, 4),
     "top_mu k=8": lambda s: _top_mu(s, 8),
     "effective_dim": lambda s: 1.0 - (s.effective_dim / 64).clamp(0.0, 1.0),

@@ -12,15 +12,17 @@ from validation_report import Writer, runs, specs
 from validation_runs import CHECK_EVERY, RunSpec, checkpoint, datamodule, first_step, fmt, run_dir
 
 from memcallback.core import ProbeConfig, StopConfig, StopRule
-from memcallback.measure import sharpness_gap
+from memcallback.measure import SharpnessConfig, sharpness_gap
 
 #: the rule under test, calibrated on the 16x16 patch study's seed-1 runs (docs/scale/reference.md)
 GAP_RULE = StopConfig(monitor="memorization/sharpness_gap", threshold=0.025, min_delta=0.0, patience=1)
+#: the score whose gap the rule was calibrated on: the default score of the time (top_mu, k=8)
+GAP_SHARPNESS = SharpnessConfig(k=8, score_statistic="top_mu", flag_threshold=0.39)
 
 
 def gap_history(cache: Path, spec: RunSpec, sigma: float) -> list[tuple[int, float]]:
     """``(step, sharpness gap)`` at every checkpoint, as the callback measures it: ``ProbeConfig()``'s
-    ``reference_images`` training images (cycled) and held-out images, probe seed 0, ``SharpnessConfig()``;
+    ``reference_images`` training images (cycled) and held-out images, probe seed 0, ``GAP_SHARPNESS``;
     cached in the run folder."""
     path = run_dir(cache, spec) / f"gap_sigma{sigma:g}.json"
     if path.exists():
@@ -33,7 +35,8 @@ def gap_history(cache: Path, spec: RunSpec, sigma: float) -> list[tuple[int, flo
     for step in range(0, spec.max_steps + 1, CHECK_EVERY):
         module = checkpoint(cache, spec, step)
         t = module.schedule.timestep_for_sigma(sigma)
-        result = sharpness_gap(module, train[torch.arange(n) % len(train)], heldout[:n], t, seed=ProbeConfig().seed)
+        result = sharpness_gap(module, train[torch.arange(n) % len(train)], heldout[:n], t, GAP_SHARPNESS,
+                               seed=ProbeConfig().seed)
         out.append((step, result.gap))
     path.write_text(json.dumps(out))
     return out

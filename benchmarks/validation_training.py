@@ -23,8 +23,10 @@ from validation_runs import (
 )
 
 from memcallback.core import StopConfig, StopRule
+from memcallback.measure import SharpnessConfig
 
-DEFAULT_RULE = {"threshold": 0.1, "min_delta": 0.05, "patience": 1}
+DEFAULT_RULE = {name: getattr(StopConfig(), name) for name in ("threshold", "min_delta", "patience")}
+SCORE = f"{SharpnessConfig().score_statistic} score"
 
 
 def study_curves(args: argparse.Namespace, w: Writer) -> None:
@@ -57,12 +59,13 @@ def study_curves(args: argparse.Namespace, w: Writer) -> None:
         ax.set(title=f"sigma = {sigma}", xlabel="training step", ylabel="score (solid) / nn rate (dashed)",
                ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Memorization score (top_mu k={args.k}, 64 probes) and nearest-neighbour rate every {CHECK_EVERY} "
+    fig.suptitle(f"Memorization {SCORE} (k={args.k}, 64 probes) and nearest-neighbour rate every {CHECK_EVERY} "
                  "steps")
-    w.table(f"Score (top_mu k={args.k}) vs nn rate over training (64 callback probes per check, every 250 steps "
+    w.table(f"{SCORE} (k={args.k}) vs nn rate over training (64 callback probes per check, every 250 steps "
             "incl. step 0)",
-            ["sigma", "N", "Spearman rho", "score first > 0.1", "rate first > 5%", "rate first > 10%",
-             "lead (rate>5% minus score>0.1)", "max score", "max rate"], rows)
+            ["sigma", "N", "Spearman rho", f"score first > {DEFAULT_RULE['threshold']}", "rate first > 5%",
+             "rate first > 10%", f"lead (rate>5% minus score>{DEFAULT_RULE['threshold']})", "max score",
+             "max rate"], rows)
     w.figure(fig, f"curves_k{args.k}.png")
 
 
@@ -111,7 +114,7 @@ def study_stopping(args: argparse.Namespace, w: Writer) -> None:
                             fmt(heldout_loss(module, spec.num_train), 4),
                             fmt(fd(generate(module, args.fd_samples, seed=2)), 2)])
         plots.append((rec, stop, vstop, r5))
-    w.table(f"Where training stops (callback rule replayed on the top_mu k={args.k} score at sigma={args.sigma}: "
+    w.table(f"Where training stops (callback rule replayed on the {SCORE} (k={args.k}) at sigma={args.sigma}: "
             f"threshold {rule['threshold']}, min_delta {rule['min_delta']}, patience "
             f"{rule['patience']}, a check every {CHECK_EVERY} steps; rates from the 64 callback probes)",
             ["N", "callback stop", "nn rate there", "rate first > 5%", "rate first > 10%",
@@ -140,7 +143,7 @@ def _rule_grid(args: argparse.Namespace, records: list[dict], w: Writer) -> None
                     rate = {int(h["step"]): h["nn_rate"] for h in rec["history"]}
                     row.append("never" if stop is None else f"{stop} ({rate[stop]:.2f})")
                 rows.append(row)
-    w.table(f"Stop rule grid (top_mu k={args.k}, min_delta {DEFAULT_RULE['min_delta']}): stop step (nn rate there) "
+    w.table(f"Stop rule grid ({SCORE}, k={args.k}, min_delta {DEFAULT_RULE['min_delta']}): stop step (nn rate there) "
             "per N",
             ["sigma", "threshold", "patience", *[f"N={r['n']}" for r in records]], rows)
 

@@ -30,7 +30,7 @@ class StopConfig:
 
     monitor: str = names.PREFIX + names.SCORE
     mode: str = "max"
-    threshold: float | None = 0.1
+    threshold: float | None = 0.05
     min_delta: float = 0.05
     patience: int = 1
     stop_training: bool = True

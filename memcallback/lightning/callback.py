@@ -161,7 +161,8 @@ class MemorizationMonitor(Callback):
         train = heldout = None
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
             train = datamodule.unique_train_data().to(pl_module.device)
-            if hasattr(datamodule, "heldout_data") and len(held := datamodule.heldout_data()) > 0:
+            if (self.watch.probes.reference_images > 0 and hasattr(datamodule, "heldout_data")
+                    and len(held := datamodule.heldout_data()) > 0):
                 heldout = held.to(pl_module.device)
         self._trainer = trainer
         self.watch.setup(pl_module, train_data=train, heldout_data=heldout, rank=trainer.global_rank,

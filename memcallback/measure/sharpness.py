@@ -26,7 +26,7 @@ from memcallback.spectral import JVP_MODES, dense_jacobian, jacobian_operator
 SOLVERS = ("auto", "dense", "lanczos", "power")
 TRACE_ESTIMATORS = ("hutchinson", "deflated")
 KRYLOV_PRODUCTS = ("S", "JT")
-SCORE_STATISTICS = ("top_mu", "effective_dim", "flat_fraction")
+SCORE_STATISTICS = ("mean_mu", "top_mu", "effective_dim", "flat_fraction")
 #: ``solver="auto"`` takes the exact dense Jacobian up to this many dimensions (faster there, see benchmarks).
 DENSE_MAX_DIM = 256
 
@@ -52,7 +52,8 @@ class SharpnessConfig:
             ``max(1, krylov_steps // block)`` block iterations per end. ``None``: run to ``tol`` instead
             (the converged reference, e.g. ``krylov_steps=None, tol=1e-6``); it must exceed ``k``. The
             default 46 is the smallest budget that kept every probe's score within 0.02 of the converged
-            one on the trained 3x32x32 UNets of ``benchmarks/check_cost.py`` (26 steps: up to 0.06).
+            one on the trained 3x32x32 UNets of ``benchmarks/check_cost.py`` (26 steps: up to 0.06), measured
+            for the former default score (``top_mu``, ``k=8``).
         krylov_product: the Krylov space of the budget: ``"S"`` (Lanczos on the symmetric part, 2 products
             per step) or ``"JT"`` (Arnoldi on ``J^T``, 1 product per step, and Rayleigh-Ritz of ``S`` on that
             space; the ``k + 1`` wanted pairs then take one ``J`` product each for their exact residuals).
@@ -69,14 +70,16 @@ class SharpnessConfig:
         min_eigenvalue: also report the most negative eigenvalue (free with a Lanczos budget and when dense).
         jvp: how ``J v`` is computed: ``"double_backward"`` or ``"forward"`` (``torch.func.jvp``).
         score_statistic: which statistic becomes the memorization score in ``[0, 1]``:
-            ``"top_mu"``: ``1 - mean_i clamp(mu_i, 0, 1)`` over the ``k`` flattest directions;
+            ``"mean_mu"``: ``clamp(1 - mean_i mu_i, 0, 1)`` over the ``k`` flattest directions (a direction
+            with ``mu > 1``, where the density curves upward as between two modes, offsets sharp ones);
+            ``"top_mu"``: ``1 - mean_i clamp(mu_i, 0, 1)`` (each ``mu`` clamped first);
             ``"effective_dim"``: ``1 - clamp(d_eff / d, 0, 1)``;
             ``"flat_fraction"``: ``1 - flat_count / k``.
         flag_threshold: a sample is flagged as memorized when its score exceeds this.
         chunk_size: most vectors sent through the network at once (``None``: all).
     """
 
-    k: int = 8
+    k: int = 4
     solver: str = "auto"
     krylov_steps: int | None = 46
     krylov_product: str = "S"
@@ -87,8 +90,8 @@ class SharpnessConfig:
     asymmetry_probes: int = 0
     min_eigenvalue: bool = True
     jvp: str = "double_backward"
-    score_statistic: str = "top_mu"
-    flag_threshold: float = 0.39
+    score_statistic: str = "mean_mu"
+    flag_threshold: float = 0.25
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -199,9 +202,11 @@ class SharpnessStats:
 def memorization_score(mu: Tensor, effective_dim: Tensor, flat_count: Tensor, dim: int, statistic: str) -> Tensor:
     """Map sharpness statistics to a per-sample memorization score in ``[0, 1]`` (1 = fully sharp).
 
-    ``top_mu``: ``1 - mean_i clamp(mu_i, 0, 1)``; ``effective_dim``: ``1 - clamp(d_eff / d, 0, 1)``;
-    ``flat_fraction``: ``1 - flat_count / k``.
+    ``mean_mu``: ``clamp(1 - mean_i mu_i, 0, 1)``; ``top_mu``: ``1 - mean_i clamp(mu_i, 0, 1)``;
+    ``effective_dim``: ``1 - clamp(d_eff / d, 0, 1)``; ``flat_fraction``: ``1 - flat_count / k``.
     """
+    if statistic == "mean_mu":
+        return (1.0 - mu.mean(dim=1)).clamp(0.0, 1.0)
     if statistic == "top_mu":
         return 1.0 - mu.clamp(0.0, 1.0).mean(dim=1)
     if statistic == "effective_dim":

@@ -26,7 +26,8 @@ from memcallback.app.data import DigitsDataModule
 from memcallback.app.models import DiffusionModule
 
 MAX_STEPS, EVERY = 40, 4
-SETTINGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5), sharpness=SharpnessConfig(k=4),
+SETTINGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, reference_images=8),
+                sharpness=SharpnessConfig(k=4),
                 stop=StopConfig(monitor="memorization/effective_dim", mode="min", threshold=63.945, min_delta=0.0,
                                 restore_safe_weights=True))
 #: keys that differ between loops by design: wall-clock time, and the epoch only Lightning records.

@@ -49,10 +49,10 @@ def test_calibrated_defaults_are_pinned() -> None:
     """Measured on the digits experiments (docs/results.md): change only with new measurements."""
     monitor = MemorizationMonitor()
     assert (monitor.watch.every_n_steps, monitor.probes.sigmas, monitor.probes.num_samples) == (250, (0.1,), 64)
-    assert (monitor.sharpness.k, monitor.sharpness.score_statistic, monitor.sharpness.solver) == (8, "top_mu", "auto")
-    assert monitor.sharpness.flag_threshold == 0.39
-    assert (monitor.stop.monitor, monitor.rule.mode, monitor.rule.threshold) == ("memorization/score", "max", 0.1)
+    assert (monitor.sharpness.k, monitor.sharpness.score_statistic, monitor.sharpness.solver) == (4, "mean_mu", "auto")
+    assert monitor.sharpness.flag_threshold == 0.25
+    assert (monitor.stop.monitor, monitor.rule.mode, monitor.rule.threshold) == ("memorization/score", "max", 0.05)
     assert (monitor.rule.min_delta, monitor.rule.patience) == (0.05, 1)
     rule = StopRule()  # the rule alone has the monitor's defaults: they are written once, in StopConfig
-    assert (rule.mode, rule.threshold, rule.min_delta, rule.patience) == ("max", 0.1, 0.05, 1)
+    assert (rule.mode, rule.threshold, rule.min_delta, rule.patience) == ("max", 0.05, 0.05, 1)
     assert monitor.media == "charts"  # private by default: no image of a sample or of training data

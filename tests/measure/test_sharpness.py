@@ -86,6 +86,9 @@ def test_score_statistics() -> None:
     d_eff = torch.tensor([30.0, 2.0])
     flat = torch.tensor([2, 0])
     torch.testing.assert_close(memorization_score(mu, d_eff, flat, 64, "top_mu"), torch.tensor([0.05, 0.95]))
+    torch.testing.assert_close(memorization_score(mu, d_eff, flat, 64, "mean_mu"), torch.tensor([0.0, 1.0]))
+    between = torch.tensor([[1.3, 0.5], [0.9, 0.8]])  # mu > 1 offsets the sharp direction; clamp only the mean
+    torch.testing.assert_close(memorization_score(between, d_eff, flat, 64, "mean_mu"), torch.tensor([0.1, 0.15]))
     torch.testing.assert_close(memorization_score(mu, d_eff, flat, 64, "effective_dim"),
                                torch.tensor([1 - 30 / 64, 1 - 2 / 64]))
     torch.testing.assert_close(memorization_score(mu, d_eff, flat, 64, "flat_fraction"), torch.tensor([0.0, 1.0]))
@@ -121,7 +124,7 @@ def test_bad_config(kwargs: dict, match: str) -> None:
 def test_k_larger_than_dimension() -> None:
     with pytest.raises(ValueError, match="larger than the data dimension"):
         measure_sharpness(lambda x: -x, torch.randn(2, 3), 0, 0.1, SharpnessConfig(k=4))
-    assert math.isclose(SharpnessConfig().flag_threshold, 0.39)
+    assert math.isclose(SharpnessConfig().flag_threshold, 0.25)
 
 
 def _cov(d: int) -> torch.Tensor:

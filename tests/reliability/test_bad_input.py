@@ -100,7 +100,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "sharpness.asymmetry_probes": count(0),
     "sharpness.min_eigenvalue": flag,
     "sharpness.jvp": one_of("double_backward", "forward"),
-    "sharpness.score_statistic": one_of("top_mu", "effective_dim", "flat_fraction"),
+    "sharpness.score_statistic": one_of("mean_mu", "top_mu", "effective_dim", "flat_fraction"),
     "sharpness.flag_threshold": lambda v: is_real(v) and 0 <= v <= 1,
     "sharpness.chunk_size": lambda v: v is None or count(1)(v),
     "stop": never,
@@ -124,9 +124,9 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "prefix": lambda v: isinstance(v, str) and 0 < len(v) < len(DEFAULT_MONITOR) and DEFAULT_MONITOR.startswith(v),
 }
 
-WORDS = ["auto", "dense", "lanczos", "power", "eig", "top_mu", "effective_dim", "flat_fraction", "max", "min", "up",
-         "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense", "true", "0.1",
-         "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT"]
+WORDS = ["auto", "dense", "lanczos", "power", "eig", "mean_mu", "top_mu", "effective_dim", "flat_fraction", "max",
+         "min", "up", "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense",
+         "true", "0.1", "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT"]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 300), st.integers(2**62, 2**64), st.floats(),
     st.floats(-0.5, 1.5), st.sampled_from(WORDS), st.text("abz/_.0", max_size=4),

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from scale_measure import NEAR_ZERO, SIGMA, SLQ_PROBES, SLQ_STEPS, near_zero_count, stable_rank
 from scale_report import ScaleWriter
 from scale_runs import BATCH, LR, RunSpec, build, checkpoint, datamodule, denoising_loss, parse_spec
+from validation_gap import GAP_IMAGES, GAP_SHARPNESS
 from validation_runs import fmt
 
 from memcallback import analyze
-from memcallback.core import ProbeConfig
 from memcallback.diffusion import ddim_sample
 from memcallback.measure import sharpness_gap
 from memcallback.measure.analysis import measurement_mode, probe_noise
@@ -43,7 +43,7 @@ def study_cost(args: argparse.Namespace, w: ScaleWriter) -> None:
         with torch.no_grad(), measurement_mode(module):
             ddim_sample(module, noise, 50)
 
-    n_ref = ProbeConfig().reference_images
+    n_ref = GAP_IMAGES
     parts = {
         "memorization score + every sharpness statistic: analyze(64 probes) at the SharpnessConfig defaults":
             lambda: analyze(module, noise=noise, config=SharpnessConfig()),
@@ -55,7 +55,8 @@ def study_cost(args: argparse.Namespace, w: ScaleWriter) -> None:
             lambda: (denoising_loss(module, dm.val_data), denoising_loss(module, train_x[:512])),
         "mean stable rank of the weights": lambda: stable_rank(module.network),
         f"sharpness gap ({n_ref} training + {n_ref} held-out patches, no sampling)":
-            lambda: sharpness_gap(module, train_x[torch.arange(n_ref) % len(train_x)], dm.val_data[:n_ref], t),
+            lambda: sharpness_gap(module, train_x[torch.arange(n_ref) % len(train_x)], dm.val_data[:n_ref], t,
+                                  GAP_SHARPNESS),
     }
     rows = []
     for name, fn in parts.items():

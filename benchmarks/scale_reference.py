@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from scale_measure import SIGMA
 from scale_runs import RunSpec, checkpoint, datamodule, run_dir
-from validation_gap import GAP_SHARPNESS
+from validation_gap import GAP_IMAGES, GAP_SHARPNESS
 
-from memcallback.core import ProbeConfig
 from memcallback.measure import sharpness_gap
 
 REFERENCE_STATES = 64
@@ -62,6 +61,6 @@ def top_mu_score(mu: np.ndarray) -> np.ndarray:
 
 
 def reference_score(reference: dict[str, Any], images: str) -> float:
-    """Mean score at the first ``ProbeConfig().reference_images`` (the callback's count) noised ``"train"`` or
-    ``"val"`` (held-out) images of one checkpoint's reference."""
-    return float(top_mu_score(reference[images]["mu"][: ProbeConfig().reference_images]).mean())
+    """Mean score at the first ``GAP_IMAGES`` (the patch experiments' count) noised ``"train"`` or ``"val"``
+    (held-out) images of one checkpoint's reference."""
+    return float(top_mu_score(reference[images]["mu"][:GAP_IMAGES]).mean())

@@ -30,16 +30,17 @@ from scale_signals import (
     stop_step,
     threshold_from,
 )
-from validation_gap import GAP_RULE
+from validation_gap import GAP_IMAGES, GAP_RULE
 from validation_report import Writer
 from validation_runs import fmt
 
-from memcallback.core import ProbeConfig
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.measure.ground_truth import nearest_neighbours
+from memcallback.measure.sharpness import SharpnessConfig
 from memcallback.viz.wandb_media import pair_grid, upscale
 
-DIGITS_FLAG_THRESHOLD = 0.39  # SharpnessConfig.flag_threshold, calibrated on digits (docs/results.md, D3)
+DIGITS_FLAG_THRESHOLD = SharpnessConfig().flag_threshold  # calibrated on digits (docs/results.md, D3)
+SHIPPED = StopConfig()  # the stop rule's defaults, calibrated on digits (docs/results.md, S1)
 MIN_PER_CLASS = 10  # within-checkpoint AUROC only where both classes have at least this many samples
 
 
@@ -120,7 +121,7 @@ def series(runs: list[Run]) -> list[Series]:
         out += [Series("probes_minus_heldout", "+score(probes) - score(noised held-out images)",
                        lambda c: float(np.mean(c["per_sample"]["score"]) - reference_score(c["reference"], "val"))),
                 Series("sharpness_gap", "+score(noised training images) - score(noised held-out images), "
-                       f"{ProbeConfig().reference_images} of each (the callback's sharpness_gap)",
+                       f"{GAP_IMAGES} of each, top_mu k=8 (the patch experiments' sharpness_gap)",
                        lambda c: reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))]
     sign = _stable_rank_sign(runs)
     out.append(Series("stable_rank", f"{'+' if sign > 0 else '-'}mean stable rank ||W||_F^2/||W||_2^2 (sign from "
@@ -326,7 +327,8 @@ def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
                      *[_stop_cell(r, stops[r.spec.label]) for r in reported]])
     shipped = {r.spec.label: _shipped_stop(r) for r in reported}
     summary["score (shipped rule)"] = shipped
-    rows.append(["score, shipped StopRule (threshold 0.1, min_delta 0.05, patience 1; digits-calibrated)", "0.1",
+    rows.append([f"score, shipped StopRule (threshold {SHIPPED.threshold}, min_delta {SHIPPED.min_delta}, patience "
+                 f"{SHIPPED.patience}; digits-calibrated)", str(SHIPPED.threshold),
                  "-", *[_stop_cell(r, shipped[r.spec.label]) for r in reported]])
     if any(x.name == "sharpness_gap" for x in series(runs)):
         gap = {r.spec.label: gap_rule_stop(r) for r in reported}
@@ -353,7 +355,7 @@ def _values(run: Run, x: Series) -> list[float]:
 
 
 def _shipped_stop(run: Run) -> int | None:
-    rule = StopRule(StopConfig())
+    rule = StopRule(SHIPPED)
     return next((c["step"] for c in run.checks if c["step"] > 0
                  and rule.update(float(np.mean(c["per_sample"]["score"])))), None)
 

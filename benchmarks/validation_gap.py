@@ -18,11 +18,13 @@ from memcallback.measure import SharpnessConfig, sharpness_gap
 GAP_RULE = StopConfig(monitor="memorization/sharpness_gap", threshold=0.025, min_delta=0.0, patience=1)
 #: the score whose gap the rule was calibrated on: the default score of the time (top_mu, k=8)
 GAP_SHARPNESS = SharpnessConfig(k=8, score_statistic="top_mu", flag_threshold=0.39)
+#: training and held-out images of each kind (``ProbeConfig.reference_images`` of the patch experiments)
+GAP_IMAGES = 16
 
 
 def gap_history(cache: Path, spec: RunSpec, sigma: float) -> list[tuple[int, float]]:
-    """``(step, sharpness gap)`` at every checkpoint, as the callback measures it: ``ProbeConfig()``'s
-    ``reference_images`` training images (cycled) and held-out images, probe seed 0, ``GAP_SHARPNESS``;
+    """``(step, sharpness gap)`` at every checkpoint, as the callback with ``reference_images=GAP_IMAGES`` and the
+    ``GAP_SHARPNESS`` score measures it (training images cycled, the first held-out images, probe seed 0);
     cached in the run folder."""
     path = run_dir(cache, spec) / f"gap_sigma{sigma:g}.json"
     if path.exists():
@@ -30,7 +32,7 @@ def gap_history(cache: Path, spec: RunSpec, sigma: float) -> list[tuple[int, flo
     torch.set_num_threads(1)
     dm = datamodule(spec.num_train)
     train, heldout = dm.unique_train_data(), dm.heldout_data()
-    n = ProbeConfig().reference_images
+    n = GAP_IMAGES
     out = []
     for step in range(0, spec.max_steps + 1, CHECK_EVERY):
         module = checkpoint(cache, spec, step)
@@ -63,7 +65,7 @@ def study_gap(args: argparse.Namespace, w: Writer) -> None:
                      fmt(max(g for _, g in gaps), 4), " ".join(f"{g:.3f}" for _, g in gaps[:9])])
     w.table(f"The sharpness-gap stop rule (threshold {GAP_RULE.threshold}, min_delta {GAP_RULE.min_delta}, patience "
             f"{GAP_RULE.patience}; calibrated on 16x16 patches, not on digits) on every {CHECK_EVERY}-step checkpoint "
-            f"at sigma={args.sigma}, {ProbeConfig().reference_images} training + {ProbeConfig().reference_images} "
+            f"at sigma={args.sigma}, {GAP_IMAGES} training + {GAP_IMAGES} "
             "held-out digits; nn rate of the 64 callback probes",
             ["N", "gap stop", "nn rate there", "rate first > 5%", "rate first > 10%", "verdict", "max gap",
              "gap at steps 0, 250, ..., 2000"], rows)

@@ -79,10 +79,11 @@ def measurement_key(config: SharpnessConfig) -> str:
 
 def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, Any]:
     """Set the per-sample ``score`` and ``flagged`` of a measurement from its ``k`` largest ``mu`` under ``config``
-    (``MEASURED`` resolved 8 of them), and ``mu_top4``, the mean of the 4 largest (the statistic of the default
-    score without its clamp)."""
+    (``MEASURED`` resolved 8 of them), ``mu_top4``, the mean of the 4 largest (the statistic of the default
+    score without its clamp), and ``former_score``, the default score before issue 11 (top_mu over all 8)."""
     ps = measurement["per_sample"]
     ps["mu_top4"] = measurement["mu"][:, :4].mean(axis=1)
+    ps["former_score"] = 1.0 - np.clip(measurement["mu"], 0.0, 1.0).mean(axis=1)
     mu = torch.from_numpy(measurement["mu"][:, : config.k])
     score = memorization_score(mu, torch.from_numpy(ps["effective_dim"]), torch.from_numpy(ps["flat_count"]),
                                measurement["samples"][0].size, config.score_statistic)

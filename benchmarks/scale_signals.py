@@ -18,6 +18,7 @@ from memcallback.measure.report import auroc
 #: directions, a very negative sharpest direction, large ``||H s||`` and ``||eps||^2``), as on digits.
 PER_SAMPLE: dict[str, tuple[str, float, str]] = {
     "score": ("score", 1.0, "+memorization score (the default: mean_mu, k=4)"),
+    "former_score": ("former_score", 1.0, "+the former default score (top_mu, k=8)"),
     "mu_max": ("mu_max", -1.0, "-mu_max (flattest direction)"),
     "mu_topk": ("mu_topk", -1.0, "-mean of the top-8 mu"),
     "mu_top4": ("mu_top4", -1.0, "-mean of the top-4 mu (unclamped; digits' best, docs/validation/detect.md)"),

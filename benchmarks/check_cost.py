@@ -192,6 +192,8 @@ def main() -> None:
     parser.add_argument("--power-probes", type=int, default=4, help="probes power iteration to tol runs on")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the score error by Krylov budget (for the library's default score)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -204,6 +206,9 @@ def main() -> None:
           f"{torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"library defaults now: {DEFAULT}")
+    if args.sweep_only:
+        print_budget_sweep([prepare(name, args.probes, device, log) for name in ("unet32-patches", "unet32-memorize")])
+        return
 
     # model -> probes the 'before' solves are counted on (the trained SmallUNet: from table 2; 0: skip)
     models = {

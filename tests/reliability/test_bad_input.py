@@ -89,11 +89,11 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
     "probes.reference_images": count(0),
     "sharpness": never,
-    "sharpness.k": lambda v: is_int(v) and 1 <= v < 46,  # below krylov_steps (default 46)
+    "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)
     "sharpness.solver": one_of("auto", "dense", "lanczos", "power"),
-    "sharpness.krylov_steps": lambda v: v is None or (is_int(v) and v > 8),  # larger than k (default 8)
+    "sharpness.krylov_steps": lambda v: v is None or (is_int(v) and v > 4),  # larger than k (default 4)
     "sharpness.krylov_product": one_of("S", "JT"),  # JT: fine with the defaults (auto, a budget, hutchinson)
-    "sharpness.lanczos_iters": lambda v: v is None or (is_int(v) and v > 8),
+    "sharpness.lanczos_iters": lambda v: v is None or (is_int(v) and v > 4),  # larger than k (default 4)
     "sharpness.tol": lambda v: is_real(v) and 0 < v < 1,
     "sharpness.trace_probes": count(2),
     "sharpness.trace_estimator": one_of("hutchinson", "deflated"),  # deflated: fine with the default auto + budget

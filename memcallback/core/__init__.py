@@ -2,7 +2,7 @@
 measurement function, the reduction over processes, the stop rule, the safe weights)."""
 
 from memcallback.core.distributed import CountingReducer, NoDistribution, Reducer, TorchDistributed
-from memcallback.core.measurement import Measurement, MeasureRequest, measure
+from memcallback.core.measurement import Measurement, MeasureRequest, ReferenceImages, measure
 from memcallback.core.probes import ProbeConfig, ProbeSet
 from memcallback.core.result import CheckResult
 from memcallback.core.stopping import StopConfig, StopRule
@@ -18,6 +18,7 @@ __all__ = [
     "ProbeConfig",
     "ProbeSet",
     "Reducer",
+    "ReferenceImages",
     "StopConfig",
     "StopRule",
     "TorchDistributed",

@@ -38,7 +38,7 @@ class MeasureRequest:
         interrupt: called between units of work; once it returns True the measurement returns what it has,
             marked partial. Collective when every rank makes the same calls (see :class:`MemorizationWatch`).
         conditions: the conditional metrics to add, or ``None``.
-        reference: ``(training images, held-out images)`` of this rank for the sharpness gap, or ``None``.
+        reference: this rank's share of the sharpness gap's images and noise, or ``None``.
     """
 
     noise: Tensor
@@ -50,7 +50,22 @@ class MeasureRequest:
     warm_start: dict[int, Tensor] | None = None
     interrupt: Callable[[], bool] | None = None
     conditions: ConditionalConfig | None = None
-    reference: tuple[Tensor, Tensor] | None = None
+    reference: ReferenceImages | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceImages:
+    """One rank's share of the sharpness gap's images (see :func:`~memcallback.measure.sharpness_gap`).
+
+    Attributes:
+        train: ``[n, *data_shape]`` training images.
+        heldout: ``[n, *data_shape]`` held-out images.
+        noise: ``[n, *data_shape]`` the noise ``z`` of both, this rank's rows of one draw for the whole set.
+    """
+
+    train: Tensor
+    heldout: Tensor
+    noise: Tensor
 
 
 @dataclass
@@ -83,8 +98,9 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
                      warm_start=request.warm_start, interrupt=request.interrupt)
     gap = None
     if request.reference is not None and not report.partial:
-        gap = sharpness_gap(model, *request.reference, request.timesteps[0], request.sharpness, seed=request.seed,
-                            interrupt=request.interrupt)
+        ref = request.reference
+        gap = sharpness_gap(model, ref.train, ref.heldout, request.timesteps[0], request.sharpness, seed=request.seed,
+                            interrupt=request.interrupt, noise=ref.noise)
     conditional: dict[str, float] = {}
     if request.conditions is not None:
         labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)

@@ -27,14 +27,21 @@ from torch import Tensor, nn
 
 from memcallback.arguments import is_int, is_real, require
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes
-from memcallback.core.measurement import MeasureFn, MeasureRequest, fixed_call_count, is_sharded, measure
+from memcallback.core.measurement import (
+    MeasureFn,
+    MeasureRequest,
+    ReferenceImages,
+    fixed_call_count,
+    is_sharded,
+    measure,
+)
 from memcallback.core.probes import ProbeConfig, ProbeSet, shard
 from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
-from memcallback.measure.analysis import resolve_timesteps
+from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.reference import SharpnessGap
 from memcallback.measure.report import SharpnessReport, summarize
@@ -50,7 +57,7 @@ class _Setup:
     train_data: Tensor | None
     reducer: Reducer
     collective_interrupt: bool
-    reference: tuple[Tensor, Tensor] | None = None  # this rank's shard of (training, held-out) reference images
+    reference: ReferenceImages | None = None  # this rank's share of the sharpness gap's images
     num_reference: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
 
@@ -214,7 +221,9 @@ class MemorizationWatch:
         if train_data is not None and heldout_data is not None and self.probes.reference_images > 0:
             num_reference = min(self.probes.reference_images, len(heldout_data))
             cycled = train_data[torch.arange(num_reference, device=train_data.device) % len(train_data)]
-            reference = (shard(cycled, rank, world_size), shard(heldout_data[:num_reference], rank, world_size))
+            noise = probe_noise(num_reference, shape, self.probes.seed).to(heldout_data)
+            reference = ReferenceImages(*(shard(x, rank, world_size) for x in (cycled, heldout_data[:num_reference],
+                                                                              noise)))
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None)
         if self.monitor_key not in known:
@@ -316,8 +325,8 @@ class MemorizationWatch:
     def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
         """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
         state = self.setup_state
-        n_local = state.reference[0].shape[0]
-        local = torch.full((2, n_local), math.nan, dtype=torch.float64, device=state.reference[0].device)
+        n_local = state.reference.train.shape[0]
+        local = torch.full((2, n_local), math.nan, dtype=torch.float64, device=state.reference.train.device)
         for row, stats in enumerate((None, None) if gap is None else (gap.train, gap.heldout)):
             if stats is not None and not stats.partial:
                 local[row] = stats.memorization_score.detach().to(local)

@@ -64,6 +64,7 @@ def sharpness_gap(
     config: SharpnessConfig | None = None,
     seed: int = 0,
     interrupt: Callable[[], bool] | None = None,
+    noise: Tensor | None = None,
 ) -> SharpnessGap:
     """Measure the memorization score at noised training and held-out images (see the module docstring).
 
@@ -76,6 +77,8 @@ def sharpness_gap(
         seed: seed of the noise ``z`` (the same draws for both sets) and, afresh for each set, of the solvers'
             random vectors.
         interrupt: as in :func:`~memcallback.measure.analyze`; once it fires the gap is NaN and ``partial``.
+        noise: ``z [n, *data_shape]`` to use instead of drawing it from ``seed`` (a process's share of a noise
+            drawn for a larger set, so that the states do not depend on how the images were split).
 
     Returns:
         A :class:`SharpnessGap`.
@@ -89,8 +92,11 @@ def sharpness_gap(
     if len(train_images) != len(heldout_images) or len(train_images) < 1:
         raise ValueError(f"Give as many held-out as training images, at least one: got {len(train_images)} and "
                          f"{len(heldout_images)}.")
+    if noise is not None and tuple(noise.shape) != tuple(train_images.shape):
+        raise ValueError(f"noise must have the shape of the images, {tuple(train_images.shape)}; got "
+                         f"{tuple(noise.shape)}.")
     stop = Interrupt(interrupt)
-    z = probe_noise(len(train_images), shape, seed).to(train_images)
+    z = (probe_noise(len(train_images), shape, seed) if noise is None else noise).to(train_images)
     alpha = model.schedule.alpha(timestep, torch.float64).item()
     sigma = model.schedule.sigma(timestep, torch.float64).item()
     fn = score_function(model, timestep)

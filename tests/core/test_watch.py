@@ -179,7 +179,13 @@ def test_the_sharpness_gap_is_measured_on_cycled_training_and_first_heldout_imag
 
 
 def test_three_ranks_reduce_the_sharpness_gap_to_the_one_process_value() -> None:
-    model, train, heldout = memorized_mixture()
+    """Each image keeps its noise however the images are split: two narrow components closer than the noise, so
+    the curvature depends on where the noise puts each state, give the same gap on 1 and 3 processes (another
+    noise draw moves the held-out score by 3e-3)."""
+    g = torch.Generator().manual_seed(2)
+    train, heldout = 0.05 * torch.randn(3, 4, generator=g), 0.05 * torch.randn(10, 4, generator=g)
+    model = IsotropicMixtureModel(train[:2], torch.tensor([1e-3, 1e-3]), torch.tensor([0.5, 0.5]),
+                                  NoiseSchedule.linear(100))
     probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), reference_images=7)
     single = watch(probes=probes)
     single.setup(model, train_data=train, heldout_data=heldout)
@@ -187,7 +193,7 @@ def test_three_ranks_reduce_the_sharpness_gap_to_the_one_process_value() -> None
     ranks = run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train, heldout_data=heldout)
     for (result,) in ranks:  # 7 reference images: shards of 3, 2 + 1 padding, 2 + 1 padding
         for key in names.REFERENCE:  # float32 sums over batches of 3 instead of 7 states
-            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-5), key
+            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
 
 def test_no_sharpness_gap_without_heldout_data_or_with_reference_images_zero() -> None:

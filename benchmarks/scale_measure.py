@@ -40,7 +40,7 @@ SLQ_STEPS = 20
 NEAR_ZERO = 0.5  # |sigma^2 lambda| below this counts as near-zero curvature
 #: how every checkpoint of the study is measured: the defaults as committed in d34267d (``k=8``, Krylov budget 46,
 #: 8 trace probes); a score over fewer directions is computed from the same ``mu``.
-MEASURED = SharpnessConfig(k=8, score_statistic="top_mu", flag_threshold=0.39)
+MEASURED = SharpnessConfig(k=8, krylov_steps=46, score_statistic="top_mu", flag_threshold=0.39)
 #: fields of ``SharpnessConfig`` that only turn the measured ``mu`` into a score and a flag: a cached measurement
 #: is re-scored, not measured again, when only these change.
 SCORE_FIELDS = ("score_statistic", "flag_threshold")

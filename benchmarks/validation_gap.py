@@ -16,8 +16,8 @@ from memcallback.measure import SharpnessConfig, sharpness_gap
 
 #: the rule under test, calibrated on the 16x16 patch study's seed-1 runs (docs/scale/reference.md)
 GAP_RULE = StopConfig(monitor="memorization/sharpness_gap", threshold=0.025, min_delta=0.0, patience=1)
-#: the score whose gap the rule was calibrated on: the default score of the time (top_mu, k=8)
-GAP_SHARPNESS = SharpnessConfig(k=8, score_statistic="top_mu", flag_threshold=0.39)
+#: the score whose gap the rule was calibrated on: the defaults of the time (top_mu, k=8, Krylov budget 46)
+GAP_SHARPNESS = SharpnessConfig(k=8, krylov_steps=46, score_statistic="top_mu", flag_threshold=0.39)
 #: training and held-out images of each kind (``ProbeConfig.reference_images`` of the patch experiments)
 GAP_IMAGES = 16
 

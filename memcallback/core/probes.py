@@ -26,7 +26,8 @@ class ProbeConfig:
             job's random streams are never touched).
         reference_images: training and as many held-out images measured at the primary noise level for the
             sharpness gap (:func:`~memcallback.measure.sharpness_gap`), when both are given at setup; 0 (the
-            default): off. 16 of each cost about half of a default check on a 16x16 UNet (docs/scale/cost.md).
+            default): off. 16 of each cost about as much as a default check on a 16x16 UNet (43 against 54
+            training steps, docs/scale/cost.md).
     """
 
     num_samples: int = 64

@@ -64,3 +64,9 @@ def reference_score(reference: dict[str, Any], images: str) -> float:
     """Mean score at the first ``GAP_IMAGES`` (the patch experiments' count) noised ``"train"`` or ``"val"``
     (held-out) images of one checkpoint's reference."""
     return float(top_mu_score(reference[images]["mu"][:GAP_IMAGES]).mean())
+
+
+def reference_gap(reference: dict[str, Any]) -> float:
+    """The sharpness gap of one checkpoint's reference: :func:`reference_score` of the training images minus that
+    of the held-out images."""
+    return reference_score(reference, "train") - reference_score(reference, "val")

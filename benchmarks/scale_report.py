@@ -15,7 +15,7 @@ from scale_measure import (
     measure_checkpoint,
     measured_steps,
 )
-from scale_reference import reference_checkpoint, reference_score
+from scale_reference import reference_checkpoint, reference_gap, reference_score
 from scale_runs import RunSpec, datamodule, parse_spec, run_dir
 from scale_signals import (
     LATE,
@@ -122,7 +122,7 @@ def series(runs: list[Run]) -> list[Series]:
                        lambda c: float(np.mean(c["per_sample"]["score"]) - reference_score(c["reference"], "val"))),
                 Series("sharpness_gap", "+score(noised training images) - score(noised held-out images), "
                        f"{GAP_IMAGES} of each, top_mu k=8 (the patch experiments' sharpness_gap)",
-                       lambda c: reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))]
+                       lambda c: reference_gap(c["reference"]))]
     sign = _stable_rank_sign(runs)
     out.append(Series("stable_rank", f"{'+' if sign > 0 else '-'}mean stable rank ||W||_F^2/||W||_2^2 (sign from "
                       "the calibration runs)", lambda c: sign * c["stable_rank"]))
@@ -366,10 +366,9 @@ def _shipped_stop(run: Run) -> int | None:
 
 
 def gap_rule_stop(run: Run) -> int | None:
+    """Where ``GAP_RULE`` (the pre-registered sharpness-gap rule) stops ``run`` (``None``: never)."""
     rule = StopRule(GAP_RULE)
-    return next((c["step"] for c in run.checks if c["step"] > 0
-                 and rule.update(reference_score(c["reference"], "train") - reference_score(c["reference"], "val"))),
-                None)
+    return next((c["step"] for c in run.checks if c["step"] > 0 and rule.update(reference_gap(c["reference"]))), None)
 
 
 def _rate_at(run: Run, step: int) -> tuple[float, float, float]:

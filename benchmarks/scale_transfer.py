@@ -8,7 +8,7 @@ import argparse
 import math
 
 import numpy as np
-from scale_reference import reference_score, top_mu_score
+from scale_reference import reference_gap, top_mu_score
 from scale_report import Run, ScaleWriter, gap_rule_stop, load_runs
 from scale_signals import LATE
 from validation_runs import fmt
@@ -129,5 +129,4 @@ def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
     w.table(f"The sharpness-gap rule of reference.md (calibrated on the 16x16 seed-1 runs) on the {name}: stop step "
             "(nn rate there [95% CI])", ["run", "stop", "max gap"],
             [[r.name, stop_verdict(r, gap_rule_stop(r)),
-              fmt(max(reference_score(c["reference"], "train") - reference_score(c["reference"], "val")
-                      for c in r.checks), 4)] for r in runs])
+              fmt(max(reference_gap(c["reference"]) for c in r.checks), 4)] for r in runs])

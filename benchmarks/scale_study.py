@@ -123,11 +123,7 @@ def main() -> None:
     elif args.study == "reference":
         study_reference(args)
     else:
-        start = time.perf_counter()
-        writer = ScaleWriter(args.out, args.study)
-        REPORTS[args.study](args, writer)
-        writer.text(f"_{args.study}: {time.perf_counter() - start:.0f} s wall, torch {torch.__version__}, 1 thread._")
-        writer.save()
+        ScaleWriter(args.out, args.study).run(REPORTS[args.study], args)
 
 
 if __name__ == "__main__":

@@ -351,11 +351,7 @@ def main() -> None:
         args.n, args.steps, args.stages, args.probes = ["16", "all"], 4000, [1000, 4000], 128
         args.solver_probes, args.fd_samples, args.repeats = 64, 256, 3
     torch.set_num_threads(1)
-    start = time.perf_counter()
-    writer = Writer(args.out, args.study)
-    STUDIES[args.study](args, writer)
-    writer.text(f"_{args.study}: {time.perf_counter() - start:.0f} s wall, torch {torch.__version__}, 1 thread._")
-    writer.save()
+    Writer(args.out, args.study).run(STUDIES[args.study], args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -49,6 +51,13 @@ class Writer:
     def save(self) -> None:
         """Write everything collected to ``<out>/<study>.md``."""
         (self.out / f"{self.study}.md").write_text("\n".join(self.lines) + "\n")
+
+    def run(self, study: Callable[[argparse.Namespace, Writer], None], args: argparse.Namespace) -> None:
+        """Run ``study`` into this writer, add its wall time as a footer and save."""
+        start = time.perf_counter()
+        study(args, self)
+        self.text(f"_{self.study}: {time.perf_counter() - start:.0f} s wall, torch {torch.__version__}, 1 thread._")
+        self.save()
 
 
 def specs(args: argparse.Namespace) -> list[RunSpec]:

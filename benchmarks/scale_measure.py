@@ -72,6 +72,12 @@ def near_zero_count(module: nn.Module, states: Tensor, timestep: int, sigma: flo
     return states[0].numel() * (density.weights * near).sum(dim=1)
 
 
+def top_mu_score(mu: np.ndarray) -> np.ndarray:
+    """The ``top_mu`` score (``MEASURED``'s, the default before issue 11) of cached ``mu [n, k]``, by the library."""
+    nan = torch.full((len(mu),), float("nan"))
+    return memorization_score(torch.from_numpy(mu), nan, nan, mu.shape[1], "top_mu").numpy()
+
+
 def measurement_key(config: SharpnessConfig) -> str:
     """The fields of ``config`` that change what is measured (all but ``SCORE_FIELDS``)."""
     return repr({f.name: getattr(config, f.name) for f in fields(config) if f.name not in SCORE_FIELDS})
@@ -83,7 +89,7 @@ def rescore(measurement: dict[str, Any], config: SharpnessConfig) -> dict[str, A
     score without its clamp), and ``former_score``, the default score before issue 11 (top_mu over all 8)."""
     ps = measurement["per_sample"]
     ps["mu_top4"] = measurement["mu"][:, :4].mean(axis=1)
-    ps["former_score"] = 1.0 - np.clip(measurement["mu"], 0.0, 1.0).mean(axis=1)
+    ps["former_score"] = top_mu_score(measurement["mu"])
     mu = torch.from_numpy(measurement["mu"][:, : config.k])
     score = memorization_score(mu, torch.from_numpy(ps["effective_dim"]), torch.from_numpy(ps["flat_count"]),
                                measurement["samples"][0].size, config.score_statistic)

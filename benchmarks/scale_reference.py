@@ -19,9 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scale_measure import SIGMA
+from scale_measure import SIGMA, top_mu_score
 from scale_runs import RunSpec, checkpoint, datamodule, run_dir
 from validation_gap import GAP_IMAGES, GAP_SHARPNESS
 
@@ -53,11 +52,6 @@ def reference_checkpoint(cache: Path, spec: RunSpec, step: int, sigma: float = S
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)
     return out
-
-
-def top_mu_score(mu: np.ndarray) -> np.ndarray:
-    """The top_mu score ``1 - mean_i clamp(mu_i, 0, 1)`` (``GAP_SHARPNESS``'s) from cached ``mu``."""
-    return 1.0 - np.clip(mu, 0.0, 1.0).mean(axis=1)
 
 
 def reference_score(reference: dict[str, Any], images: str) -> float:

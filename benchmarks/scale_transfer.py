@@ -8,7 +8,8 @@ import argparse
 import math
 
 import numpy as np
-from scale_reference import reference_gap, top_mu_score
+from scale_measure import top_mu_score
+from scale_reference import reference_gap
 from scale_report import Run, ScaleWriter, gap_rule_stop, load_runs
 from scale_signals import LATE
 from validation_runs import fmt

@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from memcallback import analyze
-from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, memorization_score
 
 #: candidate statistics, each oriented so that larger means "more memorized" (the sign is fixed a priori
 #: from the theory: memorized = sharp = small mu, small effective dimension, few flat directions, large
@@ -39,17 +39,23 @@ STATISTICS: dict[str, tuple[str, Callable[[SharpnessStats], torch.Tensor]]] = {
 }
 #: statistics the callback can use as its score today (``SharpnessConfig.score_statistic``; k=8 unless named).
 CALLBACK_SCORES: dict[str, Callable[[SharpnessStats], torch.Tensor]] = {
-    "mean_mu k=4": lambda s: (1.0 - s.mu[:, :4].mean(1)).clamp(0.0, 1.0),
-    "top_mu k=4": lambda s: _top_mu(s, 4),
-    "top_mu k=8": lambda s: _top_mu(s, 8),
-    "effective_dim": lambda s: 1.0 - (s.effective_dim / 64).clamp(0.0, 1.0),
-    "flat_fraction": lambda s: 1.0 - (s.flat_count.float() / 8).clamp(max=1.0),
+    "mean_mu k=4": lambda s: _score(s, 4, "mean_mu"),
+    "top_mu k=4": lambda s: _score(s, 4, "top_mu"),
+    "top_mu k=8": lambda s: _score(s, 8, "top_mu"),
+    "effective_dim": lambda s: _score(s, 8, "effective_dim"),
+    "flat_fraction": lambda s: _score(s, 8, "flat_fraction"),
 }
 DENSE = SharpnessConfig(k=16, solver="dense")
+DIGITS_DIM = 64  # 8x8 digits
+
+
+def _score(stats: SharpnessStats, k: int, statistic: str) -> torch.Tensor:
+    """The callback's memorization score ``statistic`` over the ``k`` flattest directions of dense digits stats."""
+    return memorization_score(stats.mu[:, :k], stats.effective_dim, stats.flat_count, DIGITS_DIM, statistic)
 
 
 def _top_mu(stats: SharpnessStats, k: int) -> torch.Tensor:
-    return 1.0 - stats.mu[:, :k].clamp(0.0, 1.0).mean(dim=1)
+    return _score(stats, k, "top_mu")
 
 
 @dataclass

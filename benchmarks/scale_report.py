@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ class Run:
         return {e["step"]: e for e in self.record["evals"]}
 
 
-def load_runs(args: argparse.Namespace, reference: bool = True) -> list[Run]:
+def load_runs(args: argparse.Namespace, reference: bool = False) -> list[Run]:
     """Every run with its measured checkpoints (measuring any that are missing), with the sharpness at noised
     training and held-out images of each checkpoint under ``"reference"`` when ``reference``."""
     out = []
@@ -148,7 +149,7 @@ def _stable_rank_sign(runs: list[Run]) -> float:
 # --------------------------------------------------------------------------------------------------
 def study_curves(args: argparse.Namespace, w: ScaleWriter) -> None:
     """nn rate with its bootstrap band, onset per run and vs N, every signal over training (table + figure)."""
-    runs = load_runs(args)
+    runs = load_runs(args, reference=True)
     rows = []
     for run in runs:
         iv = run.intervals()
@@ -306,7 +307,7 @@ def _grid_figure(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> N
 # --------------------------------------------------------------------------------------------------
 def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
     """Stop step of every signal, thresholds calibrated on the calibration runs; flag-threshold transfer."""
-    runs = load_runs(args)
+    runs = load_runs(args, reference=True)
     cal_mem = next(r for r in runs if r.calibration and r.memorizing)
     cal_gen = next(r for r in runs if r.calibration and not r.memorizing)
     reported = [r for r in runs if not r.calibration]
@@ -335,7 +336,7 @@ def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
     rows.append([f"score, shipped StopRule (threshold {SHIPPED.threshold}, min_delta {SHIPPED.min_delta}, patience "
                  f"{SHIPPED.patience}; digits-calibrated)", str(SHIPPED.threshold),
                  "-", *[_stop_cell(r, shipped[r.spec.label]) for r in reported]])
-    if any(x.name == "sharpness_gap" for x in series(runs)):
+    if "sharpness_gap" in rules:
         gap = {r.spec.label: gap_rule_stop(r) for r in reported}
         summary["sharpness_gap (rule)"] = gap
         rows.append([f"sharpness_gap, the rule of reference.md (threshold {GAP_RULE.threshold}, min_delta "
@@ -359,16 +360,19 @@ def _values(run: Run, x: Series) -> list[float]:
     return [x.value(c) for c in run.checks if c["step"] > 0]
 
 
+def _rule_stop(config: StopConfig, run: Run, value: Callable[[dict], float]) -> int | None:
+    """Where a ``StopRule(config)`` fed ``value(check)`` at every check after step 0 stops ``run`` (``None``: never)."""
+    rule = StopRule(config)
+    return next((c["step"] for c in run.checks if c["step"] > 0 and rule.update(value(c))), None)
+
+
 def _shipped_stop(run: Run) -> int | None:
-    rule = StopRule(SHIPPED)
-    return next((c["step"] for c in run.checks if c["step"] > 0
-                 and rule.update(float(np.mean(c["per_sample"]["score"])))), None)
+    return _rule_stop(SHIPPED, run, lambda c: float(np.mean(c["per_sample"]["score"])))
 
 
 def gap_rule_stop(run: Run) -> int | None:
     """Where ``GAP_RULE`` (the pre-registered sharpness-gap rule) stops ``run`` (``None``: never)."""
-    rule = StopRule(GAP_RULE)
-    return next((c["step"] for c in run.checks if c["step"] > 0 and rule.update(reference_gap(c["reference"]))), None)
+    return _rule_stop(GAP_RULE, run, lambda c: reference_gap(c["reference"]))
 
 
 def _rate_at(run: Run, step: int) -> tuple[float, float, float]:

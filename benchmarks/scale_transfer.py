@@ -76,7 +76,7 @@ def stop_verdict(run: Run, step: int | None) -> str:
 def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
     """Rate-matched flag thresholds per dimension against the sqrt(d / 64) prediction, and the shipped stop rule
     on the normalized score, for the 16x16 runs (fitted) and the 8x8 runs (the test)."""
-    big = load_runs(args, reference=False)
+    big = load_runs(args)
     small = load_runs(argparse.Namespace(**{**vars(args), "runs": args.transfer_runs, "calibrate": [],
                                             "patch_size": args.transfer_patch_size}), reference=True)
     sets = [("16x16 calibration runs (fitted)", [r for r in big if r.calibration]),

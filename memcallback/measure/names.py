@@ -50,6 +50,11 @@ SCORE_TRAIN_IMAGES = "score_train_images"
 SCORE_HELDOUT_IMAGES = "score_heldout_images"
 SHARPNESS_GAP = "sharpness_gap"
 REFERENCE = (SCORE_TRAIN_IMAGES, SCORE_HELDOUT_IMAGES, SHARPNESS_GAP)
+#: The relative loss gap and the mean denoising errors it compares (``LossGap.summary()``).
+LOSS_TRAIN_IMAGES = "loss_train_images"
+LOSS_HELDOUT_IMAGES = "loss_heldout_images"
+LOSS_GAP = "loss_gap"
+LOSS_REFERENCE = (LOSS_TRAIN_IMAGES, LOSS_HELDOUT_IMAGES, LOSS_GAP)
 #: Per-sample conditional metrics (``ConditionalReport.per_sample()`` without ground truth).
 CONDITIONAL = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
 SHARPEST_CONDITION = "sharpest_condition"

@@ -11,6 +11,7 @@ command that made every table::
     python benchmarks/scale_study.py stopping  # stop step per signal, calibrated on other runs; flag threshold
     python benchmarks/scale_study.py cost      # wall time of each signal per check, in training steps
     python benchmarks/scale_study.py transfer  # does the flag/stop threshold transfer across d (8x8 runs)?
+    python benchmarks/scale_study.py lossgap   # the relative loss gap's stop rule on 16x16, 8x8 and digits runs
 
 Runs are ``N:seed`` (``all``: every non-held-out patch) and live in ``--cache`` (default
 ``benchmarks/outputs/scale``, gitignored); see ``scale_runs.py``. Thresholds are calibrated on the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_cost import study_cost
+from scale_loss_gap import study_loss_gap
 from scale_measure import SIGMA, measure_checkpoint, measured_steps, top_mu_score
 from scale_reference import reference_checkpoint
 from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
@@ -89,7 +92,7 @@ def study_reference(args: argparse.Namespace) -> None:
 
 
 REPORTS = {"detect": study_detect, "curves": study_curves, "stopping": study_stopping, "cost": study_cost,
-           "transfer": study_transfer}
+           "transfer": study_transfer, "lossgap": study_loss_gap}
 
 
 def main() -> None:
@@ -109,6 +112,10 @@ def main() -> None:
     parser.add_argument("--transfer-runs", nargs="+", default=["16:0", "all:0", "16:1"],
                         help="transfer: the runs at --transfer-patch-size that test the threshold's transfer")
     parser.add_argument("--transfer-patch-size", type=int, default=8)
+    parser.add_argument("--digits-cache", type=Path, default=Path(tempfile.gettempdir()) / "memcallback-validation",
+                        help="lossgap: the digits runs of benchmarks/validation.py (trained there if missing)")
+    parser.add_argument("--digits-n", nargs="+", default=["16", "64", "256", "all"], help="lossgap: digits runs")
+    parser.add_argument("--digits-steps", type=int, default=8000, help="lossgap: steps of the digits runs")
     parser.add_argument("--samples", type=int, default=256, help="DDIM-50 samples for the nn rate per checkpoint")
     parser.add_argument("--measured", type=int, default=64, help="of which measured by analyze() and SLQ")
     parser.add_argument("--sigma", type=float, default=SIGMA, help="noise level of the measurement (measure, "

@@ -44,6 +44,23 @@ def gap_history(cache: Path, spec: RunSpec, sigma: float) -> list[tuple[int, flo
     return out
 
 
+def stop_verdict(spec: RunSpec, record: dict, stop: int | None) -> tuple[dict[int, float], int | None, int | None, str]:
+    """A stop step judged against the 64 callback probes' nn rate of a digits run: ``(rate per step, first step
+    above 5%, first step above 10%, verdict)``; any stop of the N=all run is false, a memorizing run must be stopped
+    before its rate passes 10%."""
+    rate = {int(h["step"]): h["nn_rate"] for h in record["history"]}
+    steps = sorted(rate)
+    r5 = first_step(steps, [rate[s] for s in steps], 0.05)
+    r10 = first_step(steps, [rate[s] for s in steps], 0.10)
+    if spec.num_train is None:
+        verdict = "no stop (correct)" if stop is None else f"FALSE STOP at {stop}"
+    elif stop is None:
+        verdict = "never" + ("" if r10 is None else " (late)")
+    else:
+        verdict = "in time" if r10 is None or stop < r10 else "late"
+    return rate, r5, r10, verdict
+
+
 def study_gap(args: argparse.Namespace, w: Writer) -> None:
     """Where the gap rule stops each digits run, against the 64 callback probes' nn rate."""
     rows = []
@@ -51,16 +68,7 @@ def study_gap(args: argparse.Namespace, w: Writer) -> None:
         gaps = gap_history(args.cache, spec, args.sigma)
         rule = StopRule(GAP_RULE)
         stop = next((step for step, gap in gaps if rule.update(gap)), None)
-        rate = {int(h["step"]): h["nn_rate"] for h in rec["history"]}
-        steps = sorted(rate)
-        r5 = first_step(steps, [rate[s] for s in steps], 0.05)
-        r10 = first_step(steps, [rate[s] for s in steps], 0.10)
-        if spec.num_train is None:
-            verdict = "no stop (correct)" if stop is None else f"FALSE STOP at {stop}"
-        elif stop is None:
-            verdict = "never" + ("" if r10 is None else " (late)")
-        else:
-            verdict = "in time" if r10 is None or stop < r10 else "late"
+        rate, r5, r10, verdict = stop_verdict(spec, rec, stop)
         rows.append([str(rec["n"]), fmt(stop), fmt(rate.get(stop), 2), fmt(r5), fmt(r10), verdict,
                      fmt(max(g for _, g in gaps), 4), " ".join(f"{g:.3f}" for _, g in gaps[:9])])
     w.table(f"The sharpness-gap stop rule (threshold {GAP_RULE.threshold}, min_delta {GAP_RULE.min_delta}, patience "

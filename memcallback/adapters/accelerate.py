@@ -96,7 +96,7 @@ class AcceleratedWatch:
             train_data: ``[N, *data_shape]`` distinct training samples (e.g. the instance images) for the
                 nearest-neighbour ground truth (``nn_rate``, ``auroc``), on any device, or ``None``.
             heldout_data: ``[M, *data_shape]`` samples never trained on; with ``train_data``, the sharpness gap
-                (see :meth:`MemorizationWatch.setup`), or ``None``.
+                and the loss gap (see :meth:`MemorizationWatch.setup`), or ``None``.
         """
         unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
         if noise_scheduler is not None:

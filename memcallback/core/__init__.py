@@ -3,7 +3,7 @@ measurement function, the reduction over processes, the stop rule, the safe weig
 
 from memcallback.core.distributed import CountingReducer, NoDistribution, Reducer, TorchDistributed
 from memcallback.core.measurement import Measurement, MeasureRequest, ReferenceImages, measure
-from memcallback.core.probes import ProbeConfig, ProbeSet
+from memcallback.core.probes import ProbeConfig, ProbeSet, sample_rows
 from memcallback.core.result import CheckResult
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.core.watch import MemorizationWatch
@@ -23,4 +23,5 @@ __all__ = [
     "StopRule",
     "TorchDistributed",
     "measure",
+    "sample_rows",
 ]

@@ -2,7 +2,8 @@
 
 A measurement function takes the model and a :class:`MeasureRequest` and returns a :class:`Measurement`.
 The default, :func:`measure`, runs :func:`~memcallback.measure.analyze` on this rank's probes,
-:func:`~memcallback.measure.sharpness_gap` on its reference images and, when conditions are watched,
+:func:`~memcallback.measure.sharpness_gap` and :func:`~memcallback.measure.loss_gap` on its reference images and,
+when conditions are watched,
 :func:`~memcallback.measure.conditional_report`. Tests, or users with their own
 measurement, pass another function with the same signature to :class:`~memcallback.core.MemorizationWatch`.
 """
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from memcallback.diffusion import DiffusionModel
 from memcallback.measure.analysis import analyze
 from memcallback.measure.conditional import ConditionalConfig, conditional_report
+from memcallback.measure.loss_gap import LossGap, loss_gap
 from memcallback.measure.reference import SharpnessGap, sharpness_gap
 from memcallback.measure.report import SharpnessReport
 from memcallback.measure.sharpness import SharpnessConfig
@@ -39,6 +41,7 @@ class MeasureRequest:
             marked partial. Collective when every rank makes the same calls (see :class:`MemorizationWatch`).
         conditions: the conditional metrics to add, or ``None``.
         reference: this rank's share of the sharpness gap's images and noise, or ``None``.
+        loss_reference: this rank's share of the loss gap's images and noise, or ``None``.
     """
 
     noise: Tensor
@@ -51,16 +54,19 @@ class MeasureRequest:
     interrupt: Callable[[], bool] | None = None
     conditions: ConditionalConfig | None = None
     reference: ReferenceImages | None = None
+    loss_reference: ReferenceImages | None = None
 
 
 @dataclass(frozen=True)
 class ReferenceImages:
-    """One rank's share of the sharpness gap's images (see :func:`~memcallback.measure.sharpness_gap`).
+    """One rank's share of the images of a gap (:func:`~memcallback.measure.sharpness_gap`,
+    :func:`~memcallback.measure.loss_gap`).
 
     Attributes:
         train: ``[n, *data_shape]`` training images.
         heldout: ``[n, *data_shape]`` held-out images.
-        noise: ``[n, *data_shape]`` the noise ``z`` of both, this rank's rows of one draw for the whole set.
+        noise: ``[n, ...]`` the noise of both, this rank's rows of one draw for the whole set (``[n, *data_shape]``
+            for the sharpness gap, ``[n, K, *data_shape]`` for the loss gap's ``K`` noise levels).
     """
 
     train: Tensor
@@ -78,11 +84,14 @@ class Measurement:
             same weights, same noises), empty when no conditions are watched.
         reference: this rank's sharpness gap (``None`` when no reference was requested or the probes'
             measurement was cut short).
+        loss_gap: this rank's denoising errors of the loss gap (``None`` when not requested or the probes'
+            measurement was cut short).
     """
 
     report: SharpnessReport
     conditional: dict[str, float]
     reference: SharpnessGap | None = None
+    loss_gap: LossGap | None = None
 
 
 #: The signature of a measurement function.
@@ -91,8 +100,9 @@ MeasureFn = Callable[[DiffusionModel, MeasureRequest], Measurement]
 
 def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
     """The default measurement: :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of
-    its reference images at the primary timestep (unless the probes were cut short), then the conditional
-    metrics of every watched condition (the paper's ``||H^D s^D||`` at the first sampling step)."""
+    its reference images at the primary timestep and the denoising errors of the loss gap (unless the probes were
+    cut short), then the conditional metrics of every watched condition (the paper's ``||H^D s^D||`` at the first
+    sampling step)."""
     report = analyze(model, noise=request.noise, timesteps=request.timesteps, sigmas=(), config=request.sharpness,
                      num_sampling_steps=request.num_sampling_steps, seed=request.seed, train_data=request.train_data,
                      warm_start=request.warm_start, interrupt=request.interrupt)
@@ -101,13 +111,17 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
         ref = request.reference
         gap = sharpness_gap(model, ref.train, ref.heldout, request.timesteps[0], request.sharpness, seed=request.seed,
                             interrupt=request.interrupt, noise=ref.noise)
+    losses = None
+    if request.loss_reference is not None and not report.partial:
+        ref = request.loss_reference
+        losses = loss_gap(model, ref.train, ref.heldout, num_levels=ref.noise.shape[1], noise=ref.noise)
     conditional: dict[str, float] = {}
     if request.conditions is not None:
         labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)
         conditional = conditional_report(model, labels, num_samples_per_cond=request.conditions.num_samples_per_cond,
                                          num_generations=request.conditions.num_generations,
                                          seed=request.seed).summary()
-    return Measurement(report=report, conditional=conditional, reference=gap)
+    return Measurement(report=report, conditional=conditional, reference=gap, loss_gap=losses)
 
 
 def is_sharded(model: object) -> bool:

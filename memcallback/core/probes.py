@@ -28,6 +28,8 @@ class ProbeConfig:
             sharpness gap (:func:`~memcallback.measure.sharpness_gap`), when both are given at setup; 0 (the
             default): off. 16 of each cost about as much as a default check on a 16x16 UNet (43 against 54
             training steps, docs/scale/cost.md).
+        loss_gap_images: training and as many held-out images whose denoising errors give the relative loss gap
+            (:func:`~memcallback.measure.loss_gap`), when both are given at setup; 0: off. Forward passes only.
     """
 
     num_samples: int = 64
@@ -36,12 +38,15 @@ class ProbeConfig:
     timesteps: Sequence[int] = ()
     seed: int = 0
     reference_images: int = 0
+    loss_gap_images: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "num_sampling_steps"):
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
         require(is_int(self.reference_images) and self.reference_images >= 0, "reference_images",
                 self.reference_images, "an int >= 0 (0: no sharpness gap)")
+        require(is_int(self.loss_gap_images) and self.loss_gap_images >= 0, "loss_gap_images",
+                self.loss_gap_images, "an int >= 0 (0: no loss gap)")
         require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
         for name, example in (("sigmas", "[0.1]"), ("timesteps", "[27]")):
             value = getattr(self, name)
@@ -107,3 +112,13 @@ def shard(values: Tensor, rank: int, world_size: int) -> Tensor:
     :func:`~memcallback.core.distributed.gather_probes` undoes."""
     per_rank = math.ceil(len(values) / world_size)
     return values[torch.arange(per_rank * world_size, device=values.device) % len(values)][rank::world_size]
+
+
+def sample_rows(num_rows: int, count: int, seed: int) -> Tensor:
+    """``[count]`` row indices of a set of ``num_rows``: a seeded random order, cycled when the set is smaller.
+
+    Data sets are often stored in an order (by class, by position in an image, by source), so their first rows
+    are not a sample of them; a random order is.
+    """
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
+    return order[torch.arange(count) % num_rows]

@@ -35,7 +35,7 @@ from memcallback.core.measurement import (
     is_sharded,
     measure,
 )
-from memcallback.core.probes import ProbeConfig, ProbeSet, shard
+from memcallback.core.probes import ProbeConfig, ProbeSet, sample_rows, shard
 from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
 from memcallback.core.stopping import StopConfig, StopRule
@@ -43,6 +43,7 @@ from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
+from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_noise
 from memcallback.measure.reference import SharpnessGap
 from memcallback.measure.report import SharpnessReport, summarize
 from memcallback.measure.sharpness import SharpnessConfig
@@ -59,6 +60,8 @@ class _Setup:
     collective_interrupt: bool
     reference: ReferenceImages | None = None  # this rank's share of the sharpness gap's images
     num_reference: int = 0
+    loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
+    num_loss_reference: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
 
 
@@ -173,9 +176,11 @@ class MemorizationWatch:
             train_data: ``[N, *data_shape]`` distinct training samples for the nearest-neighbour ground truth
                 (``nn_rate``, ``auroc``) and the sharpness gap, or ``None``.
             heldout_data: ``[M, *data_shape]`` samples never trained on: with ``train_data`` and
-                ``probes.reference_images > 0``, the first ``min(reference_images, M)`` of them and as many
-                training samples (cycled when ``N`` is smaller) give the sharpness gap (``sharpness_gap``,
-                ``score_train_images``, ``score_heldout_images``). Only these scalars are logged.
+                ``probes.reference_images > 0``, ``min(reference_images, M)`` of them and as many training samples
+                (each a seeded random selection, training samples cycled when ``N`` is smaller) give the sharpness
+                gap (``sharpness_gap``, ``score_train_images``, ``score_heldout_images``); with
+                ``probes.loss_gap_images > 0``, as many again the loss gap (``loss_gap``, ``loss_train_images``,
+                ``loss_heldout_images``). Only these scalars are logged.
             rank: this process's rank.
             world_size: the number of processes.
             reducer: collective operations (default: none for one process, ``torch.distributed`` otherwise).
@@ -216,26 +221,35 @@ class MemorizationWatch:
                                          or len(heldout_data) < 1):
             raise ValueError(f"heldout_data must have shape [M, *{shape}] with M >= 1, got "
                              f"{tuple(heldout_data.shape)}; pass held-out samples of the model's data shape or None.")
-        num_reference = 0
-        reference = None
-        if train_data is not None and heldout_data is not None and self.probes.reference_images > 0:
-            num_reference = min(self.probes.reference_images, len(heldout_data))
-            cycled = train_data[torch.arange(num_reference, device=train_data.device) % len(train_data)]
-            noise = probe_noise(num_reference, shape, self.probes.seed).to(heldout_data)
-            reference = ReferenceImages(*(shard(x, rank, world_size) for x in (cycled, heldout_data[:num_reference],
-                                                                              noise)))
+        seed = self.probes.seed
+        num_reference = num_loss = 0
+        reference = loss_reference = None
+        if train_data is not None and heldout_data is not None:
+            if self.probes.reference_images > 0:
+                num_reference = min(self.probes.reference_images, len(heldout_data))
+                reference = _reference_share(train_data, heldout_data, probe_noise(num_reference, shape, seed), seed,
+                                             rank, world_size)
+            if self.probes.loss_gap_images > 0:
+                num_loss = min(self.probes.loss_gap_images, len(heldout_data))
+                loss_reference = _reference_share(train_data, heldout_data,
+                                                  loss_noise(num_loss, shape, NUM_LEVELS, seed), seed, rank, world_size)
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
-        known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None)
+        known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
+                                 loss_reference is not None)
         if self.monitor_key not in known:
-            hint = (" (the sharpness gap needs training and held-out data at setup, and probes.reference_images > 0)"
-                    if self.monitor_key in names.REFERENCE else "")
+            hint = ""
+            if self.monitor_key in names.REFERENCE:
+                hint = " (the sharpness gap needs training and held-out data at setup, and probes.reference_images > 0)"
+            elif self.monitor_key in names.LOSS_REFERENCE:
+                hint = " (the loss gap needs training and held-out data at setup, and probes.loss_gap_images > 0)"
             raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
                              f"one of {sorted(self.prefix + name for name in known)}.")
         if reducer is None:
             reducer = NoDistribution() if world_size == 1 else TorchDistributed()
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
-                                  reference=reference, num_reference=num_reference)
+                                  reference=reference, num_reference=num_reference, loss_reference=loss_reference,
+                                  num_loss_reference=num_loss)
 
     def due(self, step: int) -> bool:
         """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
@@ -268,7 +282,8 @@ class MemorizationWatch:
         request = MeasureRequest(noise=state.probes.noise, timesteps=state.timesteps,
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
                                  sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
-                                 interrupt=self._interrupt(), conditions=self.conditions, reference=state.reference)
+                                 interrupt=self._interrupt(), conditions=self.conditions, reference=state.reference,
+                                 loss_reference=state.loss_reference)
         error = None
         try:
             measured = self.measure_fn(model, request)
@@ -284,6 +299,8 @@ class MemorizationWatch:
         if state.reference is not None:
             scalars |= self._reduce_reference(measured.reference)
             gap_partial = measured.reference is not None and measured.reference.partial
+        if state.loss_reference is not None:
+            scalars |= self._reduce_loss_gap(measured.loss_gap)
         partial = state.reducer.any_true(report.partial or gap_partial)
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
@@ -334,6 +351,20 @@ class MemorizationWatch:
         train, heldout = values.mean(dim=1).tolist()
         return {names.SCORE_TRAIN_IMAGES: train, names.SCORE_HELDOUT_IMAGES: heldout,
                 names.SHARPNESS_GAP: train - heldout}
+
+    def _reduce_loss_gap(self, gap: LossGap | None) -> dict[str, float]:
+        """The loss gap of every rank's images together: per-image errors gathered, then ``LossGap.summary()``
+        (NaN when not measured)."""
+        state = self.setup_state
+        ref = state.loss_reference
+        n_local, num_levels = ref.noise.shape[:2]
+        local = torch.full((2 * num_levels, n_local), math.nan, dtype=torch.float64, device=ref.train.device)
+        if gap is not None:
+            local[:num_levels], local[num_levels:] = gap.train.T.to(local), gap.heldout.T.to(local)
+        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size,
+                               state.num_loss_reference).cpu()
+        timesteps = torch.zeros(num_levels) if gap is None else gap.timesteps
+        return LossGap(timesteps=timesteps, train=values[:num_levels].T, heldout=values[num_levels:].T).summary()
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
         value = result.scalars[self.monitor_key]
@@ -400,6 +431,8 @@ class MemorizationWatch:
             parts.append(f"AUROC {scalars[names.AUROC]:.3f}")
         if not math.isnan(scalars.get(names.SHARPNESS_GAP, math.nan)):
             parts.append(f"gap {scalars[names.SHARPNESS_GAP]:+.3f}")
+        if not math.isnan(scalars.get(names.LOSS_GAP, math.nan)):
+            parts.append(f"loss gap {scalars[names.LOSS_GAP]:+.3f}")
         parts.append(f"{scalars[names.SECONDS]:.2f} s" + (" (partial)" if scalars.get(names.PARTIAL) else ""))
         return "[memorization] " + " | ".join(parts)
 
@@ -431,3 +464,13 @@ class MemorizationWatch:
         self.safe_step = state.get("safe_step")
         self.failures = int(state.get("failures", 0))
         self.last_step = state.get("last_step")
+
+
+def _reference_share(train_data: Tensor, heldout_data: Tensor, noise: Tensor, seed: int, rank: int,
+                     world_size: int) -> ReferenceImages:
+    """This rank's share of ``len(noise)`` training and held-out images, each a seeded random selection
+    (:func:`~memcallback.core.probes.sample_rows`), with their noise."""
+    count = len(noise)
+    train = train_data[sample_rows(len(train_data), count, seed).to(train_data.device)]
+    heldout = heldout_data[sample_rows(len(heldout_data), count, seed + 1).to(heldout_data.device)]
+    return ReferenceImages(*(shard(x, rank, world_size) for x in (train, heldout, noise.to(heldout_data))))

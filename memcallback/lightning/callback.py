@@ -62,7 +62,8 @@ class MemorizationMonitor(Callback):
             ``cond/cond{i}/...`` and ``cond/sharpest_condition``; ``None``: the unconditional measurement only.
         ground_truth: with a datamodule that has ``unique_train_data()``, also log the nearest-neighbour
             memorization rate and the AUROC of the score against it, and when it also has ``heldout_data()``
-            the sharpness gap (``probes.reference_images`` of each; only scalars are logged).
+            the sharpness gap (``probes.reference_images`` of each) and the loss gap (``probes.loss_gap_images``);
+            only scalars are logged.
         time_budget_s: a check running longer is cut short and kept as partial (``None``: no budget).
         media: W&B media with a ``WandbLogger``: ``"none"``, ``"charts"`` or ``"images"`` (see ``MEDIA``).
         num_media_samples: most memorized samples shown with ``media="images"``.
@@ -161,7 +162,8 @@ class MemorizationMonitor(Callback):
         train = heldout = None
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
             train = datamodule.unique_train_data().to(pl_module.device)
-            if (self.watch.probes.reference_images > 0 and hasattr(datamodule, "heldout_data")
+            wants_heldout = self.watch.probes.reference_images > 0 or self.watch.probes.loss_gap_images > 0
+            if (wants_heldout and hasattr(datamodule, "heldout_data")
                     and len(held := datamodule.heldout_data()) > 0):
                 heldout = held.to(pl_module.device)
         self._trainer = trainer

@@ -29,6 +29,9 @@ from memcallback.diffusion import DiffusionModel, check_model, predict_epsilon
 from memcallback.measure import names
 from memcallback.measure.analysis import measurement_mode, probe_noise
 
+#: ``K``, the number of noise levels of the loss gap.
+NUM_LEVELS = 10
+
 
 @dataclass
 class LossGap:
@@ -101,7 +104,7 @@ def loss_gap(
     model: DiffusionModel,
     train_images: Tensor,
     heldout_images: Tensor,
-    num_levels: int = 10,
+    num_levels: int = NUM_LEVELS,
     seed: int = 0,
     noise: Tensor | None = None,
 ) -> LossGap:

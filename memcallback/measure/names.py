@@ -12,6 +12,8 @@ memorization score is ``"memorization/score"``. One check logs:
 ``auroc``, ``t{t}/auroc``      AUROC of the memorization score against that ground truth
 ``sharpness_gap``              mean score at noised training images minus at noised held-out images, with
                                ``score_train_images`` and ``score_heldout_images`` (when a reference is given)
+``loss_gap``                   relative denoising-error gap between held-out and training images, with
+                               ``loss_train_images`` and ``loss_heldout_images`` (when loss-gap images are given)
 ``cond/{name}``                conditional metrics (``CONDITIONAL``), ``cond/cond{c}/{name}`` per condition,
                                ``cond/sharpest_condition`` and ``cond/seconds``
 ``seconds``                    wall time of the measurement (per rank)
@@ -94,9 +96,10 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
 
 
 def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
-               reference: bool = False) -> set[str]:
+               reference: bool = False, loss_gap: bool = False) -> set[str]:
     """Every key (without prefix) that one successful check of the monitoring core logs."""
     keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES} | (set(REFERENCE) if reference else set())
+    keys |= set(LOSS_REFERENCE) if loss_gap else set()
     if num_conditions is not None:
         keys |= {conditional(name) for name in conditional_summary_keys(num_conditions)}
     return keys

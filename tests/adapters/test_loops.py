@@ -26,7 +26,7 @@ from memcallback.app.data import DigitsDataModule
 from memcallback.app.models import DiffusionModule
 
 MAX_STEPS, EVERY = 40, 4
-SETTINGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, reference_images=8),
+SETTINGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, reference_images=8, loss_gap_images=8),
                 sharpness=SharpnessConfig(k=4),
                 stop=StopConfig(monitor="memorization/effective_dim", mode="min", threshold=63.945, min_delta=0.0,
                                 restore_safe_weights=True))
@@ -107,7 +107,8 @@ def test_plain_accelerate_and_lightning_loops_check_and_stop_alike(tmp_path) -> 
     assert reference.stopped_step is not None and 0 < reference.stopped_step < MAX_STEPS  # the stop fired
     assert reference.safe_step == reference.stopped_step - EVERY
     assert [row["step"] for row in reference.history] == list(range(0, reference.stopped_step + 1, EVERY))
-    assert all(math.isfinite(row["sharpness_gap"]) for row in reference.history)  # the datamodule's held-out images
+    # the datamodule's held-out images reach every loop
+    assert all(math.isfinite(row["sharpness_gap"]) and math.isfinite(row["loss_gap"]) for row in reference.history)
     weights = module.state_dict()
     for name, (watch, trained) in loops.items():
         assert compared(watch.history) == compared(reference.history), name

@@ -20,9 +20,10 @@ from memcallback.core import (
     ProbeConfig,
     StopConfig,
     measure,
+    sample_rows,
 )
 from memcallback.diffusion import NoiseSchedule
-from memcallback.measure import analyze, names, sharpness_gap
+from memcallback.measure import analyze, loss_gap, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
 from memcallback.measure.sharpness import SharpnessConfig
 
@@ -165,13 +166,16 @@ def memorized_mixture() -> tuple[IsotropicMixtureModel, Tensor, Tensor]:
     return model, train, 0.5 * torch.randn(10, 4, generator=g)
 
 
-def test_the_sharpness_gap_is_measured_on_cycled_training_and_first_heldout_images() -> None:
+def test_the_sharpness_gap_is_measured_on_seeded_random_training_and_heldout_images() -> None:
     model, train, heldout = memorized_mixture()
     w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), reference_images=5))
     w.setup(model, train_data=train, heldout_data=heldout)
     result = w.check(model, 0)
     t = w.setup_state.timesteps[0]
-    expected = sharpness_gap(model, train[[0, 1, 2, 0, 1]], heldout[:5], t, DENSE, seed=PROBES.seed).summary()
+    rows = sample_rows(3, 5, PROBES.seed)
+    assert rows.tolist().count(0) == 2  # the memorized image is one of the first 2 of the cycled random order
+    expected = sharpness_gap(model, train[rows], heldout[sample_rows(10, 5, PROBES.seed + 1)], t, DENSE,
+                             seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True)
@@ -196,13 +200,46 @@ def test_three_ranks_reduce_the_sharpness_gap_to_the_one_process_value() -> None
             assert result.scalars[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
 
+def test_sample_rows_is_a_seeded_random_order_cycled_over_a_small_set() -> None:
+    rows = sample_rows(10, 10, seed=4)
+    assert sorted(rows.tolist()) == list(range(10)) and rows.tolist() != list(range(10))
+    assert torch.equal(rows, sample_rows(10, 10, seed=4))
+    small = sample_rows(3, 7, seed=4)
+    assert torch.equal(small[3:6], small[:3]) and sorted(small[:3].tolist()) == [0, 1, 2]
+
+
+def test_the_loss_gap_is_measured_on_seeded_random_images_with_one_noise_draw() -> None:
+    model, train, heldout = memorized_mixture()
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), loss_gap_images=6))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    result = w.check(model, 0)
+    expected = loss_gap(model, train[sample_rows(3, 6, PROBES.seed)], heldout[sample_rows(10, 6, PROBES.seed + 1)],
+                        seed=PROBES.seed).summary()
+    assert {k: result.scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
+    assert result.scalars["loss_gap"] > 0.2  # 2 of the 6 training images are the memorized one
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True)
+    assert f"loss gap {result.scalars['loss_gap']:+.3f}" in result.message
+
+
+def test_three_ranks_reduce_the_loss_gap_to_the_one_process_value() -> None:
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), loss_gap_images=7)
+    single = watch(probes=probes)
+    single.setup(model, train_data=train, heldout_data=heldout)
+    expected = single.check(model, 0).scalars
+    ranks = run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train, heldout_data=heldout)
+    for (result,) in ranks:  # 7 images: shards of 3, 2 + 1 padding, 2 + 1 padding
+        for key in names.LOSS_REFERENCE:
+            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
 def test_no_sharpness_gap_without_heldout_data_or_with_reference_images_zero() -> None:
     model, train, heldout = memorized_mixture()
     for w, data in ((watch(), {"train_data": train}),
                     (watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, reference_images=0)),
                      {"train_data": train, "heldout_data": heldout})):
         w.setup(model, **data)
-        assert not set(names.REFERENCE) & set(w.check(model, 0).scalars)
+        assert not (set(names.REFERENCE) | set(names.LOSS_REFERENCE)) & set(w.check(model, 0).scalars)
 
 
 def test_the_time_budget_cuts_every_rank_at_the_same_point_and_keeps_the_check() -> None:
@@ -334,6 +371,9 @@ def test_setup_errors_name_what_to_change() -> None:
         watch().setup(model, train_data=torch.zeros(1, 4))
     with pytest.raises(ValueError, match=r"sharpness_gap' is not logged .*needs training and held-out data"):
         watch(stop=StopConfig(monitor="memorization/sharpness_gap")).setup(model, train_data=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"loss_gap' is not logged .*probes.loss_gap_images > 0"):
+        watch(stop=StopConfig(monitor="memorization/loss_gap")).setup(model, train_data=torch.zeros(3, 4),
+                                                                      heldout_data=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"heldout_data must have shape \[M, \*\(4,\)\]"):
         watch().setup(model, train_data=torch.zeros(3, 4), heldout_data=torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"monitor='memorization/score' is invalid.*prefix='mem/'"):

@@ -8,6 +8,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from scale_loss_gap import LOSS_GAP_IMAGES, select
 from scale_measure import NEAR_ZERO, SIGMA, SLQ_PROBES, SLQ_STEPS, near_zero_count, stable_rank
 from scale_report import ScaleWriter
 from scale_runs import BATCH, LR, RunSpec, build, checkpoint, datamodule, denoising_loss, parse_spec
@@ -16,8 +17,9 @@ from validation_runs import fmt
 
 from memcallback import analyze
 from memcallback.diffusion import ddim_sample
-from memcallback.measure import sharpness_gap
+from memcallback.measure import loss_gap, sharpness_gap
 from memcallback.measure.analysis import measurement_mode, probe_noise
+from memcallback.measure.loss_gap import NUM_LEVELS
 from memcallback.measure.sharpness import SharpnessConfig
 
 
@@ -57,6 +59,8 @@ def study_cost(args: argparse.Namespace, w: ScaleWriter) -> None:
         f"sharpness gap ({n_ref} training + {n_ref} held-out patches, no sampling)":
             lambda: sharpness_gap(module, train_x[torch.arange(n_ref) % len(train_x)], dm.val_data[:n_ref], t,
                                   GAP_SHARPNESS),
+        f"relative loss gap ({LOSS_GAP_IMAGES} training + {LOSS_GAP_IMAGES} held-out patches x {NUM_LEVELS} levels)":
+            lambda: loss_gap(module, *select(train_x, dm.val_data, "random")),
     }
     rows = []
     for name, fn in parts.items():

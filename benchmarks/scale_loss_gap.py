@@ -10,20 +10,14 @@ measures with ``probes.loss_gap_images = LOSS_GAP_IMAGES`` since the test (seede
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scale_report import Run, ScaleWriter, load_runs
-from scale_runs import checkpoint, datamodule, run_dir
-from scale_transfer import stop_verdict
+from scale_runs import RunSpec, checkpoint, datamodule, run_dir
 from torch import Tensor
-from validation_gap import stop_verdict as digits_verdict
-from validation_report import runs as digits_runs
-from validation_report import specs as digits_specs
-from validation_runs import CHECK_EVERY, fmt
+from validation_runs import CHECK_EVERY
 from validation_runs import RunSpec as DigitsSpec
 from validation_runs import checkpoint as digits_checkpoint
 from validation_runs import datamodule as digits_datamodule
@@ -74,21 +68,20 @@ def gap_of(row: dict) -> float:
     return relative_gap(torch.tensor(row["train"]), torch.tensor(row["heldout"]))
 
 
-def patch_gaps(args: argparse.Namespace, run: Run, selection: str) -> list[tuple[int, float]]:
-    """``(step, loss gap)`` of a patch run at step 0 and at every measured checkpoint."""
-    dm = datamodule(run.spec)
-    rows = loss_gap_history(run_dir(args.cache, run.spec), [0, *run.steps],
-                            lambda s: checkpoint(args.cache, run.spec, s), dm.unique_train_data(), dm.heldout_data(),
-                            selection)
+def patch_gaps(cache: Path, spec: RunSpec, steps: list[int], selection: str) -> list[tuple[int, float]]:
+    """``(step, loss gap)`` of a patch run at ``steps``."""
+    dm = datamodule(spec)
+    rows = loss_gap_history(run_dir(cache, spec), steps, lambda s: checkpoint(cache, spec, s), dm.unique_train_data(),
+                            dm.heldout_data(), selection)
     return [(row["step"], gap_of(row)) for row in rows]
 
 
-def digits_gaps(args: argparse.Namespace, spec: DigitsSpec, selection: str) -> list[tuple[int, float]]:
+def digits_gaps(cache: Path, spec: DigitsSpec, selection: str) -> list[tuple[int, float]]:
     """``(step, loss gap)`` of a digits run at every ``CHECK_EVERY`` steps, step 0 included."""
     dm = digits_datamodule(spec.num_train)
-    rows = loss_gap_history(digits_dir(args.digits_cache, spec), list(range(0, spec.max_steps + 1, CHECK_EVERY)),
-                            lambda s: digits_checkpoint(args.digits_cache, spec, s), dm.unique_train_data(),
-                            dm.heldout_data(), selection)
+    rows = loss_gap_history(digits_dir(cache, spec), list(range(0, spec.max_steps + 1, CHECK_EVERY)),
+                            lambda s: digits_checkpoint(cache, spec, s), dm.unique_train_data(), dm.heldout_data(),
+                            selection)
     return [(row["step"], gap_of(row)) for row in rows]
 
 
@@ -98,55 +91,3 @@ def rule_stop(gaps: list[tuple[int, float]]) -> int | None:
     return next((step for step, gap in gaps if rule.update(gap)), None)
 
 
-def _series(gaps: list[tuple[int, float]]) -> str:
-    return " ".join(f"{g:.2f}" for _, g in gaps[:9])
-
-
-def study_loss_gap(args: argparse.Namespace, w: ScaleWriter) -> None:
-    """The pre-registered test of ``docs/scale/loss_gap.md`` on the patch runs (a, b) and the digits runs (c), with
-    the pre-registered selection of images and, after it, the callback's."""
-    big = load_runs(args)
-    small = load_runs(argparse.Namespace(**{**vars(args), "runs": args.transfer_runs, "calibrate": [],
-                                            "patch_size": args.transfer_patch_size}))
-    sets = [("16x16 calibration runs", [r for r in big if r.calibration]),
-            ("(a) 16x16 reported runs", [r for r in big if not r.calibration]),
-            (f"(b) {args.transfer_patch_size}x{args.transfer_patch_size}x3 patches", small)]
-    rows, passed = [], {selection: {} for selection in SELECTIONS}
-    for name, runs in sets:
-        for run in runs:
-            row = [name, run.name]
-            for selection in SELECTIONS:
-                gaps = patch_gaps(args, run, selection)
-                verdict = stop_verdict(run, rule_stop(gaps))
-                passed[selection].setdefault(name, []).append("in time" in verdict or verdict.startswith("no stop")
-                                                              or (verdict == "never" and run.memorizing))
-                row += [verdict, fmt(max(g for _, g in gaps), 3), _series(gaps)]
-            rows.append(row)
-    rows_c = []
-    digits = argparse.Namespace(n=args.digits_n, steps=args.digits_steps, cache=args.digits_cache, jobs=args.jobs)
-    for spec, record in zip(digits_specs(digits), digits_runs(digits), strict=True):
-        row = [str(record["n"])]
-        for selection in SELECTIONS:
-            gaps = digits_gaps(args, spec, selection)
-            stop = rule_stop(gaps)
-            rate, _, r10, verdict = digits_verdict(spec, record, stop)
-            passed[selection].setdefault("(c) digits", []).append(verdict in ("in time", "no stop (correct)", "never"))
-            row += [fmt(stop), fmt(rate.get(stop), 2), fmt(r10), verdict, fmt(max(g for _, g in gaps), 3),
-                    _series(gaps)]
-        rows_c.append(row)
-    per_selection = ["stop", "max gap", "gap at steps 0, 250, ..., 2000"]
-    w.table(f"The loss-gap rule of loss_gap.md (threshold {LOSS_GAP_RULE.threshold}, min_delta "
-            f"{LOSS_GAP_RULE.min_delta}, patience {LOSS_GAP_RULE.patience}; calibrated on the 16x16 seed-1 runs) on "
-            f"the patch runs, {LOSS_GAP_IMAGES} training + {LOSS_GAP_IMAGES} held-out patches, {NUM_LEVELS} noise "
-            "levels: stop step (nn rate there [95% CI] of the measured samples); pre-registered selection (first "
-            "rows), then the callback's (seeded random rows)",
-            ["runs", "run", *[f"{c} (first)" for c in per_selection], *[f"{c} (random)" for c in per_selection]],
-            rows)
-    per_selection = ["stop", "nn rate there", "rate first > 10%", "verdict", "max gap", "gap at steps 0, 250, ..."]
-    w.table(f"The same rule on the digits runs (ResidualMLP, epsilon prediction), every {CHECK_EVERY} steps; nn "
-            "rate of the 64 callback probes; first rows, then random rows",
-            ["N", *[f"{c} (first)" for c in per_selection], *[f"{c} (random)" for c in per_selection]], rows_c)
-    w.table("Criteria of docs/scale/loss_gap.md (test (d), the app, is run separately): with the pre-registered "
-            "selection (the test), and with the callback's (after the test)", ["test", "first rows", "random rows"],
-            [[name, *["yes" if all(passed[sel][name]) else "**no**" for sel in SELECTIONS]]
-             for name in passed["first"] if not name.startswith("16x16 calibration")])

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from scale_loss_gap import LOSS_GAP_IMAGES, LOSS_GAP_RULE, patch_gaps, rule_stop
 from scale_measure import (
     measure_checkpoint,
     measured_steps,
@@ -37,6 +38,7 @@ from validation_runs import fmt
 
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.measure.ground_truth import nearest_neighbours
+from memcallback.measure.loss_gap import NUM_LEVELS
 from memcallback.measure.sharpness import SharpnessConfig
 from memcallback.viz.wandb_media import pair_grid, upscale
 
@@ -124,6 +126,9 @@ def series(runs: list[Run]) -> list[Series]:
                 Series("sharpness_gap", "+score(noised training images) - score(noised held-out images), "
                        f"{GAP_IMAGES} of each, top_mu k=8 (the patch experiments' sharpness_gap)",
                        lambda c: reference_gap(c["reference"]))]
+    if all("loss_gap" in c for r in runs for c in r.checks):
+        out.append(Series("loss_gap", f"+relative loss gap, {LOSS_GAP_IMAGES} training + {LOSS_GAP_IMAGES} held-out "
+                          f"images (random rows, as the callback), {NUM_LEVELS} noise levels", lambda c: c["loss_gap"]))
     sign = _stable_rank_sign(runs)
     out.append(Series("stable_rank", f"{'+' if sign > 0 else '-'}mean stable rank ||W||_F^2/||W||_2^2 (sign from "
                       "the calibration runs)", lambda c: sign * c["stable_rank"]))
@@ -308,6 +313,10 @@ def _grid_figure(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> N
 def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
     """Stop step of every signal, thresholds calibrated on the calibration runs; flag-threshold transfer."""
     runs = load_runs(args, reference=True)
+    for run in runs:  # the callback's loss gap at every check
+        gaps = dict(patch_gaps(args.cache, run.spec, run.steps, "random"))
+        for c in run.checks:
+            c["loss_gap"] = gaps[c["step"]]
     cal_mem = next(r for r in runs if r.calibration and r.memorizing)
     cal_gen = next(r for r in runs if r.calibration and not r.memorizing)
     reported = [r for r in runs if not r.calibration]
@@ -342,6 +351,13 @@ def study_stopping(args: argparse.Namespace, w: ScaleWriter) -> None:
         rows.append([f"sharpness_gap, the rule of reference.md (threshold {GAP_RULE.threshold}, min_delta "
                      f"{GAP_RULE.min_delta}, patience {GAP_RULE.patience}; calibrated on the seed-1 runs)",
                      str(GAP_RULE.threshold), "-", *[_stop_cell(r, gap[r.spec.label]) for r in reported]])
+    # fed from step 0, the callback's baseline check, as in loss_gap.md
+    loss_rule = {r.spec.label: rule_stop(patch_gaps(args.cache, r.spec, [0, *r.steps], "random")) for r in reported}
+    summary["loss_gap (rule)"] = loss_rule
+    rows.append([f"loss_gap, the rule of loss_gap.md (threshold {LOSS_GAP_RULE.threshold}, min_delta "
+                 f"{LOSS_GAP_RULE.min_delta}, patience {LOSS_GAP_RULE.patience}; calibrated on the seed-1 runs, "
+                 "first rows; from step 0)", str(LOSS_GAP_RULE.threshold), "-",
+                 *[_stop_cell(r, loss_rule[r.spec.label]) for r in reported]])
     es = {r.spec.label: early_stopping(list(r.evals()), [e["val_loss"] for e in r.evals().values()])
           for r in reported}
     summary["val loss EarlyStopping"] = es

@@ -32,12 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale_cost import study_cost
-from scale_loss_gap import study_loss_gap
 from scale_measure import SIGMA, measure_checkpoint, measured_steps, top_mu_score
 from scale_reference import reference_checkpoint
 from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
 from scale_runs import RunSpec, parse_spec, train
-from scale_transfer import study_transfer
+from scale_transfer import study_loss_gap, study_transfer
 
 
 def specs(args: argparse.Namespace) -> list[RunSpec]:

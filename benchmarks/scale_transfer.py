@@ -1,6 +1,7 @@
-"""Does the score's threshold transfer across data dimension? The pre-registered test of
-``docs/scale/normalization.md``: the top_mu score times ``sqrt(d / 64)`` with the digits thresholds, fitted on
-digits (d = 64) and the 16x16 patch calibration runs (d = 768), tested on 8x8x3 patches (d = 192)."""
+"""Do thresholds transfer across data sets? Two pre-registered tests: ``docs/scale/normalization.md`` (the top_mu
+score times ``sqrt(d / 64)`` with the digits thresholds, fitted on digits (d = 64) and the 16x16 patch calibration
+runs (d = 768), tested on 8x8x3 patches (d = 192)) and ``docs/scale/loss_gap.md`` (the relative loss gap's stop
+rule, calibrated on the 16x16 seed-1 runs, tested on the other 16x16 runs, 8x8x3 patches and digits)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import argparse
 import math
 
 import numpy as np
+from scale_loss_gap import LOSS_GAP_IMAGES, LOSS_GAP_RULE, SELECTIONS, digits_gaps, patch_gaps, rule_stop
 from scale_measure import top_mu_score
 from scale_reference import reference_gap
 from scale_report import Run, ScaleWriter, gap_rule_stop, load_runs
 from scale_signals import LATE
-from validation_runs import fmt
+from validation_gap import stop_verdict as digits_verdict
+from validation_report import runs as digits_runs
+from validation_report import specs as digits_specs
+from validation_runs import CHECK_EVERY, fmt
 
 from memcallback.core.stopping import StopConfig, StopRule
+from memcallback.measure.loss_gap import NUM_LEVELS
 
 REFERENCE_DIM = 64  # the digits' dimension, where flag_threshold and the stop threshold were calibrated
 DIGITS_FLAG = 0.39  # docs/results.md D3 (rate matching on digits)
@@ -131,3 +137,57 @@ def study_transfer(args: argparse.Namespace, w: ScaleWriter) -> None:
             "(nn rate there [95% CI])", ["run", "stop", "max gap"],
             [[r.name, stop_verdict(r, gap_rule_stop(r)),
               fmt(max(reference_gap(c["reference"]) for c in r.checks), 4)] for r in runs])
+
+
+def _series(gaps: list[tuple[int, float]]) -> str:
+    return " ".join(f"{g:.2f}" for _, g in gaps[:9])
+
+
+def study_loss_gap(args: argparse.Namespace, w: ScaleWriter) -> None:
+    """The pre-registered test of ``docs/scale/loss_gap.md`` on the patch runs (a, b) and the digits runs (c), with
+    the pre-registered selection of images and, after it, the callback's."""
+    big = load_runs(args)
+    small = load_runs(argparse.Namespace(**{**vars(args), "runs": args.transfer_runs, "calibrate": [],
+                                            "patch_size": args.transfer_patch_size}))
+    sets = [("16x16 calibration runs", [r for r in big if r.calibration]),
+            ("(a) 16x16 reported runs", [r for r in big if not r.calibration]),
+            (f"(b) {args.transfer_patch_size}x{args.transfer_patch_size}x3 patches", small)]
+    rows, passed = [], {selection: {} for selection in SELECTIONS}
+    for name, runs in sets:
+        for run in runs:
+            row = [name, run.name]
+            for selection in SELECTIONS:
+                gaps = patch_gaps(args.cache, run.spec, [0, *run.steps], selection)
+                verdict = stop_verdict(run, rule_stop(gaps))
+                passed[selection].setdefault(name, []).append("in time" in verdict or verdict.startswith("no stop")
+                                                              or (verdict == "never" and run.memorizing))
+                row += [verdict, fmt(max(g for _, g in gaps), 3), _series(gaps)]
+            rows.append(row)
+    rows_c = []
+    digits = argparse.Namespace(n=args.digits_n, steps=args.digits_steps, cache=args.digits_cache, jobs=args.jobs)
+    for spec, record in zip(digits_specs(digits), digits_runs(digits), strict=True):
+        row = [str(record["n"])]
+        for selection in SELECTIONS:
+            gaps = digits_gaps(args.digits_cache, spec, selection)
+            stop = rule_stop(gaps)
+            rate, _, r10, verdict = digits_verdict(spec, record, stop)
+            passed[selection].setdefault("(c) digits", []).append(verdict in ("in time", "no stop (correct)", "never"))
+            row += [fmt(stop), fmt(rate.get(stop), 2), fmt(r10), verdict, fmt(max(g for _, g in gaps), 3),
+                    _series(gaps)]
+        rows_c.append(row)
+    per_selection = ["stop", "max gap", "gap at steps 0, 250, ..., 2000"]
+    w.table(f"The loss-gap rule of loss_gap.md (threshold {LOSS_GAP_RULE.threshold}, min_delta "
+            f"{LOSS_GAP_RULE.min_delta}, patience {LOSS_GAP_RULE.patience}; calibrated on the 16x16 seed-1 runs) on "
+            f"the patch runs, {LOSS_GAP_IMAGES} training + {LOSS_GAP_IMAGES} held-out patches, {NUM_LEVELS} noise "
+            "levels: stop step (nn rate there [95% CI] of the measured samples); pre-registered selection (first "
+            "rows), then the callback's (seeded random rows)",
+            ["runs", "run", *[f"{c} (first)" for c in per_selection], *[f"{c} (random)" for c in per_selection]],
+            rows)
+    per_selection = ["stop", "nn rate there", "rate first > 10%", "verdict", "max gap", "gap at steps 0, 250, ..."]
+    w.table(f"The same rule on the digits runs (ResidualMLP, epsilon prediction), every {CHECK_EVERY} steps; nn "
+            "rate of the 64 callback probes; first rows, then random rows",
+            ["N", *[f"{c} (first)" for c in per_selection], *[f"{c} (random)" for c in per_selection]], rows_c)
+    w.table("Criteria of docs/scale/loss_gap.md (test (d), the app, is run separately): with the pre-registered "
+            "selection (the test), and with the callback's (after the test)", ["test", "first rows", "random rows"],
+            [[name, *["yes" if all(passed[sel][name]) else "**no**" for sel in SELECTIONS]]
+             for name in passed["first"] if not name.startswith("16x16 calibration")])

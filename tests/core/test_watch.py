@@ -178,7 +178,8 @@ def test_the_sharpness_gap_is_measured_on_seeded_random_training_and_heldout_ima
                              seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True)
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True,
+                                                   loss_gap=True)  # the loss gap is on by default
     assert f"gap {result.scalars['sharpness_gap']:+.3f}" in result.message
 
 
@@ -233,13 +234,20 @@ def test_three_ranks_reduce_the_loss_gap_to_the_one_process_value() -> None:
             assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6), key
 
 
-def test_no_sharpness_gap_without_heldout_data_or_with_reference_images_zero() -> None:
+def test_no_gap_without_heldout_data_or_with_its_images_zero() -> None:
     model, train, heldout = memorized_mixture()
-    for w, data in ((watch(), {"train_data": train}),
-                    (watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, reference_images=0)),
-                     {"train_data": train, "heldout_data": heldout})):
+    both = {"train_data": train, "heldout_data": heldout}
+    small = dict(num_samples=8, num_sampling_steps=5)
+    for probes, data, absent in ((ProbeConfig(**small, reference_images=4), {"train_data": train},
+                                  names.REFERENCE + names.LOSS_REFERENCE),
+                                 (ProbeConfig(**small, reference_images=0), both, names.REFERENCE),
+                                 (ProbeConfig(**small, reference_images=4, loss_gap_images=0), both,
+                                  names.LOSS_REFERENCE)):
+        w = watch(probes=probes)
         w.setup(model, **data)
-        assert not (set(names.REFERENCE) | set(names.LOSS_REFERENCE)) & set(w.check(model, 0).scalars)
+        scalars = w.check(model, 0).scalars
+        assert not set(absent) & set(scalars)
+        assert set(names.REFERENCE + names.LOSS_REFERENCE) - set(absent) <= set(scalars)
 
 
 def test_the_time_budget_cuts_every_rank_at_the_same_point_and_keeps_the_check() -> None:
@@ -372,8 +380,7 @@ def test_setup_errors_name_what_to_change() -> None:
     with pytest.raises(ValueError, match=r"sharpness_gap' is not logged .*needs training and held-out data"):
         watch(stop=StopConfig(monitor="memorization/sharpness_gap")).setup(model, train_data=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"loss_gap' is not logged .*probes.loss_gap_images > 0"):
-        watch(stop=StopConfig(monitor="memorization/loss_gap")).setup(model, train_data=torch.zeros(3, 4),
-                                                                      heldout_data=torch.zeros(3, 4))
+        watch(stop=StopConfig(monitor="memorization/loss_gap")).setup(model, train_data=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"heldout_data must have shape \[M, \*\(4,\)\]"):
         watch().setup(model, train_data=torch.zeros(3, 4), heldout_data=torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"monitor='memorization/score' is invalid.*prefix='mem/'"):

@@ -88,6 +88,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.timesteps": lambda v: is_list(v) and all(is_int(t) and t >= 0 for t in v),
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
     "probes.reference_images": count(0),
+    "probes.loss_gap_images": count(0),
     "sharpness": never,
     "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)
     "sharpness.solver": one_of("auto", "dense", "lanczos", "power"),

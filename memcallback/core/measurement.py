@@ -42,6 +42,8 @@ class MeasureRequest:
         conditions: the conditional metrics to add, or ``None``.
         reference: this rank's share of the sharpness gap's images and noise, or ``None``.
         loss_reference: this rank's share of the loss gap's images and noise, or ``None``.
+        measure_probes: sample and measure the probes (with the sharpness gap and the conditional metrics);
+            ``False`` at the light checks between full ones (``ProbeConfig.every_n_checks``): the loss gap only.
     """
 
     noise: Tensor
@@ -55,6 +57,7 @@ class MeasureRequest:
     conditions: ConditionalConfig | None = None
     reference: ReferenceImages | None = None
     loss_reference: ReferenceImages | None = None
+    measure_probes: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class Measurement:
     """What a measurement function returns.
 
     Attributes:
-        report: this rank's :class:`~memcallback.measure.SharpnessReport` (its ``partial`` flag included).
+        report: this rank's :class:`~memcallback.measure.SharpnessReport` (its ``partial`` flag included), ``None``
+            when the request did not measure the probes.
         conditional: the conditional metrics as ``ConditionalReport.summary()`` keys (identical on every rank:
             same weights, same noises), empty when no conditions are watched.
         reference: this rank's sharpness gap (``None`` when no reference was requested or the probes'
@@ -88,7 +92,7 @@ class Measurement:
             measurement was cut short).
     """
 
-    report: SharpnessReport
+    report: SharpnessReport | None
     conditional: dict[str, float]
     reference: SharpnessGap | None = None
     loss_gap: LossGap | None = None
@@ -102,7 +106,9 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
     """The default measurement: :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of
     its reference images at the primary timestep and the denoising errors of the loss gap (unless the probes were
     cut short), then the conditional metrics of every watched condition (the paper's ``||H^D s^D||`` at the first
-    sampling step)."""
+    sampling step); with ``measure_probes=False`` the loss gap only."""
+    if not request.measure_probes:
+        return Measurement(report=None, conditional={}, loss_gap=_loss_gap(model, request.loss_reference))
     report = analyze(model, noise=request.noise, timesteps=request.timesteps, sigmas=(), config=request.sharpness,
                      num_sampling_steps=request.num_sampling_steps, seed=request.seed, train_data=request.train_data,
                      warm_start=request.warm_start, interrupt=request.interrupt)
@@ -111,10 +117,7 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
         ref = request.reference
         gap = sharpness_gap(model, ref.train, ref.heldout, request.timesteps[0], request.sharpness, seed=request.seed,
                             interrupt=request.interrupt, noise=ref.noise)
-    losses = None
-    if request.loss_reference is not None and not report.partial:
-        ref = request.loss_reference
-        losses = loss_gap(model, ref.train, ref.heldout, num_levels=ref.noise.shape[1], noise=ref.noise)
+    losses = None if report.partial else _loss_gap(model, request.loss_reference)
     conditional: dict[str, float] = {}
     if request.conditions is not None:
         labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)
@@ -122,6 +125,14 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
                                          num_generations=request.conditions.num_generations,
                                          seed=request.seed).summary()
     return Measurement(report=report, conditional=conditional, reference=gap, loss_gap=losses)
+
+
+def _loss_gap(model: DiffusionModel, reference: ReferenceImages | None) -> LossGap | None:
+    """The loss gap of this rank's images (``None`` without them)."""
+    if reference is None:
+        return None
+    return loss_gap(model, reference.train, reference.heldout, num_levels=reference.noise.shape[1],
+                    noise=reference.noise)
 
 
 def is_sharded(model: object) -> bool:

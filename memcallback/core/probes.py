@@ -31,6 +31,9 @@ class ProbeConfig:
         loss_gap_images: training and as many held-out images whose denoising errors give the relative loss gap
             (:func:`~memcallback.measure.loss_gap`), when both are given at setup; 0: off. Forward passes only:
             64 of each at its 10 noise levels cost 6.5 training steps on a 16x16 UNet (docs/scale/cost.md).
+        every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at the
+            first check and every this many checks after it; the checks between measure the loss gap only, which
+            costs a fraction of a full check. 1 (the default): every check is full. Needs the loss gap when > 1.
     """
 
     num_samples: int = 64
@@ -40,9 +43,10 @@ class ProbeConfig:
     seed: int = 0
     reference_images: int = 0
     loss_gap_images: int = 64
+    every_n_checks: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "num_sampling_steps"):
+        for name in ("num_samples", "num_sampling_steps", "every_n_checks"):
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, getattr(self, name), "an int >= 1")
         require(is_int(self.reference_images) and self.reference_images >= 0, "reference_images",
                 self.reference_images, "an int >= 0 (0: no sharpness gap)")

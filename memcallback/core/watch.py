@@ -74,7 +74,12 @@ class MemorizationWatch:
     *safe* check. Training is never perturbed: the measurement uses its own generator and restores train/eval
     flags, grad mode and RNG states.
 
-    **Safe check.** A successful check at which the stop rule did not alarm: its monitored value is finite and
+    **Light checks.** With ``probes.every_n_checks = n > 1`` only every ``n``-th check (the first included) samples
+    and measures the probes; the checks between measure the loss gap alone and log its keys with ``seconds``,
+    ``partial`` and ``check_failures``. The stop rule sees a value only at checks that measure its monitor.
+
+    **Safe check.** A successful check that measured the monitored value and at which the stop rule did not alarm:
+    its monitored value is finite and
     either not past ``threshold`` or not worse than the best value so far by more than ``min_delta``. The
     baseline (first) check is therefore safe. With ``stop.restore_safe_weights`` the model's ``state_dict`` is
     copied to the host at every safe check (one copy, overwritten) and loaded back when the rule fires; with
@@ -147,6 +152,7 @@ class MemorizationWatch:
         self.stopped_step: int | None = None
         self.safe_step: int | None = None
         self.failures = 0
+        self.num_checks = 0  # checks begun (failed ones too): every probes.every_n_checks-th one is full
         self.last_step: int | None = None
         self.setup_state: _Setup | None = None
         self._reported: set[str] = set()  # one-time warnings already given
@@ -233,6 +239,11 @@ class MemorizationWatch:
                 num_loss = min(self.probes.loss_gap_images, len(heldout_data))
                 loss_reference = _reference_share(train_data, heldout_data,
                                                   loss_noise(num_loss, shape, NUM_LEVELS, seed), seed, rank, world_size)
+        if self.probes.every_n_checks > 1 and loss_reference is None:
+            raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
+                             "full checks, but there is no loss gap: give training and held-out data at setup (a "
+                             "datamodule's unique_train_data() and heldout_data()) with probes.loss_gap_images > 0, "
+                             "or set every_n_checks=1 and check less often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
                                  loss_reference is not None)
@@ -279,14 +290,20 @@ class MemorizationWatch:
             raise RuntimeError("Call MemorizationWatch.setup(model, ...) before the first check.")
         state = self.setup_state
         self.last_step = step
+        full = self.num_checks % self.probes.every_n_checks == 0
+        self.num_checks += 1
         request = MeasureRequest(noise=state.probes.noise, timesteps=state.timesteps,
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
                                  sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
                                  interrupt=self._interrupt(), conditions=self.conditions, reference=state.reference,
-                                 loss_reference=state.loss_reference)
+                                 loss_reference=state.loss_reference, measure_probes=full)
         error = None
+        start = time.perf_counter()
         try:
             measured = self.measure_fn(model, request)
+            if full == (measured.report is None):
+                raise ValueError(f"the measurement function returned report={measured.report!r} for "
+                                 f"measure_probes={full}: measure the probes exactly when asked to")
         except Exception as err:  # a failed check is skipped and reported, never allowed to end training
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
@@ -294,19 +311,24 @@ class MemorizationWatch:
         if not state.reducer.all_true(error is None):
             return self._failed(step, error)
         report = measured.report
-        scalars = self._reduce(report) | {names.conditional(k): v for k, v in measured.conditional.items()}
         gap_partial = False
-        if state.reference is not None:
-            scalars |= self._reduce_reference(measured.reference)
-            gap_partial = measured.reference is not None and measured.reference.partial
+        if report is None:  # a light check: the loss gap only
+            scalars = {names.SECONDS: time.perf_counter() - start}
+        else:
+            scalars = self._reduce(report) | {names.conditional(k): v for k, v in measured.conditional.items()}
+            if state.reference is not None:
+                scalars |= self._reduce_reference(measured.reference)
+                gap_partial = measured.reference is not None and measured.reference.partial
         if state.loss_reference is not None:
             scalars |= self._reduce_loss_gap(measured.loss_gap)
-        partial = state.reducer.any_true(report.partial or gap_partial)
+        partial = state.reducer.any_true((report is not None and report.partial) or gap_partial)
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
         self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
-        state.warm_start = {t: s.eigenvectors for t, s in report.stats.items() if s.eigenvectors is not None} or None
-        self._warn_unconverged(scalars[names.CONVERGED_FRACTION], step)
+        if report is not None:
+            state.warm_start = {t: s.eigenvectors for t, s in report.stats.items()
+                                if s.eigenvectors is not None} or None
+            self._warn_unconverged(scalars[names.CONVERGED_FRACTION], step)
         result = CheckResult(step=step, scalars=scalars, prefix=self.prefix, report=report, partial=partial,
                              message=self.summary_line(scalars, step))
         if can_stop:
@@ -367,6 +389,8 @@ class MemorizationWatch:
         return LossGap(timesteps=timesteps, train=values[:num_levels].T, heldout=values[num_levels:].T).summary()
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
+        if self.monitor_key not in result.scalars:  # a light check does not measure the monitored value
+            return
         value = result.scalars[self.monitor_key]
         result.fired = self.setup_state.reducer.any_true(self.rule.update(value))
         result.safe = not result.fired and math.isfinite(value) and self.rule.wait_count == 0
@@ -423,8 +447,10 @@ class MemorizationWatch:
     @staticmethod
     def summary_line(scalars: dict[str, float], step: int) -> str:
         """The one-line summary of a check, e.g. ``[memorization] step 1250 | score 0.127 | flagged 0% | ...``."""
-        parts = [f"step {step}", f"score {scalars[names.SCORE]:.3f}", f"flagged {scalars[names.FLAGGED_FRACTION]:.0%}",
-                 f"d_eff {scalars['effective_dim']:.1f}", f"mu_max {scalars['mu_max']:.3f}"]
+        parts = [f"step {step}"]
+        if names.SCORE in scalars:  # not at a light check
+            parts += [f"score {scalars[names.SCORE]:.3f}", f"flagged {scalars[names.FLAGGED_FRACTION]:.0%}",
+                      f"d_eff {scalars['effective_dim']:.1f}", f"mu_max {scalars['mu_max']:.3f}"]
         if names.NN_RATE in scalars:
             parts.append(f"nn-rate {scalars[names.NN_RATE]:.0%}")
         if not math.isnan(scalars.get(names.AUROC, math.nan)):
@@ -441,7 +467,8 @@ class MemorizationWatch:
         """Everything needed to continue after a resume (not the safe weights: they live in checkpoints)."""
         timesteps = [] if self.setup_state is None else self.setup_state.timesteps
         return {"rule": self.rule.state_dict(), "history": self.history, "stopped_step": self.stopped_step,
-                "safe_step": self.safe_step, "failures": self.failures, "last_step": self.last_step,
+                "safe_step": self.safe_step, "failures": self.failures, "num_checks": self.num_checks,
+                "last_step": self.last_step,
                 "probes": {"seed": self.probes.seed, "num_samples": self.probes.num_samples, "timesteps": timesteps}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -463,6 +490,7 @@ class MemorizationWatch:
         self.stopped_step = state.get("stopped_step")
         self.safe_step = state.get("safe_step")
         self.failures = int(state.get("failures", 0))
+        self.num_checks = int(state.get("num_checks", len(self.history) + self.failures))
         self.last_step = state.get("last_step")
 
 

@@ -199,7 +199,8 @@ class MemorizationMonitor(Callback):
         log_scalars(trainer, result.metrics(), step)
         if result.failed:
             return
-        if self.media != "none" and trainer.is_global_zero and result.report.stats:  # a cut-short check may have none
+        # a light check has no report, a cut-short one may have no statistics
+        if self.media != "none" and trainer.is_global_zero and result.report is not None and result.report.stats:
             self._log_media(trainer, result)
         rank_zero_info(result.message)
         if not result.fired:

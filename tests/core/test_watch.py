@@ -3,6 +3,7 @@ stop decision and the safe weights, on models with closed-form scores (no Lightn
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -232,6 +233,47 @@ def test_three_ranks_reduce_the_loss_gap_to_the_one_process_value() -> None:
     for (result,) in ranks:  # 7 images: shards of 3, 2 + 1 padding, 2 + 1 padding
         for key in names.LOSS_REFERENCE:
             assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
+    model, train, heldout = memorized_mixture()
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=3))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    results = [w.check(model, step) for step in range(6)]
+    assert [r.report is not None for r in results] == [True, False, False, True, False, False]
+    light = results[1]
+    assert set(light.scalars) == {*names.LOSS_REFERENCE, names.SECONDS, names.PARTIAL, names.CHECK_FAILURES}
+    assert light.scalars["loss_gap"] == results[0].scalars["loss_gap"]  # same model, images and noise
+    assert light.message.startswith("[memorization] step 1 | loss gap ")
+    assert [r.safe for r in results] == [True, False, False, True, False, False]  # the score's rule, full checks
+    resumed = watch(probes=w.probes)
+    resumed.setup(model, train_data=train, heldout_data=heldout)
+    resumed.load_state_dict(w.state_dict())
+    assert resumed.check(model, 6).report is not None  # the 7th check is full: the count survives a resume
+
+
+def test_a_loss_gap_monitor_is_decided_at_every_check_light_or_full() -> None:
+    model, train, heldout = memorized_mixture()
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=2),
+              stop=StopConfig(monitor="memorization/loss_gap"))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    assert all(w.check(model, step).safe for step in range(4))
+
+
+def test_light_checks_need_the_loss_gap_and_a_measurement_that_skips_the_probes() -> None:
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=2)
+    with pytest.raises(ValueError, match=r"every_n_checks=2 measures the loss gap alone .*heldout_data\(\)"):
+        watch(probes=probes).setup(model, train_data=train)
+
+    def probes_always(model, request: MeasureRequest):
+        return measure(model, dataclasses.replace(request, measure_probes=True))
+
+    w = watch(probes=probes, measure_fn=probes_always)
+    w.setup(model, train_data=train, heldout_data=heldout)
+    with pytest.warns(UserWarning, match="measure the probes exactly when asked"):
+        results = [w.check(model, step) for step in range(2)]
+    assert [r.failed for r in results] == [False, True]
 
 
 def test_no_gap_without_heldout_data_or_with_its_images_zero() -> None:

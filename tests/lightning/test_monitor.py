@@ -7,7 +7,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from tiny_training import ScriptedMonitor, make_data, make_module, make_trainer
 
-from memcallback import MemorizationMonitor, StopConfig
+from memcallback import MemorizationMonitor, ProbeConfig, StopConfig
 
 
 def read_csv_metrics(path) -> list[dict[str, str]]:
@@ -138,3 +138,18 @@ def test_without_restore_the_model_keeps_its_last_weights_and_no_copy_is_made(tm
     final = weights_after(tmp_path, 6)
     assert all(torch.equal(v, final[k]) for k, v in module.state_dict().items())
     assert not (tmp_path / "checkpoints" / "safe.ckpt").exists()  # checkpointing disabled: no safe.ckpt
+
+
+def test_light_checks_log_the_loss_gap_between_full_checks(tmp_path, fast_monitor_kwargs) -> None:
+    """every_n_checks=2: the baseline and every second check measure the probes, the others the loss gap alone;
+    the plot and the console line cope with rows that lack the probe statistics."""
+    kwargs = fast_monitor_kwargs | {"probes": ProbeConfig(num_samples=8, num_sampling_steps=5, every_n_checks=2),
+                                    "save_plot": True}
+    monitor = MemorizationMonitor(**kwargs)
+    trainer = make_trainer(tmp_path, [monitor])
+    trainer.fit(make_module(), datamodule=make_data())
+    assert [h["step"] for h in monitor.history] == [0, 2, 4, 6]
+    assert ["score" in h for h in monitor.history] == [True, False, True, False]
+    assert all(math.isfinite(h["loss_gap"]) for h in monitor.history)
+    assert monitor.safe_step == 4  # only checks that measured the monitored score can be safe
+    assert (tmp_path / "memorization.png").is_file()

@@ -89,6 +89,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
     "probes.reference_images": count(0),
     "probes.loss_gap_images": count(0),
+    "probes.every_n_checks": count(1),
     "sharpness": never,
     "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)
     "sharpness.solver": one_of("auto", "dense", "lanczos", "power"),

@@ -43,7 +43,7 @@ from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
-from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_noise
+from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_gap_summary, loss_noise
 from memcallback.measure.reference import SharpnessGap
 from memcallback.measure.report import SharpnessReport, summarize
 from memcallback.measure.sharpness import SharpnessConfig
@@ -385,8 +385,7 @@ class MemorizationWatch:
             local[:num_levels], local[num_levels:] = gap.train.T.to(local), gap.heldout.T.to(local)
         values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size,
                                state.num_loss_reference).cpu()
-        timesteps = torch.zeros(num_levels) if gap is None else gap.timesteps
-        return LossGap(timesteps=timesteps, train=values[:num_levels].T, heldout=values[num_levels:].T).summary()
+        return loss_gap_summary(values[:num_levels].T, values[num_levels:].T)
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
         if self.monitor_key not in result.scalars:  # a light check does not measure the monitored value

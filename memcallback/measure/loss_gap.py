@@ -53,10 +53,15 @@ class LossGap:
         return relative_gap(self.train.mean(dim=0), self.heldout.mean(dim=0))
 
     def summary(self) -> dict[str, float]:
-        """``{loss_train_images, loss_heldout_images, loss_gap}``: the mean errors over every noise level, and
-        the gap."""
-        return {names.LOSS_TRAIN_IMAGES: float(self.train.mean()),
-                names.LOSS_HELDOUT_IMAGES: float(self.heldout.mean()), names.LOSS_GAP: self.gap}
+        """``{loss_train_images, loss_heldout_images, loss_gap}`` (see :func:`loss_gap_summary`)."""
+        return loss_gap_summary(self.train, self.heldout)
+
+
+def loss_gap_summary(train: Tensor, heldout: Tensor) -> dict[str, float]:
+    """``{loss_train_images, loss_heldout_images, loss_gap}`` of ``[n, K]`` errors: the mean errors over every
+    image and noise level, and the gap."""
+    return {names.LOSS_TRAIN_IMAGES: float(train.mean()), names.LOSS_HELDOUT_IMAGES: float(heldout.mean()),
+            names.LOSS_GAP: relative_gap(train.mean(dim=0), heldout.mean(dim=0))}
 
 
 def relative_gap(train: Tensor, heldout: Tensor) -> float:

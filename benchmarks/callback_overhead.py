@@ -98,7 +98,8 @@ def main() -> None:
     print("| run | median wall time (s) | all runs (s) |")
     print("|---|---|---|")
     print(f"| without callback | {base:.1f} | {', '.join(f'{t:.1f}' for t in times[False])} |")
-    print(f"| with MemorizationMonitor (defaults) | {watched:.1f} | {', '.join(f'{t:.1f}' for t in times[True])} |")
+    setting = "defaults" if args.every_n_checks == 1 else f"defaults, every_n_checks={args.every_n_checks}"
+    print(f"| with MemorizationMonitor ({setting}) | {watched:.1f} | {', '.join(f'{t:.1f}' for t in times[True])} |")
     all_checks = check_seconds[True] + check_seconds[False]
     per_run = sum(all_checks) / args.repeats
     n = args.every_n_checks

@@ -45,6 +45,9 @@ from memcallback.viz.wandb_media import pair_grid, upscale
 DIGITS_FLAG_THRESHOLD = SharpnessConfig().flag_threshold  # calibrated on digits (docs/results.md, D3)
 SHIPPED = StopConfig()  # the stop rule's defaults, calibrated on digits (docs/results.md, S1)
 MIN_PER_CLASS = 10  # within-checkpoint AUROC only where both classes have at least this many samples
+#: distance ratios (nearest / second-nearest training patch) of the samples left out as ambiguous in the label-margin
+#: table: the nn rule puts its cut at 1/3 inside this band; chosen once, before the table was first computed
+AMBIGUOUS = (0.2, 0.5)
 
 
 class ScaleWriter(Writer):
@@ -262,8 +265,38 @@ def study_detect(args: argparse.Namespace, w: ScaleWriter) -> None:
                                        "AUROC >= 0.95", "AUROC >= 0.95 and TPR >= 0.5"], summary)
     w.table(f"Within each checkpoint with >= {MIN_PER_CLASS} samples per class: AUROC / TPR@1%FPR",
             ["run", "step", "copies / not", *PER_SAMPLE], rows or [["(none)"] + [""] * (2 + len(PER_SAMPLE))])
+    _label_margin(runs, args, w)
     _roc_figure(runs, args, w)
     _grid_figure(runs, args, w)
+
+
+def _label_margin(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> None:
+    """What limits the within-checkpoint numbers: the default score against the nn label on every sample, and
+    on the unambiguous ones only (distance ratio outside ``AMBIGUOUS``), reported runs."""
+    low, high = AMBIGUOUS
+    rows = []
+    for name, keep in (("every sample (the target's label)", lambda r: np.ones_like(r, dtype=bool)),
+                       (f"unambiguous only: ratio < {low} (copies) or > {high} (novel)",
+                        lambda r: (r < low) | (r > high))):
+        values, ambiguous = [], []
+        for run in (r for r in runs if not r.calibration):
+            for c in run.checks:
+                ratio = np.asarray(c["distance_ratio"][: args.measured])
+                labels, score = c["copied"][: args.measured], oriented(c, "score")
+                mask = keep(ratio)
+                if min(labels[mask].sum(), (~labels[mask]).sum()) < MIN_PER_CLASS:
+                    continue
+                values.append(auroc_tpr(labels[mask], score[mask]))
+                ambiguous.append(float(((ratio >= low) & (ratio <= high)).mean()))
+        rows.append([name, str(len(values)), fmt(float(np.median([a for a, _ in values])), 3),
+                     fmt(min(a for a, _ in values), 3), fmt(float(np.median([t for _, t in values])), 2),
+                     str(sum(a >= 0.95 for a, _ in values)), str(sum(a >= 0.95 and t >= 0.5 for a, t in values)),
+                     fmt(float(np.median(ambiguous)), 2)])
+    w.table(f"What limits the within-checkpoint numbers: the default score on the reported runs' checkpoints with >= "
+            f"{MIN_PER_CLASS} per class, against every sample's nn label and against the unambiguous samples only "
+            f"(distance ratio outside [{low}, {high}], around the rule's cut at 1/3)",
+            ["samples", "checkpoints", "median AUROC", "min AUROC", "median TPR@1%FPR", "AUROC >= 0.95",
+             "AUROC >= 0.95 and TPR >= 0.5", "median share of ambiguous samples"], rows)
 
 
 def _roc_figure(runs: list[Run], args: argparse.Namespace, w: ScaleWriter) -> None:

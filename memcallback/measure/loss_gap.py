@@ -13,8 +13,9 @@ the mean errors over ``n`` training and ``n`` held-out images (the same noise dr
 
 the fraction of the held-out error the network avoids on its training images, averaged over ``K`` noise levels
 spread over the schedule's ``T`` timesteps. Each term is a ratio of two errors at one noise level, so it is the
-same for an epsilon-, v-, sample- or score-network (their errors differ from the epsilon error by a factor of
-``t`` only) and does not depend on the scale of the data: ``0`` for a network that generalizes, at most ``1``.
+same for an epsilon-, v-, sample- or score-network (their errors differ from the epsilon error by a factor that
+depends on ``t`` only) and does not depend on the scale of the data: about ``0`` for a network that generalizes,
+at most ``1``.
 It needs forward passes only, no sampling, and only scalars leave the measurement (docs/scale/loss_gap.md).
 """
 

@@ -88,8 +88,7 @@ class Measurement:
             same weights, same noises), empty when no conditions are watched.
         reference: this rank's sharpness gap (``None`` when no reference was requested or the probes'
             measurement was cut short).
-        loss_gap: this rank's denoising errors of the loss gap (``None`` when not requested or the probes'
-            measurement was cut short).
+        loss_gap: this rank's denoising errors of the loss gap (``None`` when not requested).
     """
 
     report: SharpnessReport | None
@@ -103,12 +102,13 @@ MeasureFn = Callable[[DiffusionModel, MeasureRequest], Measurement]
 
 
 def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
-    """The default measurement: :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of
-    its reference images at the primary timestep and the denoising errors of the loss gap (unless the probes were
-    cut short), then the conditional metrics of every watched condition (the paper's ``||H^D s^D||`` at the first
-    sampling step); with ``measure_probes=False`` the loss gap only."""
+    """The default measurement: the denoising errors of the loss gap first (cheap, and never cut short), then
+    :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of its reference images at the
+    primary timestep (unless the probes were cut short) and the conditional metrics of every watched condition (the
+    paper's ``||H^D s^D||`` at the first sampling step); with ``measure_probes=False`` the loss gap only."""
+    losses = _loss_gap(model, request.loss_reference)
     if not request.measure_probes:
-        return Measurement(report=None, conditional={}, loss_gap=_loss_gap(model, request.loss_reference))
+        return Measurement(report=None, conditional={}, loss_gap=losses)
     report = analyze(model, noise=request.noise, timesteps=request.timesteps, sigmas=(), config=request.sharpness,
                      num_sampling_steps=request.num_sampling_steps, seed=request.seed, train_data=request.train_data,
                      warm_start=request.warm_start, interrupt=request.interrupt)
@@ -117,7 +117,6 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
         ref = request.reference
         gap = sharpness_gap(model, ref.train, ref.heldout, request.timesteps[0], request.sharpness, seed=request.seed,
                             interrupt=request.interrupt, noise=ref.noise)
-    losses = None if report.partial else _loss_gap(model, request.loss_reference)
     conditional: dict[str, float] = {}
     if request.conditions is not None:
         labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)

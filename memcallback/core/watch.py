@@ -152,7 +152,7 @@ class MemorizationWatch:
         self.stopped_step: int | None = None
         self.safe_step: int | None = None
         self.failures = 0
-        self.num_checks = 0  # checks begun (failed ones too): every probes.every_n_checks-th one is full
+        self.num_checks = 0  # training checks begun (failed ones too): every probes.every_n_checks-th one is full
         self.last_step: int | None = None
         self.setup_state: _Setup | None = None
         self._reported: set[str] = set()  # one-time warnings already given
@@ -241,9 +241,10 @@ class MemorizationWatch:
                                                   loss_noise(num_loss, shape, NUM_LEVELS, seed), seed, rank, world_size)
         if self.probes.every_n_checks > 1 and loss_reference is None:
             raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
-                             "full checks, but there is no loss gap: give training and held-out data at setup (a "
-                             "datamodule's unique_train_data() and heldout_data()) with probes.loss_gap_images > 0, "
-                             "or set every_n_checks=1 and check less often instead.")
+                             "full checks, but there is no loss gap: give training and held-out data at setup (with "
+                             "MemorizationMonitor: ground_truth=True and a datamodule with unique_train_data() and "
+                             "heldout_data()) and probes.loss_gap_images > 0, or set every_n_checks=1 and check less "
+                             "often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
                                  loss_reference is not None)
@@ -252,7 +253,9 @@ class MemorizationWatch:
             if self.monitor_key in names.REFERENCE:
                 hint = " (the sharpness gap needs training and held-out data at setup, and probes.reference_images > 0)"
             elif self.monitor_key in names.LOSS_REFERENCE:
-                hint = " (the loss gap needs training and held-out data at setup, and probes.loss_gap_images > 0)"
+                hint = (" (the loss gap needs training and held-out data at setup, with MemorizationMonitor "
+                        "ground_truth=True and a datamodule with unique_train_data() and heldout_data(), and "
+                        "probes.loss_gap_images > 0)")
             raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
                              f"one of {sorted(self.prefix + name for name in known)}.")
         if reducer is None:
@@ -290,8 +293,9 @@ class MemorizationWatch:
             raise RuntimeError("Call MemorizationWatch.setup(model, ...) before the first check.")
         state = self.setup_state
         self.last_step = step
-        full = self.num_checks % self.probes.every_n_checks == 0
-        self.num_checks += 1
+        full = not can_stop or self.num_checks % self.probes.every_n_checks == 0  # outside training: always full
+        if can_stop:  # checks outside training stay out of the cycle
+            self.num_checks += 1
         request = MeasureRequest(noise=state.probes.noise, timesteps=state.timesteps,
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
                                  sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
@@ -301,6 +305,7 @@ class MemorizationWatch:
         start = time.perf_counter()
         try:
             measured = self.measure_fn(model, request)
+            seconds = time.perf_counter() - start
             if full == (measured.report is None):
                 raise ValueError(f"the measurement function returned report={measured.report!r} for "
                                  f"measure_probes={full}: measure the probes exactly when asked to")
@@ -313,7 +318,7 @@ class MemorizationWatch:
         report = measured.report
         gap_partial = False
         if report is None:  # a light check: the loss gap only
-            scalars = {names.SECONDS: time.perf_counter() - start}
+            scalars = {}
         else:
             scalars = self._reduce(report) | {names.conditional(k): v for k, v in measured.conditional.items()}
             if state.reference is not None:
@@ -322,6 +327,7 @@ class MemorizationWatch:
         if state.loss_reference is not None:
             scalars |= self._reduce_loss_gap(measured.loss_gap)
         partial = state.reducer.any_true((report is not None and report.partial) or gap_partial)
+        scalars[names.SECONDS] = seconds  # the whole measurement, this rank
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
         self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
@@ -500,4 +506,4 @@ def _reference_share(train_data: Tensor, heldout_data: Tensor, noise: Tensor, se
     count = len(noise)
     train = train_data[sample_rows(len(train_data), count, seed).to(train_data.device)]
     heldout = heldout_data[sample_rows(len(heldout_data), count, seed + 1).to(heldout_data.device)]
-    return ReferenceImages(*(shard(x, rank, world_size) for x in (train, heldout, noise.to(heldout_data))))
+    return ReferenceImages(*(shard(x, rank, world_size) for x in (train, heldout, noise)))  # noise stays on the CPU

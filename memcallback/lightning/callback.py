@@ -175,8 +175,8 @@ class MemorizationMonitor(Callback):
         if trainer.global_step == 0:
             if self.watch.check_at_start:
                 self._check(trainer, pl_module, can_stop=True)  # the baseline sets the stop rule's best value
-        elif self.history:  # resumed: make the last values monitorable again until the next check
-            last = {k: v for k, v in self.history[-1].items() if k not in ("step", "epoch")}
+        elif self.history:  # resumed: make the last value of every key monitorable again until the next check
+            last = {k: v for row in self.history for k, v in row.items() if k not in ("step", "epoch")}
             set_callback_metrics(trainer, {f"{self.watch.prefix}{name}": value for name, value in last.items()})
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

@@ -44,14 +44,15 @@ def probe_noise(num_samples: int, data_shape: Sequence[int], seed: int, dtype: t
 
 
 @contextlib.contextmanager
-def measurement_mode(model: object) -> Iterator[None]:
-    """Put ``model`` in eval mode with gradients enabled and global RNG states untouched; restore all on exit.
+def measurement_mode(model: object, differentiable: bool = True) -> Iterator[None]:
+    """Put ``model`` in eval mode with global RNG states untouched; restore all on exit.
 
     Train/eval flags are captured and restored per submodule (a frozen submodule stays frozen), the
     measurement leaves no ``.grad`` on parameters, and it also works when called under
-    ``torch.inference_mode()`` (as in ``trainer.validate()``). Attention runs on PyTorch's math backend
-    inside, since fused attention kernels cannot be differentiated twice (see
-    :func:`memcallback.adapters.math_attention`).
+    ``torch.inference_mode()`` (as in ``trainer.validate()``). With ``differentiable`` (the default) gradients
+    are enabled and attention runs on PyTorch's math backend, since fused attention kernels cannot be
+    differentiated twice (see :func:`memcallback.adapters.math_attention`); without, gradients are off and
+    attention keeps its fused kernels (forward passes only).
     """
     is_module = isinstance(model, nn.Module)
     modules = list(model.modules()) if is_module else []
@@ -60,8 +61,9 @@ def measurement_mode(model: object) -> Iterator[None]:
     grads = [p.grad for p in params]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     try:
-        with (torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad(),
-              math_attention()):
+        grad = torch.enable_grad() if differentiable else torch.no_grad()
+        attention = math_attention() if differentiable else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), grad, attention:
             if is_module:
                 model.eval()
             yield
@@ -123,7 +125,7 @@ def analyze(
     model = check_model(model)
     config = config or SharpnessConfig()
     ts = resolve_timesteps(model, sigmas, timesteps)
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
     if noise is None:
         noise = probe_noise(num_samples, model.data_shape, seed, dtype)
     elif tuple(noise.shape[1:]) != tuple(model.data_shape):
@@ -177,7 +179,8 @@ class _Interruptible:
         return self._model.model_output(x_t, t, cond)
 
 
-def _device_dtype(model: object) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: object) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of a module's first floating parameter (CPU float32 for other models)."""
     if isinstance(model, nn.Module):
         for p in model.parameters():
             if p.is_floating_point():

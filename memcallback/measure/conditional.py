@@ -34,7 +34,7 @@ from torch import Tensor
 from memcallback.arguments import is_int, require
 from memcallback.diffusion import DiffusionModel, check_model, ddim_sample, score
 from memcallback.measure import names
-from memcallback.measure.analysis import _device_dtype, measurement_mode, probe_noise
+from memcallback.measure.analysis import measurement_mode, model_device_dtype, probe_noise
 from memcallback.measure.ground_truth import MemorizationLabels, memorization_labels
 from memcallback.measure.report import auroc
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness
@@ -314,7 +314,7 @@ def conditional_report(
         raise ValueError(f"train_data must have shape [N, *{shape}], got {tuple(train_data.shape)}.")
     t = model.schedule.num_timesteps - 1 if timestep is None else _check_timestep(model, timestep)
     start = time.perf_counter()
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
     num_cond, per_cond = cond.shape[0], num_samples_per_cond * num_generations
     noise = probe_noise(per_cond, shape, seed, dtype).to(device)
     x_start = noise.repeat(num_cond, *(1,) * len(shape))  # row c * S * G + j * G + g

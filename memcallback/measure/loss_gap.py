@@ -17,6 +17,7 @@ same for an epsilon-, v-, sample- or score-network (their errors differ from the
 depends on ``t`` only) and does not depend on the scale of the data: about ``0`` for a network that generalizes,
 at most ``1``.
 It needs forward passes only, no sampling, and only scalars leave the measurement (docs/scale/loss_gap.md).
+A conditional model is measured unconditionally (``cond=None``, its null condition).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from memcallback.diffusion import DiffusionModel, check_model, predict_epsilon
 from memcallback.measure import names
-from memcallback.measure.analysis import measurement_mode, probe_noise
+from memcallback.measure.analysis import measurement_mode, model_device_dtype, probe_noise
 
 #: ``K``, the number of noise levels of the loss gap.
 NUM_LEVELS = 10
@@ -91,16 +92,18 @@ def denoising_errors(model: DiffusionModel, images: Tensor, timesteps: Tensor, n
 
     Args:
         model: any :class:`~memcallback.DiffusionModel` (called as it is; :func:`loss_gap` sets eval mode).
-        images: ``[n, *data_shape]`` clean images.
+        images: ``[n, *data_shape]`` clean images (moved to the model's device and dtype batch by batch).
         timesteps: ``[K]`` noise levels.
-        noise: ``[n, K, *data_shape]`` the noise of every image at every level.
+        noise: ``[n, K, *data_shape]`` the noise of every image at every level (on any device).
         batch_size: images per network call.
     """
+    device, dtype = model_device_dtype(model)
     errors = torch.empty(len(images), len(timesteps), dtype=torch.float64)
     for k, t in enumerate(timesteps.tolist()):
         alpha, sigma = model.schedule.alpha(t, torch.float64).item(), model.schedule.sigma(t, torch.float64).item()
         for start in range(0, len(images), batch_size):
-            x, z = images[start:start + batch_size], noise[start:start + batch_size, k].to(images)
+            x = images[start:start + batch_size].to(device, dtype)
+            z = noise[start:start + batch_size, k].to(device, dtype)
             eps = predict_epsilon(model, alpha * x + sigma * z, t)
             errors[start:start + len(x), k] = (eps - z).double().flatten(1).pow(2).mean(dim=1).cpu()
     return errors
@@ -142,6 +145,6 @@ def loss_gap(
     elif tuple(noise.shape) != (len(train_images), num_levels, *shape):
         raise ValueError(f"noise must have shape {(len(train_images), num_levels, *shape)} ([n, num_levels, "
                          f"*data_shape]); got {tuple(noise.shape)}.")
-    with measurement_mode(model):
+    with measurement_mode(model, differentiable=False):
         errors = [denoising_errors(model, images, timesteps, noise) for images in (train_images, heldout_images)]
     return LossGap(timesteps=timesteps, train=errors[0], heldout=errors[1])

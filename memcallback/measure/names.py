@@ -16,13 +16,14 @@ memorization score is ``"memorization/score"``. One check logs:
                                ``loss_train_images`` and ``loss_heldout_images`` (when loss-gap images are given)
 ``cond/{name}``                conditional metrics (``CONDITIONAL``), ``cond/cond{c}/{name}`` per condition,
                                ``cond/sharpest_condition`` and ``cond/seconds``
-``seconds``                    wall time of the measurement (per rank)
+``seconds``                    wall time of the whole measurement (per rank)
 ``partial``                    1.0 when the measurement was cut short by the time budget, else 0.0
 ``check_failures``             failed checks so far
 =============================  =====================================================================
 
-and, outside the per-check values, ``stopped`` (1.0 at the step the stop rule fired) and ``safe_step`` (the
-last check at which the model was not memorizing, in the run summary).
+A light check (``ProbeConfig.every_n_checks > 1``) logs the loss gap's keys with ``seconds``, ``partial`` and
+``check_failures`` only. Outside the per-check values come ``stopped`` (1.0 at the step the stop rule fired) and
+``safe_step`` (the last check at which the model was not memorizing, in the run summary).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ RATE_SERIES = {
     "score": "memorization score (mean)",
     "flagged_fraction": "flagged fraction",
     "nn_rate": "nearest-neighbour memorization rate (ground truth)",
+    names.LOSS_GAP: "loss gap (training vs held-out images)",
 }
 DIMENSION_SERIES = {"effective_dim": "effective dimension d_eff (mean)"}
 AUROC_SERIES = {"auroc": "AUROC of the score vs ground truth"}
@@ -46,14 +47,15 @@ def plot_history(
     """Write a PNG of the memorization measures over training.
 
     Panels share the training-step axis: (a) the memorization score, the flagged fraction and, when present,
-    the nearest-neighbour memorization rate; (b) the effective dimension; (c) the AUROC of the score against
-    the ground truth, only when some check has a finite one. The monitored quantity (``monitor``) is drawn on
-    its panel (added to the top one when it is none of the above) with ``threshold`` as a dashed line, and
-    ``stopped_step`` is marked on every panel.
+    the nearest-neighbour memorization rate and the loss gap; (b) the effective dimension; (c) the AUROC of the
+    score against the ground truth, only when some check has a finite one. The monitored quantity (``monitor``)
+    is drawn on its panel (added to the top one when it is none of the above) with ``threshold`` as a dashed line,
+    and ``stopped_step`` is marked on every panel.
 
     Args:
         history: one row per check, keys without ``prefix``; each row needs ``"step"``
-            (``MemorizationMonitor.history``). Missing or NaN values leave gaps.
+            (``MemorizationMonitor.history``). A series is drawn through the rows that hold a finite value of it
+            (light checks have no probe statistics, failed checks nothing).
         path: output file; parent directories are created.
         monitor: the logged key the stop rule watched (with ``prefix``).
         prefix: namespace stripped from ``monitor`` to find it in the rows.
@@ -72,7 +74,6 @@ def plot_history(
     if missing:
         raise ValueError(f"history rows {missing} have no 'step' key; every row needs the training step.")
     rows = sorted(history, key=lambda row: row["step"])
-    steps = [row["step"] for row in rows]
     target = monitor.removeprefix(prefix)
 
     panels = [_Panel("rate / score", dict(RATE_SERIES), True), _Panel("dimensions", dict(DIMENSION_SERIES), False),
@@ -91,7 +92,9 @@ def plot_history(
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (ylabel, series, unit) in zip(axes, panels, strict=True):
         for key, label in series.items():
-            ax.plot(steps, [row.get(key, math.nan) for row in rows], marker="o", markersize=3, label=label)
+            points = [(row["step"], row[key]) for row in rows if _has_values([row], key)]
+            ax.plot([step for step, _ in points], [value for _, value in points], marker="o", markersize=3,
+                    label=label)
         if target in series and threshold is not None:
             ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"stop threshold on {target}")
         if "auroc" in series:

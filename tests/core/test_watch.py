@@ -246,10 +246,25 @@ def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
     assert light.scalars["loss_gap"] == results[0].scalars["loss_gap"]  # same model, images and noise
     assert light.message.startswith("[memorization] step 1 | loss gap ")
     assert [r.safe for r in results] == [True, False, False, True, False, False]  # the score's rule, full checks
-    resumed = watch(probes=w.probes)
-    resumed.setup(model, train_data=train, heldout_data=heldout)
-    resumed.load_state_dict(w.state_dict())
-    assert resumed.check(model, 6).report is not None  # the 7th check is full: the count survives a resume
+    assert w.check(model, 6, can_stop=False).report is not None  # outside training: always full, not counted
+    state = w.state_dict()
+    state["history"], state["num_checks"] = state["history"][:5], 5  # as if saved after the 5th training check
+    for saved in (state, {k: v for k, v in state.items() if k != "num_checks"}):  # the count, or older checkpoints
+        resumed = watch(probes=w.probes)
+        resumed.setup(model, train_data=train, heldout_data=heldout)
+        resumed.load_state_dict(saved)
+        assert [resumed.check(model, step).report is not None for step in (7, 8)] == [False, True]
+
+
+def test_the_loss_gap_survives_a_check_cut_short_by_the_time_budget() -> None:
+    model, train, heldout = memorized_mixture()
+    ticks = iter(range(0, 10**6, 1000))
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,)), time_budget_s=1.0,
+              clock=lambda: float(next(ticks)), stop=StopConfig(monitor="memorization/loss_gap"))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    result = w.check(model, 0)
+    assert result.partial and math.isnan(result.scalars["score"])
+    assert math.isfinite(result.scalars["loss_gap"]) and result.safe  # measured first, never cut short
 
 
 def test_a_loss_gap_monitor_is_decided_at_every_check_light_or_full() -> None:

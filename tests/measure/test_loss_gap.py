@@ -86,6 +86,22 @@ def test_a_module_keeps_its_mode_and_gets_no_gradients() -> None:
     assert not result.train.requires_grad
 
 
+def test_a_bfloat16_module_is_fed_in_its_own_dtype() -> None:
+    class Network(nn.Module):
+        schedule, prediction_type, data_shape = SCHEDULE, "epsilon", (3,)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 3)
+
+        def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+            return self.linear(x_t)
+
+    network = Network().to(torch.bfloat16)
+    result = loss_gap(network, torch.randn(4, 3), torch.randn(4, 3))  # float32 images
+    assert torch.isfinite(result.train).all() and result.train.dtype == torch.float64
+
+
 def test_bad_input_is_refused_with_what_to_change() -> None:
     model = GaussianModel(torch.zeros(4), torch.eye(4), SCHEDULE)
     x = torch.zeros(3, 4)

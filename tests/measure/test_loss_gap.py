@@ -10,6 +10,19 @@ from memcallback.measure.loss_gap import loss_noise, loss_timesteps
 SCHEDULE = NoiseSchedule.linear(100)
 
 
+class LinearNetwork(nn.Module):
+    """A DiffusionModel module with one linear layer."""
+
+    schedule, prediction_type, data_shape = SCHEDULE, "epsilon", (3,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(x_t)
+
+
 def gaussian_errors(images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, var: float) -> torch.Tensor:
     """``[n, K]`` the closed-form error of the exact denoiser of N(0, var I): eps_hat(x) = sigma x / (a^2 var + s^2)."""
     out = torch.empty(len(images), len(timesteps), dtype=torch.float64)
@@ -70,34 +83,14 @@ def test_the_gap_does_not_depend_on_what_the_network_predicts(prediction_type: s
 
 
 def test_a_module_keeps_its_mode_and_gets_no_gradients() -> None:
-    class Network(nn.Module):
-        schedule, prediction_type, data_shape = SCHEDULE, "epsilon", (3,)
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.linear = nn.Linear(3, 3)
-
-        def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-            return self.linear(x_t)
-
-    network = Network().train()
+    network = LinearNetwork().train()
     result = loss_gap(network, torch.randn(2, 3), torch.randn(2, 3))
     assert network.training and network.linear.weight.grad is None
     assert not result.train.requires_grad
 
 
 def test_a_bfloat16_module_is_fed_in_its_own_dtype() -> None:
-    class Network(nn.Module):
-        schedule, prediction_type, data_shape = SCHEDULE, "epsilon", (3,)
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.linear = nn.Linear(3, 3)
-
-        def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-            return self.linear(x_t)
-
-    network = Network().to(torch.bfloat16)
+    network = LinearNetwork().to(torch.bfloat16)
     result = loss_gap(network, torch.randn(4, 3), torch.randn(4, 3))  # float32 images
     assert torch.isfinite(result.train).all() and result.train.dtype == torch.float64
 

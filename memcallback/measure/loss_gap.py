@@ -30,6 +30,7 @@ from torch import Tensor
 from memcallback.diffusion import DiffusionModel, check_model, predict_epsilon
 from memcallback.measure import names
 from memcallback.measure.analysis import measurement_mode, model_device_dtype, probe_noise
+from memcallback.measure.reference import check_image_pair
 
 #: ``K``, the number of noise levels of the loss gap.
 NUM_LEVELS = 10
@@ -133,12 +134,7 @@ def loss_gap(
     """
     model = check_model(model)
     shape = tuple(model.data_shape)
-    for name, images in (("train_images", train_images), ("heldout_images", heldout_images)):
-        if images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != shape:
-            raise ValueError(f"{name} must have shape [n, *{shape}], got {tuple(images.shape)}.")
-    if len(train_images) != len(heldout_images) or len(train_images) < 1:
-        raise ValueError(f"Give as many held-out as training images, at least one: got {len(train_images)} and "
-                         f"{len(heldout_images)}.")
+    check_image_pair(shape, train_images, heldout_images)
     timesteps = loss_timesteps(model.schedule.num_timesteps, num_levels)
     if noise is None:
         noise = loss_noise(len(train_images), shape, num_levels, seed)

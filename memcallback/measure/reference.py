@@ -56,6 +56,17 @@ class SharpnessGap:
                 names.SHARPNESS_GAP: self.gap}
 
 
+def check_image_pair(shape: tuple[int, ...], train_images: Tensor, heldout_images: Tensor) -> None:
+    """Raise a ``ValueError`` unless both sets are ``[n, *shape]`` with the same ``n >= 1`` (the input of a gap
+    between training and held-out images)."""
+    for name, images in (("train_images", train_images), ("heldout_images", heldout_images)):
+        if images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"{name} must have shape [n, *{shape}], got {tuple(images.shape)}.")
+    if len(train_images) != len(heldout_images) or len(train_images) < 1:
+        raise ValueError(f"Give as many held-out as training images, at least one: got {len(train_images)} and "
+                         f"{len(heldout_images)}.")
+
+
 def sharpness_gap(
     model: DiffusionModel,
     train_images: Tensor,
@@ -86,12 +97,7 @@ def sharpness_gap(
     model = check_model(model)
     config = config or SharpnessConfig()
     shape = tuple(model.data_shape)
-    for name, images in (("train_images", train_images), ("heldout_images", heldout_images)):
-        if images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != shape:
-            raise ValueError(f"{name} must have shape [n, *{shape}], got {tuple(images.shape)}.")
-    if len(train_images) != len(heldout_images) or len(train_images) < 1:
-        raise ValueError(f"Give as many held-out as training images, at least one: got {len(train_images)} and "
-                         f"{len(heldout_images)}.")
+    check_image_pair(shape, train_images, heldout_images)
     if noise is not None and tuple(noise.shape) != tuple(train_images.shape):
         raise ValueError(f"noise must have the shape of the images, {tuple(train_images.shape)}; got "
                          f"{tuple(noise.shape)}.")

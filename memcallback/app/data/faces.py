@@ -36,7 +36,8 @@ class FacesDataModule(ArrayDataModule):
         super().__init__(**kwargs)
         if not isinstance(flips, bool):
             raise ValueError(f"flips must be True or False, got {flips!r}")
-        if isinstance(dedup_fraction, bool) or not isinstance(dedup_fraction, int | float) or not 0 <= dedup_fraction < 1:
+        if (isinstance(dedup_fraction, bool) or not isinstance(dedup_fraction, int | float)
+                or not 0 <= dedup_fraction < 1):
             raise ValueError(f"dedup_fraction must be a number in [0, 1), got {dedup_fraction!r}")
         self.flips, self.dedup_fraction = flips, float(dedup_fraction)
         self.num_classes = NUM_FACES

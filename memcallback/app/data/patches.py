@@ -184,7 +184,8 @@ def patch_pool(
     if (isinstance(dedup_fraction, bool) or not isinstance(dedup_fraction, int | float)
             or not 0 <= dedup_fraction < 1):
         raise ValueError(f"dedup_fraction must be a number in [0, 1), got {dedup_fraction!r}")
-    return _cached_pool(source, patch_size, stride or patch_size, factors, bool(flips), float(min_std), float(dedup_fraction))
+    return _cached_pool(source, patch_size, stride or patch_size, factors, bool(flips), float(min_std),
+                        float(dedup_fraction))
 
 
 class PatchesDataModule(ArrayDataModule):

@@ -1,12 +1,12 @@
 """Training runs of the transfer study, cached and resumable: the app's ``model=unet`` trained on one family.
 
-A run trains ``DiffusionModule(SmallUNet(shape, base_channels=32, channel_mults=(1, 2)))`` with the app's
+A run trains ``DiffusionModule(SmallUNet(shape, X
 ``model=unet`` defaults otherwise (epsilon prediction, linear schedule, EMA 0.999) at lr 1e-3 and batch 32 (as
 ``experiment=patches_memorize``), for ``steps`` steps, one torch thread. It keeps the network and EMA weights
 every ``every`` steps (``step{step:06d}.pt``, step 0 included) and resumes bit for bit from ``resume.pt``: every
 random draw (batch indices, timesteps, noise) comes from one generator seeded by the run seed.
 
-    python -m benchmarks.transfer.runs faces:mem faces:gen --steps 4000
+    python -m benchmarks.transfer.runs faces:mem faces:gen --steps 3000
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from memcallback.app.data import ArrayDataModule
 from memcallback.app.models import DiffusionModule, SmallUNet
 
 LR = 1e-3
-BASE_CHANNELS = 32
+BASE_CHANNELS = 16
 CACHE = Path("benchmarks/outputs/transfer")
 
 
@@ -37,7 +37,7 @@ class RunSpec:
     family: str
     memorize: bool
     seed: int = 0
-    steps: int = 4000
+    steps: int = 3000
     every: int = 250
 
     @property
@@ -142,7 +142,7 @@ def train(spec: RunSpec, cache: Path = CACHE) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="FAMILY:mem|gen[:SEED]")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--cache", type=Path, default=CACHE)
     args = parser.parse_args()

@@ -87,12 +87,14 @@ def heldout_loss(module: Any, data: Tensor) -> float:
 
 
 def measure_run(spec: RunSpec, cache: Path = CACHE) -> list[dict[str, Any]]:
-    """Every checkpoint of ``spec``, cached as ``measured.pt`` (a run measured before is read back)."""
+    """Every checkpoint of ``spec`` saved so far, cached as ``measured.pt`` (a run measured before is read back and
+    continued, so a run still training can be measured as it goes)."""
     torch.set_num_threads(1)
     path = run_dir(spec, cache) / "measured.pt"
     rows: list[dict[str, Any]] = torch.load(path, weights_only=False) if path.exists() else []
     done = {row["step"] for row in rows}
-    todo = [step for step in spec.grid if step not in done]
+    saved = [step for step in spec.grid if (run_dir(spec, cache) / f"step{step:06d}.pt").exists()]
+    todo = [step for step in saved[:len(saved) if saved == spec.grid[:len(saved)] else 0] if step not in done]
     if not todo:
         return rows
     dm = datamodule(spec)

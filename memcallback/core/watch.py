@@ -30,6 +30,7 @@ from memcallback.core.distributed import NoDistribution, Reducer, TorchDistribut
 from memcallback.core.measurement import (
     MeasureFn,
     MeasureRequest,
+    NullImages,
     ReferenceImages,
     fixed_call_count,
     is_sharded,
@@ -38,15 +39,16 @@ from memcallback.core.measurement import (
 from memcallback.core.probes import ProbeConfig, ProbeSet, sample_rows, shard
 from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
-from memcallback.core.stopping import StopConfig, StopRule
+from memcallback.core.stopping import AUTO, StopConfig, StopRule
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_gap_summary, loss_noise
+from memcallback.measure.null import conformal_threshold, min_null_size
 from memcallback.measure.reference import SharpnessGap
 from memcallback.measure.report import SharpnessReport, summarize
-from memcallback.measure.sharpness import SharpnessConfig
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
 
 
 @dataclass
@@ -62,6 +64,8 @@ class _Setup:
     num_reference: int = 0
     loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
     num_loss_reference: int = 0
+    null: NullImages | None = None  # this rank's share of the flag's null images
+    num_null: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
 
 
@@ -140,13 +144,22 @@ class MemorizationWatch:
                                   ("stop", stop, StopConfig), ("conditions", conditions, ConditionalConfig)):
             require(value is None or isinstance(value, kind), name, value, f"a {kind.__name__} or None")
         self.stop = stop or StopConfig()
-        require(self.stop.monitor.startswith(prefix) and self.stop.monitor != prefix, "monitor", self.stop.monitor,
-                f"one of this monitor's keys, which start with prefix={prefix!r} (e.g. '{prefix}{names.SCORE}')")
+        monitor = self.stop.monitor
+        require(monitor == AUTO or (monitor.startswith(prefix) and monitor != prefix), "monitor", monitor,
+                f"'auto' or one of this monitor's keys, which start with prefix={prefix!r} (e.g. "
+                f"'{prefix}{names.LOSS_GAP}')")
+        resolved = self.stop.resolve(prefix, ())  # final at setup, once it is known what a check logs
         self.every_n_steps, self.every_n_epochs, self.check_at_start = every_n_steps, every_n_epochs, check_at_start
         self.probes, self.sharpness = probes or ProbeConfig(), sharpness or SharpnessConfig()
+        fewest = min_null_size(self.sharpness.flag_fpr)
+        if 0 < self.probes.null_images < fewest:
+            raise ValueError(f"probes.null_images={self.probes.null_images} is too few for sharpness.flag_fpr="
+                             f"{self.sharpness.flag_fpr:g}: a conformal flag threshold needs at least {fewest} null "
+                             "scores. Raise null_images or flag_fpr, or set null_images=0 (the fixed flag_threshold).")
         self.conditions, self.time_budget_s, self.prefix = conditions, time_budget_s, prefix
         self.measure_fn, self.clock, self.on_safe = measure_fn, clock, on_safe
-        self.rule = StopRule(self.stop)
+        self.rule = StopRule(resolved)
+        self.monitor = resolved.monitor  # the logged key the rule watches (``stop.monitor`` resolved)
         self.safe_weights = SafeWeights()
         self.history: list[dict[str, float]] = []
         self.stopped_step: int | None = None
@@ -170,7 +183,7 @@ class MemorizationWatch:
     @property
     def monitor_key(self) -> str:
         """The monitored key without prefix."""
-        return self.stop.monitor.removeprefix(self.prefix)
+        return self.monitor.removeprefix(self.prefix)
 
     # ------------------------------------------------------------------------------------------------------
     def setup(self, model: DiffusionModel, *, train_data: Tensor | None = None, heldout_data: Tensor | None = None,
@@ -239,6 +252,12 @@ class MemorizationWatch:
                 num_loss = min(self.probes.loss_gap_images, len(heldout_data))
                 loss_reference = _reference_share(train_data, heldout_data,
                                                   loss_noise(num_loss, shape, NUM_LEVELS, seed), seed, rank, world_size)
+        null, num_null = None, 0
+        if heldout_data is not None and self.probes.null_images > 0:
+            num_null = self.probes.null_images
+            images = heldout_data[sample_rows(len(heldout_data), num_null, seed + 2).to(heldout_data.device)]
+            null = NullImages(*(shard(x, rank, world_size)  # the noise stays on the CPU, like the probes'
+                                for x in (images, probe_noise(num_null, shape, seed + 3))))
         if self.probes.every_n_checks > 1 and loss_reference is None:
             raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
                              "full checks, but there is no loss gap: give training and held-out data at setup (with "
@@ -247,7 +266,9 @@ class MemorizationWatch:
                              "often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
-                                 loss_reference is not None)
+                                 loss_reference is not None, null is not None)
+        resolved = self.stop.resolve(self.prefix, known)
+        self.monitor = resolved.monitor
         if self.monitor_key not in known:
             hint = ""
             if self.monitor_key in names.REFERENCE:
@@ -256,14 +277,15 @@ class MemorizationWatch:
                 hint = (" (the loss gap needs training and held-out data at setup, with MemorizationMonitor "
                         "ground_truth=True and a datamodule with unique_train_data() and heldout_data(), and "
                         "probes.loss_gap_images > 0)")
-            raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
+            raise ValueError(f"monitor={self.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
                              f"one of {sorted(self.prefix + name for name in known)}.")
+        self.rule.configure(resolved)
         if reducer is None:
             reducer = NoDistribution() if world_size == 1 else TorchDistributed()
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
                                   reference=reference, num_reference=num_reference, loss_reference=loss_reference,
-                                  num_loss_reference=num_loss)
+                                  num_loss_reference=num_loss, null=null, num_null=num_null)
 
     def due(self, step: int) -> bool:
         """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
@@ -300,7 +322,7 @@ class MemorizationWatch:
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
                                  sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
                                  interrupt=self._interrupt(), conditions=self.conditions, reference=state.reference,
-                                 loss_reference=state.loss_reference, measure_probes=full)
+                                 loss_reference=state.loss_reference, null=state.null, measure_probes=full)
         error = None
         start = time.perf_counter()
         try:
@@ -320,7 +342,8 @@ class MemorizationWatch:
         if report is None:  # a light check: the loss gap only
             scalars = {}
         else:
-            scalars = self._reduce(report) | {names.conditional(k): v for k, v in measured.conditional.items()}
+            scalars = self._reduce(report, self._reduce_null(measured.null))
+            scalars |= {names.conditional(k): v for k, v in measured.conditional.items()}
             if state.reference is not None:
                 scalars |= self._reduce_reference(measured.reference)
                 gap_partial = measured.reference is not None and measured.reference.partial
@@ -353,10 +376,28 @@ class MemorizationWatch:
 
         return over_budget
 
-    def _reduce(self, report: SharpnessReport) -> dict[str, float]:
+    def _reduce_null(self, null: SharpnessStats | None) -> dict[str, float]:
+        """The flag's threshold from every rank's null scores together (the conformal quantile at
+        ``flag_fpr``) and their mean; ``{}`` without null images, or when some were not measured (a cut-short
+        check: the fixed ``flag_threshold`` applies)."""
+        state = self.setup_state
+        if state.null is None:
+            return {}
+        local = torch.full((1, state.null.images.shape[0]), math.nan, dtype=torch.float64,
+                           device=state.null.images.device)
+        if null is not None and not null.partial:
+            local[0] = null.memorization_score.detach().to(local)
+        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size, state.num_null)[0]
+        if not bool(torch.isfinite(values).all()):
+            return {}
+        return {names.FLAG_THRESHOLD: conformal_threshold(values, self.sharpness.flag_fpr),
+                names.SCORE_NULL_IMAGES: values.mean().item()}
+
+    def _reduce(self, report: SharpnessReport, null: dict[str, float]) -> dict[str, float]:
         """The summary of every rank's probes together: per-probe values gathered in probe order, padding
         dropped, then the one summary (:func:`~memcallback.measure.report.summarize`). Every key of the schema is
-        there on every rank: what a cut-short measurement did not reach is NaN."""
+        there on every rank: what a cut-short measurement did not reach is NaN. With a null threshold (``null``,
+        from :meth:`_reduce_null`) the primary timestep's flag is the score above it, here and in ``report``."""
         state = self.setup_state
         probes = state.probes
         per_sample = report.per_sample()
@@ -364,8 +405,15 @@ class MemorizationWatch:
         missing = torch.full((probes.noise.shape[0],), math.nan, dtype=torch.float64)
         local = torch.stack([per_sample[k].detach().to(torch.float64).reshape(-1) if k in per_sample
                              else missing.to(report.samples.device) for k in keys])
-        values = gather_probes(state.reducer, local, probes.rank, probes.world_size, probes.num_samples)
-        return summarize(dict(zip(keys, values, strict=True)), state.timesteps, report.seconds)
+        values = dict(zip(keys, gather_probes(state.reducer, local, probes.rank, probes.world_size,
+                                              probes.num_samples), strict=True))
+        threshold = null.get(names.FLAG_THRESHOLD, self.sharpness.flag_threshold)
+        if null:
+            flagged = (values[names.SCORE] > threshold).double()
+            for key in (names.FLAGGED_FRACTION, names.at_timestep(state.timesteps[0], names.FLAGGED_FRACTION)):
+                values[key] = flagged
+            report.primary.flagged = report.primary.memorization_score > threshold
+        return summarize(values, state.timesteps, report.seconds) | null | {names.FLAG_THRESHOLD: threshold}
 
     def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
         """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
@@ -408,7 +456,7 @@ class MemorizationWatch:
         if result.fired:
             self.stopped_step = result.step
             result.stop = self.stop.stop_training
-            result.reason = f"Memorization rose at step {result.step}: {self.stop.monitor} {self.rule.reason}."
+            result.reason = f"Memorization rose at step {result.step}: {self.monitor} {self.rule.reason}."
             if self.stop.restore_safe_weights:
                 result.restored = bool(self._guarded("restoring the safe weights", self.safe_weights.restore, model))
 

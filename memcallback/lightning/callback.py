@@ -266,7 +266,7 @@ class MemorizationMonitor(Callback):
         from memcallback.viz.plots import plot_history
 
         path = Path(log_dir or trainer.default_root_dir) / "memorization.png"
-        plot_history(self.history, path, monitor=self.stop.monitor, prefix=self.watch.prefix,
+        plot_history(self.history, path, monitor=self.watch.monitor, prefix=self.watch.prefix,
                      threshold=self.rule.threshold, stopped_step=self.stopped_step)
         rank_zero_info(f"[memorization] curves over training written to {path}")
 

@@ -31,7 +31,7 @@ PROBES = ProbeConfig(num_samples=4, num_sampling_steps=5)
 SHARPNESS = SharpnessConfig(k=4)
 #: quiet at checks 0 and 2 (safe), alarming at 4 and 6: with patience 2 the rule fires at step 6, safe step 2.
 SERIES = [0.0, 0.1, 0.5, 0.6]
-STOP = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+STOP = StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
 
 
 class MemoryTracker(GeneralTracker):
@@ -168,7 +168,7 @@ def run_rank(out: Path) -> None:
     rank = accelerator.process_index
     series = [0.0, 0.9 if rank == 1 else 0.0]  # reduced over the 4 probes (2 per rank): 0.0, then 0.45
     watch = MemorizationWatch(every_n_steps=2, probes=PROBES, sharpness=SHARPNESS, measure_fn=scripted(series),
-                              stop=StopConfig(threshold=0.3, min_delta=0.05, patience=1))
+                              stop=StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=1))
     unet = tiny_unet()
     baseline = MemorizationWatch(every_n_steps=2, probes=PROBES, sharpness=SHARPNESS)  # measured, not scripted
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)

@@ -28,6 +28,8 @@ from memcallback.measure import analyze, loss_gap, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
 from memcallback.measure.sharpness import SharpnessConfig
 
+SCORE = "memorization/score"  # the rules of these tests watch the score, whatever the data
+
 DENSE = SharpnessConfig(k=2, solver="dense")
 PROBES = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,))
 
@@ -85,7 +87,7 @@ def test_a_check_in_a_plain_loop_equals_analyze() -> None:
                        config=DENSE).summary()
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
     assert {k: v for k, v in result.scalars.items() if k not in ("seconds", "partial", "check_failures")} == {
-        k: v for k, v in expected.items() if k != "seconds"}
+        k: v for k, v in expected.items() if k != "seconds"} | {"flag_threshold": DENSE.flag_threshold}
     assert (result.scalars["partial"], result.scalars["check_failures"]) == (0.0, 0.0)
     assert result.metrics()["memorization/score"] == result.scalars["score"]
     assert result.safe and not result.fired and w.safe_step == 0 and w.history[0]["step"] == 0.0
@@ -179,7 +181,7 @@ def test_the_sharpness_gap_is_measured_on_seeded_random_training_and_heldout_ima
                              seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True,
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True, null=True,
                                                    loss_gap=True)  # the loss gap is on by default
     assert f"gap {result.scalars['sharpness_gap']:+.3f}" in result.message
 
@@ -219,7 +221,7 @@ def test_the_loss_gap_is_measured_on_seeded_random_images_with_one_noise_draw() 
                         seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["loss_gap"] > 0.2  # 2 of the 6 training images are the memorized one
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True)
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True, null=True)
     assert f"loss gap {result.scalars['loss_gap']:+.3f}" in result.message
 
 
@@ -237,7 +239,8 @@ def test_three_ranks_reduce_the_loss_gap_to_the_one_process_value() -> None:
 
 def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
     model, train, heldout = memorized_mixture()
-    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=3))
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=3),
+              stop=StopConfig(monitor="memorization/score"))
     w.setup(model, train_data=train, heldout_data=heldout)
     results = [w.check(model, step) for step in range(6)]
     assert [r.report is not None for r in results] == [True, False, False, True, False, False]
@@ -375,7 +378,7 @@ def test_a_memorizing_loop_ends_with_the_weights_of_its_last_safe_check() -> Non
     the model's weights are put back to those of step 2, and ``on_safe`` saw every safe step."""
     model = TrainableGaussian()
     saved: list[int] = []
-    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+    stop = StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
     w = watch(stop=stop, measure_fn=scripted([0.0, 0.1, 0.5, 0.6]), on_safe=saved.append)
     w.setup(model)
     scale_at: dict[int, float] = {}
@@ -400,7 +403,7 @@ def test_a_failing_safe_checkpoint_save_warns_once_and_never_ends_the_loop() -> 
     def disk_full(step: int) -> None:
         raise OSError("No space left on device")
 
-    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=1, restore_safe_weights=True)
+    stop = StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=1, restore_safe_weights=True)
     w = watch(stop=stop, measure_fn=scripted([0.0, 0.1, 0.5]), on_safe=disk_full)
     w.setup(model)
     with pytest.warns(UserWarning, match=r"saving the safe checkpoint failed \(OSError: No space left") as record:
@@ -412,7 +415,7 @@ def test_a_failing_safe_checkpoint_save_warns_once_and_never_ends_the_loop() -> 
 
 def test_state_dict_round_trip() -> None:
     model = TrainableGaussian()
-    w = watch(measure_fn=scripted([0.0, 0.5]), stop=StopConfig(threshold=0.3, patience=2))
+    w = watch(measure_fn=scripted([0.0, 0.5]), stop=StopConfig(monitor=SCORE, threshold=0.3, patience=2))
     w.setup(model)
     w.check(model, 0)
     w.check(model, 2)

@@ -74,7 +74,8 @@ def test_a_killed_run_resumes_half_way_through_its_patience(tmp_path) -> None:
 
 
 def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs) -> None:
-    kwargs = fast_monitor_kwargs | {"stop": StopConfig(threshold=0.3, min_delta=0.05, patience=3)}
+    stop = StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=3)
+    kwargs = fast_monitor_kwargs | {"stop": stop}
     first = ScriptedMonitor([0.0, 0.5, 0.6], **kwargs)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),

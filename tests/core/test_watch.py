@@ -15,6 +15,7 @@ from analytic import GaussianModel, IsotropicMixtureModel
 from torch import Tensor, nn
 
 from memcallback.core import (
+    CALIBRATED_RULES,
     MeasureRequest,
     MemorizationWatch,
     NoDistribution,
@@ -26,6 +27,8 @@ from memcallback.core import (
 from memcallback.diffusion import NoiseSchedule
 from memcallback.measure import analyze, loss_gap, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
+from memcallback.measure.null import conformal_threshold
+from memcallback.measure.reference import noised_image_stats
 from memcallback.measure.sharpness import SharpnessConfig
 
 SCORE = "memorization/score"  # the rules of these tests watch the score, whatever the data
@@ -465,3 +468,62 @@ def test_partial_values_that_were_not_reached_are_nan_not_missing() -> None:
     assert result.partial and not result.failed and result.report.stats == {}
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
     assert math.isnan(result.scalars["score"]) and not result.safe  # nothing measured: nothing certified
+
+
+def test_the_flag_is_calibrated_on_noised_heldout_images_at_every_check() -> None:
+    """With held-out data the threshold is the conformal quantile of the scores at ``null_images`` noised held-out
+    images (a seeded selection, cycled, with their own noise); probes on the memorized point score above it."""
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=16, num_sampling_steps=5, sigmas=(0.1,), null_images=50)
+    w = watch(probes=probes)
+    w.setup(model, train_data=train, heldout_data=heldout)
+    result = w.check(model, 0)
+    t = w.setup_state.timesteps[0]
+    images = heldout[sample_rows(10, 50, probes.seed + 2)]
+    null = noised_image_stats(model, images, probe_noise(50, (4,), probes.seed + 3), t, DENSE, seed=probes.seed)
+    threshold = conformal_threshold(null.memorization_score, DENSE.flag_fpr)
+    assert result.scalars["flag_threshold"] == pytest.approx(threshold, rel=1e-9)
+    assert result.scalars["score_null_images"] == pytest.approx(null.memorization_score.double().mean().item())
+    flagged = result.report.primary.memorization_score > threshold
+    assert torch.equal(result.report.primary.flagged, flagged)
+    assert result.scalars["flagged_fraction"] == pytest.approx(flagged.double().mean().item())
+    copies = result.report.labels.copied
+    assert copies.any() and bool(flagged[copies].all())  # every copy of the point mass is flagged
+    assert result.scalars["flagged_fraction"] == pytest.approx(result.scalars["nn_rate"])
+
+
+def test_without_heldout_data_the_flag_keeps_its_fixed_threshold() -> None:
+    model, train, _ = memorized_mixture()
+    for w, data in ((watch(), {"train_data": train}),
+                    (watch(probes=dataclasses.replace(PROBES, null_images=0)), {"train_data": train})):
+        w.setup(model, **data)
+        result = w.check(model, 0)
+        assert result.scalars["flag_threshold"] == DENSE.flag_threshold
+        assert "score_null_images" not in result.scalars
+
+
+def test_three_ranks_reduce_the_flag_threshold_to_the_one_process_value() -> None:
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), null_images=50)
+    single = watch(probes=probes)
+    single.setup(model, train_data=train, heldout_data=heldout)
+    expected = single.check(model, 0).scalars
+    for (result,) in run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train,
+                               heldout_data=heldout):  # 50 null images: shards of 17, 17 and 16 + 1 padding
+        for key in ("flag_threshold", "score_null_images", "flagged_fraction"):
+            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-9), key
+
+
+def test_the_default_stop_is_the_loss_gap_with_heldout_data_and_the_score_without() -> None:
+    model, train, heldout = memorized_mixture()
+    with_heldout, without = watch(), watch()
+    with_heldout.setup(model, train_data=train, heldout_data=heldout)
+    without.setup(model, train_data=train)
+    assert (with_heldout.monitor, with_heldout.rule.threshold, with_heldout.rule.min_delta) == (
+        "memorization/loss_gap", CALIBRATED_RULES["loss_gap"].threshold, CALIBRATED_RULES["loss_gap"].min_delta)
+    assert (without.monitor, without.rule.threshold, without.rule.min_delta) == (
+        "memorization/score", CALIBRATED_RULES["score"].threshold, CALIBRATED_RULES["score"].min_delta)
+    assert with_heldout.stop.monitor == "auto"  # the configured value stays as given (checkpoint state keys)
+    named = watch(stop=StopConfig(monitor="memorization/loss_gap", patience=2))
+    named.setup(model, train_data=train, heldout_data=heldout)
+    assert (named.rule.threshold, named.rule.patience) == (CALIBRATED_RULES["loss_gap"].threshold, 2)

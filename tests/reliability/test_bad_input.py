@@ -124,11 +124,13 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "save_plot": flag,
     # the default monitor 'memorization/score' must start with the prefix and be longer
     "prefix": lambda v: isinstance(v, str) and 0 < len(v) < len(DEFAULT_MONITOR) and DEFAULT_MONITOR.startswith(v),
+    "weights": one_of("ema", "raw"),
 }
 
 WORDS = ["auto", "dense", "lanczos", "power", "eig", "mean_mu", "top_mu", "effective_dim", "flat_fraction", "max",
          "min", "up", "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense",
-         "true", "0.1", "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT"]
+         "true", "0.1", "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT",
+         "ema", "raw"]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 300), st.integers(2**62, 2**64), st.floats(),
     st.floats(-0.5, 1.5), st.sampled_from(WORDS), st.text("abz/_.0", max_size=4),

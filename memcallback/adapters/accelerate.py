@@ -118,7 +118,8 @@ class AcceleratedWatch:
         watch.on_safe = lambda step: self._on_safe(step, user_on_safe)
 
     def setup(self, model: nn.Module, noise_scheduler: Any | None = None, *, train_data: Tensor | None = None,
-              heldout_data: Tensor | None = None, ema: Any = None) -> None:
+              heldout_data: Tensor | None = None, ema: Any = None, null_cond: Tensor | None = None,
+              prompt_embeds: Tensor | None = None) -> None:
         """Resolve the model to measure and the processes; raise a clear error on bad settings.
 
         Args:
@@ -133,10 +134,14 @@ class AcceleratedWatch:
                 and the loss gap (see :meth:`MemorizationWatch.setup`), or ``None``.
             ema: the averaged copy of the model's weights: diffusers' ``EMAModel`` of its parameters (``--use_ema``)
                 or an :class:`~memcallback.core.weights.AveragedWeights`; ``None``: none.
+            null_cond: for a ``UNet2DConditionModel``, the empty prompt's embedding ``[seq, dim]`` (the condition of
+                the probes' samples); see :class:`~memcallback.adapters.DiffusersModel`.
+            prompt_embeds: ``[P, seq, dim]`` embeddings of the prompts the conditional metrics measure
+                (``ConditionalConfig(labels=...)`` indexes them).
         """
         unwrapped = self.accelerator.unwrap_model(model, keep_torch_compile=False)
         if noise_scheduler is not None:
-            measured = DiffusersModel(unwrapped, noise_scheduler)
+            measured = DiffusersModel(unwrapped, noise_scheduler, null_cond=null_cond, prompt_embeds=prompt_embeds)
         else:
             try:
                 measured = check_model(unwrapped)

@@ -43,6 +43,7 @@ The module does not import accelerate: it calls the accelerator it is given. Ins
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +115,7 @@ class AcceleratedWatch:
         self.unwrapped: nn.Module | None = None
         self.ema: Any = None
         self.averaged: AveragedWeights | None = None
+        self._warned: set[str] = set()
         user_on_safe = watch.on_safe
         watch.on_safe = lambda step: self._on_safe(step, user_on_safe)
 
@@ -173,6 +175,10 @@ class AcceleratedWatch:
         """Check now (collective), log the scalars at ``step``, report the decision."""
         if self.model is None:
             raise RuntimeError("Call AcceleratedWatch.setup(model, ...) before the first check.")
+        if self.accelerator.is_main_process and self.accelerator.log_with and not self.accelerator.trackers:
+            self._warn_once("trackers", f"memcallback: the check at step {step} ran before "
+                            "accelerator.init_trackers, so its values reach no tracker; call init_trackers before "
+                            "the baseline check.")
         with _without_autocast(self.unwrapped):
             result = self.watch.check(self.model, step)
         self.accelerator.log(result.metrics(), step=step)
@@ -187,6 +193,11 @@ class AcceleratedWatch:
                 self.accelerator.print(f"[memorization] weights of the last safe check (step "
                                        f"{self.watch.safe_step}) restored.")
         return result
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
 
     def _on_safe(self, step: int, user_on_safe: Any) -> None:
         """At every safe check: the safe folder (main process), then the user's own ``on_safe``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ diffusers = pytest.importorskip("diffusers")
 from accelerate import Accelerator  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
-from test_accelerate import PROBES, SHARPNESS, instance_images, tiny_unet  # noqa: E402
+from test_accelerate import PROBES, SHARPNESS, MemoryTracker, instance_images, tiny_unet  # noqa: E402
 
 from memcallback import MemorizationWatch, StopConfig  # noqa: E402
 from memcallback.adapters import AcceleratedWatch, DiffusersModel  # noqa: E402
@@ -250,3 +251,18 @@ def test_bf16_mixed_precision_and_half_weights_are_measured_in_float32() -> None
     assert without_seconds([scalars]) == without_seconds([reference.check(upcast, 0).scalars])
     assert all(v.dtype == torch.bfloat16 for v in half.state_dict().values()) and differing(half.state_dict(),
                                                                                           before) == []
+
+
+def test_a_baseline_before_init_trackers_is_warned_about() -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    tracker = MemoryTracker()
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    helper = AcceleratedWatch(scripted_watch(None), accelerator)
+    helper.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))
+    with pytest.warns(UserWarning, match="before accelerator.init_trackers"):
+        helper.after_step(0)
+    accelerator.init_trackers("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        helper.after_step(2)
+    assert [step for step, _ in tracker.logs] == [2]  # the baseline reached no tracker

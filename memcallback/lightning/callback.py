@@ -232,14 +232,11 @@ class MemorizationMonitor(Callback):
         if not result.restored and path.is_file():
             try:
                 checkpoint = trainer.strategy.load_checkpoint(path)
-                averaged = self.watch.setup_state.averaged
+                averaging = _averaging_callback(trainer)
                 if "current_model_state" in checkpoint:  # written with WeightAveraging: state_dict is the average
                     pl_module.load_state_dict(checkpoint["current_model_state"])
-                    if averaged is not None:
-                        with torch.no_grad():
-                            state = checkpoint["state_dict"]
-                            for target, value in zip(averaged.tensors()[0], state.values(), strict=True):
-                                target.copy_(value)
+                    if averaging is not None:
+                        _average_module(averaging).load_state_dict(checkpoint["state_dict"])
                 else:
                     pl_module.load_state_dict(checkpoint["state_dict"])
                 result.restored = True
@@ -301,27 +298,34 @@ def _averaged_weights(trainer: pl.Trainer, pl_module: pl.LightningModule, weight
     """The average of a ``WeightAveraging`` callback among the trainer's callbacks (``None`` without one), kept with
     the safe weights and, with ``weights="ema"``, measured. Its ``AveragedModel`` is created in the callback's own
     ``setup``, so it is read when a check needs it."""
+    averaging = _averaging_callback(trainer)
+    if averaging is None:
+        return None
+    monitors = [i for i, c in enumerate(trainer.callbacks) if isinstance(c, MemorizationMonitor)]
+    if weights == "ema" and monitors and monitors[0] < trainer.callbacks.index(averaging):
+        raise ValueError(f"MemorizationMonitor comes before {type(averaging).__name__} in the callbacks, so a check "
+                         "would measure the average of the step before; put it after the averaging callback, or set "
+                         "weights='raw'.")
+    return AveragedWeights.from_modules(lambda: _average_module(averaging), pl_module)
+
+
+def _averaging_callback(trainer: pl.Trainer) -> Callback | None:
+    """The trainer's ``WeightAveraging`` callback (``None`` without one; more than one is refused)."""
     from lightning.pytorch.callbacks import WeightAveraging
 
     averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]
-    if not averaging:
-        return None
     if len(averaging) > 1:
         raise ValueError(f"MemorizationMonitor found {len(averaging)} WeightAveraging callbacks; keep one, or set "
                          "weights='raw' to measure the trained weights.")
-    monitors = [i for i, c in enumerate(trainer.callbacks) if isinstance(c, MemorizationMonitor)]
-    if weights == "ema" and monitors and monitors[0] < trainer.callbacks.index(averaging[0]):
-        raise ValueError(f"MemorizationMonitor comes before {type(averaging[0]).__name__} in the callbacks, so a check "
-                         "would measure the average of the step before; put it after the averaging callback, or set "
-                         "weights='raw'.")
+    return averaging[0] if averaging else None
 
-    def average() -> torch.nn.Module:
-        model = averaging[0]._average_model  # Lightning keeps the AveragedModel there (no public accessor)
-        if model is None:
-            raise RuntimeError("WeightAveraging has not created its averaged model yet (it does so in setup).")
-        return model.module
 
-    return AveragedWeights.from_modules(average, pl_module)
+def _average_module(averaging: Callback) -> torch.nn.Module:
+    """The module holding a ``WeightAveraging`` callback's average."""
+    model = averaging._average_model  # Lightning keeps the AveragedModel there (no public accessor in 2.6)
+    if model is None:
+        raise RuntimeError("WeightAveraging has not created its averaged model yet (it does so in setup).")
+    return model.module
 
 
 def _is_sharding(strategy: object) -> bool:

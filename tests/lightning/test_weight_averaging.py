@@ -5,6 +5,7 @@ average (the callback copies the average into the model at the end of training).
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -59,3 +60,28 @@ def test_a_monitor_before_the_averaging_callback_is_refused(tmp_path, fast_monit
     trainer = make_trainer(tmp_path, [MemorizationMonitor(**fast_monitor_kwargs), EMAWeightAveraging()])
     with pytest.raises(ValueError, match="put it after the averaging callback"):
         trainer.fit(make_module(), datamodule=make_data())
+
+
+def test_after_a_resume_the_safe_checkpoint_restores_both_copies(tmp_path, fast_monitor_kwargs) -> None:
+    """Killed after step 4 (safe step 2, one alarm), resumed: the stop at 6 has no host copy, so it reads safe.ckpt,
+    which WeightAveraging wrote with the average as state_dict and the trained weights as current_model_state."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    first = ScriptedMonitor([0.0, 0.1, 0.5], **fast_monitor_kwargs, stop=STOP)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    make_trainer(tmp_path, [EMAWeightAveraging(decay=0.5), first, ckpt], max_steps=4, enable_checkpointing=True).fit(
+        make_module(), datamodule=make_data())
+    assert (first.safe_step, first.rule.wait_count) == (2, 1)
+    resumed = ScriptedMonitor([0.6], **fast_monitor_kwargs, stop=STOP)
+    module = make_module()
+    trainer = make_trainer(tmp_path, [EMAWeightAveraging(decay=0.5), resumed,
+                                      ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2)],
+                           max_steps=12, enable_checkpointing=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, datamodule=make_data(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    assert [str(w.message) for w in caught if "restore" in str(w.message)] == []
+    assert (resumed.stopped_step, trainer.global_step) == (6, 6)
+    assert resumed.watch.safe_weights.state is None  # restored from safe.ckpt, not from a host copy
+    safe = averaged_after(tmp_path, 2)
+    assert [k for k, v in module.state_dict().items() if not torch.equal(v, safe[k])] == []

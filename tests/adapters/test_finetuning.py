@@ -266,3 +266,8 @@ def test_a_baseline_before_init_trackers_is_warned_about() -> None:
         warnings.simplefilter("error")
         helper.after_step(2)
     assert [step for step, _ in tracker.logs] == [2]  # the baseline reached no tracker
+
+
+def test_a_safe_folder_among_the_checkpoints_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="starts with 'checkpoint'"):
+        AcceleratedWatch(scripted_watch(None), Accelerator(cpu=True), safe_dir=tmp_path / "checkpoint-safe")

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from memcallback.adapters.checkpointing import SafeFolder
 from memcallback.adapters.diffusers import DiffusersModel
 from memcallback.core import CheckResult, CountingReducer, MemorizationWatch
+from memcallback.core.safe import SafeWeights
 from memcallback.core.weights import AveragedWeights
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
@@ -110,6 +111,7 @@ class AcceleratedWatch:
             raise ValueError("AcceleratedWatch checks on a step schedule (after_step): build the MemorizationWatch "
                              "with every_n_steps=N instead of every_n_epochs.")
         self.watch, self.accelerator = watch, accelerator
+        watch.safe_weights = SafeWeights(trained_only=True)  # LoRA: the adapters, not a host copy of the frozen base
         self.safe_folder = None if safe_dir is None else SafeFolder(safe_dir)
         self.model: DiffusionModel | None = None
         self.unwrapped: nn.Module | None = None

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from memcallback.core.safe import trained_state
 from memcallback.core.weights import AveragedWeights
 
 #: The folder names, as diffusers' scripts name the UNet and its EMA in their checkpoints.
@@ -63,7 +64,7 @@ class SafeFolder:
         if _saves_whole(model):
             model.save_pretrained(new / MODEL_FOLDER)
         else:
-            save_file(_contiguous(_changing_state(model)), str(new / WEIGHTS_FILE))
+            save_file(_contiguous(trained_state(model)), str(new / WEIGHTS_FILE))
         if averaged is not None:
             if getattr(ema, "model_cls", None) is not None and getattr(ema, "model_config", None) is not None:
                 ema.save_pretrained(new / EMA_FOLDER)
@@ -117,13 +118,6 @@ def _saves_whole(model: nn.Module) -> bool:
     """Whether the model is saved whole with ``save_pretrained``: a diffusers-style model all of whose parameters are
     trained (a model with frozen parts, e.g. LoRA adapters on a frozen UNet, is saved as its changing tensors)."""
     return callable(getattr(model, "save_pretrained", None)) and all(p.requires_grad for p in model.parameters())
-
-
-def _changing_state(model: nn.Module) -> dict[str, Tensor]:
-    """The ``state_dict`` entries training changes: trainable parameters and every buffer."""
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    buffers = {name for name, _ in model.named_buffers()}
-    return {name: value for name, value in model.state_dict().items() if name in trainable | buffers}
 
 
 def _contiguous(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -18,16 +18,24 @@ class SafeWeights:
     is asked to restore safe weights (``StopConfig.restore_safe_weights``), so the default costs no memory.
     Restoring both copies means that what a script saves after a stop (often the average: ``ema.copy_to(unet)``)
     is the safe model.
+
+    Args:
+        trained_only: keep only the tensors training changes, the parameters that require gradients and the
+            buffers (LoRA: the adapters, not the frozen base), and restore those; only for models with no frozen
+            tensor that changes otherwise (the reference app's EMA module is one, diffusers' ``EMAModel`` is not:
+            it is kept as the averaged copy).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trained_only: bool = False) -> None:
+        self.trained_only = trained_only
         self.state: dict[str, Tensor] | None = None
         self.averaged: list[Tensor] | None = None
         self.step: int | None = None
 
     def keep(self, model: nn.Module, step: int, averaged: AveragedWeights | None = None) -> None:
         """Copy ``model.state_dict()`` (and the ``averaged`` tensors) to the host, as the weights of check ``step``."""
-        self.state = _copy_into(self.state, model.state_dict())
+        current = trained_state(model) if self.trained_only else model.state_dict()
+        self.state = _copy_into(self.state, current)
         if averaged is not None:
             values = averaged.tensors()[0]
             kept = None if self.averaged is None else dict(enumerate(self.averaged))
@@ -44,7 +52,7 @@ class SafeWeights:
         if self.state is None:
             return False
         with torch.no_grad():
-            model.load_state_dict(self.state)
+            model.load_state_dict(self.state, strict=not self.trained_only)
             if averaged is not None and self.averaged is not None:
                 targets = averaged.tensors()[0]
                 if len(targets) != len(self.averaged):
@@ -53,6 +61,13 @@ class SafeWeights:
                 for target, value in zip(targets, self.averaged, strict=True):
                     target.copy_(value)
         return True
+
+
+def trained_state(model: nn.Module) -> dict[str, Tensor]:
+    """The ``state_dict`` entries training changes: the parameters that require gradients and every buffer."""
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    trained |= {name for name, _ in model.named_buffers()}
+    return {name: value for name, value in model.state_dict().items() if name in trained}
 
 
 def _copy_into(kept: dict | None, current: dict) -> dict:

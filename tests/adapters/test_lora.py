@@ -108,6 +108,7 @@ def test_a_lora_finetuning_stops_as_the_instance_prompt_sharpens_and_restores_th
     assert len(safe) > 0 and [k for k, v in adapters(unet).items() if not torch.equal(v, safe[k])] == []
     # the frozen base is untouched, and the safe folder holds the adapters only (the changing tensors)
     assert [k for k, v in unet.state_dict().items() if not torch.equal(v, safe_unet.state_dict()[k])] == []
+    assert set(watch.safe_weights.state) == {f"unet.{k}" for k in safe}  # the host copy: adapters, no frozen base
     folder = SafeFolder(tmp_path / "safe")
     assert folder.step() == watch.safe_step and (folder.path / WEIGHTS_FILE).is_file()
     state, _ = folder.read(unet)

@@ -53,11 +53,13 @@ from torch import Tensor, nn
 
 from memcallback.adapters.checkpointing import SafeFolder
 from memcallback.adapters.diffusers import DiffusersModel
+from memcallback.arguments import is_int, require
 from memcallback.core import CheckResult, CountingReducer, MemorizationWatch
 from memcallback.core.safe import SafeWeights
 from memcallback.core.weights import AveragedWeights
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
+from memcallback.viz.wandb_media import MEDIA
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -102,15 +104,25 @@ class AcceleratedWatch:
         safe_dir: where the weights of every safe check are written (main process), e.g.
             ``Path(args.output_dir) / "safe"`` (see :class:`~memcallback.adapters.checkpointing.SafeFolder`);
             ``None``: not written (a stop after a resume then has no safe weights to restore).
+        media: with a ``wandb`` tracker, what a check logs besides scalars, as the Lightning callback does:
+            ``"none"``, ``"charts"`` (histogram, spectrum, per-sample table; no image) or ``"images"`` (also the
+            generated samples beside their nearest training images: public data only). See
+            :data:`~memcallback.viz.wandb_media.MEDIA`.
+        num_media_samples: most memorized samples shown with ``media="images"``.
     """
 
-    def __init__(self, watch: MemorizationWatch, accelerator: Accelerator, safe_dir: str | Path | None = None) -> None:
+    def __init__(self, watch: MemorizationWatch, accelerator: Accelerator, safe_dir: str | Path | None = None,
+                 media: str = "charts", num_media_samples: int = 16) -> None:
         if not isinstance(watch, MemorizationWatch):
             raise TypeError(f"AcceleratedWatch wraps a memcallback.MemorizationWatch, got {type(watch).__name__}.")
         if watch.every_n_steps is None:
             raise ValueError("AcceleratedWatch checks on a step schedule (after_step): build the MemorizationWatch "
                              "with every_n_steps=N instead of every_n_epochs.")
+        require(isinstance(media, str) and media in MEDIA, "media", media, f"one of {MEDIA}")
+        require(is_int(num_media_samples) and num_media_samples >= 1, "num_media_samples", num_media_samples,
+                "an int >= 1")
         self.watch, self.accelerator = watch, accelerator
+        self.media, self.num_media_samples = media, num_media_samples
         watch.safe_weights = SafeWeights(trained_only=True)  # LoRA: the adapters, not a host copy of the frozen base
         self.safe_folder = None if safe_dir is None else SafeFolder(safe_dir)
         self.model: DiffusionModel | None = None
@@ -184,6 +196,8 @@ class AcceleratedWatch:
         with _without_autocast(self.unwrapped):
             result = self.watch.check(self.model, step)
         self.accelerator.log(result.metrics(), step=step)
+        if self.media != "none" and result.report is not None and result.report.stats:
+            self._log_media(result)
         self.accelerator.print(result.message)
         if result.fired:
             prefix = self.watch.prefix
@@ -195,6 +209,20 @@ class AcceleratedWatch:
                 self.accelerator.print(f"[memorization] weights of the last safe check (step "
                                        f"{self.watch.safe_step}) restored.")
         return result
+
+    def _log_media(self, result: CheckResult) -> None:
+        """The check's W&B media, on the main process, into the step of its scalars (a failure only warns)."""
+        runs = [t.tracker for t in self.accelerator.trackers if t.name == "wandb"]  # main process only
+        if not runs:
+            return
+        from memcallback.viz.wandb_media import log_media
+
+        try:
+            log_media(_AtStep(runs[0], result.step), result.report, self.watch.train_data, step=result.step,
+                      prefix=self.watch.prefix, num_images=self.num_media_samples, images=self.media == "images")
+        except Exception as err:  # media are a convenience: never let them end a training run
+            self._warn_once("media", f"memcallback: W&B media could not be logged ({type(err).__name__}: {err}); "
+                            "scalars are unaffected. Set media='none' to skip them.")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -225,6 +253,17 @@ class AcceleratedWatch:
         where = next(name for name, module in self.model.named_modules() if module is self.unwrapped)
         self.watch.safe_weights.load({f"{where}.{k}" if where else k: v for k, v in state.items()}, safe_step,
                                      averaged)
+
+
+class _AtStep:
+    """A wandb run whose ``log`` adds to the given step without committing it, as accelerate's own ``log(...,
+    step=)`` does, so that the script's later values of that step still land."""
+
+    def __init__(self, run: Any, step: int) -> None:
+        self.run, self.step = run, step
+
+    def log(self, data: dict[str, Any]) -> None:
+        self.run.log(data, step=self.step, commit=False)
 
 
 @contextmanager

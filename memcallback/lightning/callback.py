@@ -23,10 +23,7 @@ from memcallback.lightning.reporting import log_run_summary, log_scalars, safe_c
 from memcallback.measure import names
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.sharpness import SharpnessConfig
-
-#: What a check sends to W&B besides scalars: nothing, charts (histogram, spectrum, per-sample statistics), or
-#: charts and images (generated samples beside their nearest training images, thumbnails, the 2-D scatter).
-MEDIA = ("none", "charts", "images")
+from memcallback.viz.wandb_media import MEDIA
 
 
 class MemorizationMonitor(Callback):

@@ -271,3 +271,40 @@ def test_a_baseline_before_init_trackers_is_warned_about() -> None:
 def test_a_safe_folder_among_the_checkpoints_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="starts with 'checkpoint'"):
         AcceleratedWatch(scripted_watch(None), Accelerator(cpu=True), safe_dir=tmp_path / "checkpoint-safe")
+
+
+class WandbStandIn(MemoryTracker):
+    """An accelerate tracker named ``wandb`` whose run records ``log(data, step=, commit=)`` calls."""
+
+    name = "wandb"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_calls: list[tuple[dict, int | None, bool]] = []
+        stand_in = self
+
+        class Run:
+            def log(self, data, step=None, commit=True):
+                stand_in.run_calls.append((data, step, commit))
+
+        self.run = Run()
+
+    @property
+    def tracker(self):
+        return self.run
+
+
+def test_with_a_wandb_tracker_a_check_logs_charts_into_its_step_and_no_image_by_default() -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    tracker = WandbStandIn()
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers("test")
+    helper = AcceleratedWatch(scripted_watch(None), accelerator)
+    helper.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100), train_data=instance_images())
+    helper.after_step(0)
+    ((data, step, commit),) = tracker.run_calls
+    assert (step, commit) == (0, False)  # into the scalars' step, which the script may still add to
+    assert {"memorization/mu_histogram", "memorization/spectrum", "memorization/samples"} <= set(data)
+    assert "memorization/most_memorized" not in data  # media="charts": no image of a sample or training image
+    with pytest.raises(ValueError, match="media"):
+        AcceleratedWatch(scripted_watch(None), accelerator, media="all")

@@ -96,7 +96,9 @@ class AcceleratedWatch:
     ``StopConfig(restore_safe_weights=True)`` the core has already loaded the weights of that check back into the
     unwrapped model (every process does, so they stay in sync).
 
-    ``state_dict`` / ``load_state_dict`` are the watch's; :meth:`setup` registers them for checkpointing.
+    ``state_dict`` / ``load_state_dict`` are the watch's; :meth:`setup` registers them for checkpointing. The
+    wrapped watch keeps its safe weights as the tensors training changes (``SafeWeights(trained_only=True)``: for
+    LoRA the adapters, not a host copy of the frozen base) and calls ``on_safe`` after writing ``safe_dir``.
 
     Args:
         watch: the monitoring core, with its schedule, probes, solver and stop settings.

@@ -94,10 +94,10 @@ class SafeFolder:
         whole = self.path / MODEL_FOLDER
         saved = _load_folder(whole) if whole.is_dir() else load_file(str(self.path / WEIGHTS_FILE))
         state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
-        unknown = sorted(set(saved) - set(state))
+        unknown = sorted(k for k, v in saved.items() if k not in state or state[k].shape != v.shape)
         if unknown:
-            raise ValueError(f"{self.path} holds tensors the model does not have ({unknown[:3]}...): it was written "
-                             "for another model.")
+            raise ValueError(f"{self.path} holds tensors the model does not have, or of other shapes ({unknown[:3]}):"
+                             " it was written for another model.")
         state.update(saved)
         values = None
         if averaged is not None:

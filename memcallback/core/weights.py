@@ -115,7 +115,7 @@ def full_precision(model: object) -> Iterator[None]:
         return
     half = (torch.float16, torch.bfloat16)
     cast: list[tuple[nn.Module, str, bool, torch.dtype]] = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.inference_mode(False):  # never leave inference tensors in a model that trains on
         for module in model.modules():
             for name, p in module.named_parameters(recurse=False):
                 if p.dtype in half:
@@ -132,7 +132,7 @@ def full_precision(model: object) -> Iterator[None]:
                 stack.enter_context(torch.autocast(device_type=device, enabled=False))
             yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), torch.inference_mode(False):
             for module, name, is_parameter, dtype in cast:
                 if is_parameter:
                     p = getattr(module, name)

@@ -40,3 +40,12 @@ def test_a_copy_that_does_not_pair_with_the_model_is_refused_with_what_to_do() -
         AveragedWeights.from_ema_model(object(), nn.Linear(3, 3))
     with pytest.raises(TypeError, match="from_ema_model"):
         AveragedWeights("ema")
+
+
+def test_a_check_under_inference_mode_leaves_trainable_half_weights() -> None:
+    model = nn.Linear(3, 3).to(torch.bfloat16)
+    with torch.inference_mode(), full_precision(model):  # a check under trainer.validate()
+        model(torch.ones(1, 3))
+    assert not model.weight.is_inference()
+    model(torch.ones(1, 3, dtype=torch.bfloat16)).sum().backward()  # training goes on
+    assert model.weight.grad is not None

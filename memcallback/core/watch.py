@@ -19,6 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from memcallback.core.probes import ProbeConfig, ProbeSet, sample_rows, shard
 from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
 from memcallback.core.stopping import AUTO, StopConfig, StopRule
+from memcallback.core.weights import WEIGHTS, AveragedWeights, full_precision
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
@@ -67,6 +69,7 @@ class _Setup:
     null: NullImages | None = None  # this rank's share of the flag's null images
     num_null: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
+    averaged: AveragedWeights | None = None  # the model's averaged (EMA) copy, when setup was given one
 
 
 class MemorizationWatch:
@@ -88,6 +91,11 @@ class MemorizationWatch:
     baseline (first) check is therefore safe. With ``stop.restore_safe_weights`` the model's ``state_dict`` is
     copied to the host at every safe check (one copy, overwritten) and loaded back when the rule fires; with
     ``on_safe`` a user function (e.g. writing a checkpoint) is called at every safe check instead or as well.
+
+    **Which weights.** With ``weights="ema"`` (the default) and an averaged copy given to :meth:`setup` (an EMA),
+    a check measures the average, the weights that generate samples, and puts the raw weights back exactly after;
+    the safe weights then keep and restore both copies. Every check runs in float32, whatever the training dtype
+    (:func:`~memcallback.core.weights.full_precision`).
 
     **Failures.** A check that raises (out of memory included) or meets non-finite values is skipped on every
     rank, counted in ``check_failures`` and warned about once; it never ends training and never moves the rule.
@@ -113,6 +121,8 @@ class MemorizationWatch:
         measure_fn: the measurement function (default: :func:`~memcallback.core.measurement.measure`).
         clock: the clock of the time budget, in seconds.
         on_safe: called with the step of every new safe check (after the weights were copied).
+        weights: ``"ema"``: measure the averaged copy given to :meth:`setup` when there is one, else the raw
+            weights; ``"raw"``: always the raw weights (see :data:`~memcallback.core.weights.WEIGHTS`).
     """
 
     def __init__(
@@ -130,6 +140,7 @@ class MemorizationWatch:
         measure_fn: MeasureFn = measure,
         clock: Callable[[], float] = time.perf_counter,
         on_safe: Callable[[int], None] | None = None,
+        weights: str = "ema",
     ) -> None:
         require(isinstance(prefix, str) and bool(prefix), "prefix", prefix, "a non-empty string, e.g. 'memorization/'")
         if (every_n_steps is None) == (every_n_epochs is None):
@@ -137,6 +148,7 @@ class MemorizationWatch:
                              f"every_n_train_steps={every_n_steps!r}, every_n_epochs={every_n_epochs!r}.")
         for name, value in (("every_n_train_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             require(value is None or (is_int(value) and value >= 1), name, value, "an int >= 1")
+        require(isinstance(weights, str) and weights in WEIGHTS, "weights", weights, f"one of {WEIGHTS}")
         require(isinstance(check_at_start, bool), "check_on_train_start", check_at_start, "True or False")
         require(time_budget_s is None or (is_real(time_budget_s) and 0 < time_budget_s < math.inf), "time_budget_s",
                 time_budget_s, "a positive finite number of seconds or None")
@@ -157,7 +169,7 @@ class MemorizationWatch:
                              f"{self.sharpness.flag_fpr:g}: a conformal flag threshold needs at least {fewest} null "
                              "scores. Raise null_images or flag_fpr, or set null_images=0 (the fixed flag_threshold).")
         self.conditions, self.time_budget_s, self.prefix = conditions, time_budget_s, prefix
-        self.measure_fn, self.clock, self.on_safe = measure_fn, clock, on_safe
+        self.measure_fn, self.clock, self.on_safe, self.weights = measure_fn, clock, on_safe, weights
         self.rule = StopRule(resolved)
         self.monitor = resolved.monitor  # the logged key the rule watches (``stop.monitor`` resolved)
         self.safe_weights = SafeWeights()
@@ -169,6 +181,7 @@ class MemorizationWatch:
         self.last_step: int | None = None
         self.setup_state: _Setup | None = None
         self._reported: set[str] = set()  # one-time warnings already given
+        self._pending_warm_start: dict[int, Tensor] | None = None  # loaded before setup
 
     @property
     def probe_set(self) -> ProbeSet | None:
@@ -187,7 +200,8 @@ class MemorizationWatch:
 
     # ------------------------------------------------------------------------------------------------------
     def setup(self, model: DiffusionModel, *, train_data: Tensor | None = None, heldout_data: Tensor | None = None,
-              rank: int = 0, world_size: int = 1, reducer: Reducer | None = None, sharded: bool | None = None) -> None:
+              rank: int = 0, world_size: int = 1, reducer: Reducer | None = None, sharded: bool | None = None,
+              averaged: AveragedWeights | None = None) -> None:
         """Resolve everything that depends on the model and the process; raise a clear error on bad settings.
 
         Args:
@@ -204,6 +218,8 @@ class MemorizationWatch:
             world_size: the number of processes.
             reducer: collective operations (default: none for one process, ``torch.distributed`` otherwise).
             sharded: whether the model's forward is collective (FSDP); ``None``: detected from its parameters.
+            averaged: the model's averaged (EMA) copy (:class:`~memcallback.core.weights.AveragedWeights`), measured
+                with ``weights="ema"`` and kept with the safe weights; ``None``: none.
         """
         model = check_model(model)
         shape = tuple(model.data_shape)
@@ -280,20 +296,23 @@ class MemorizationWatch:
             raise ValueError(f"monitor={self.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
                              f"one of {sorted(self.prefix + name for name in known)}.")
         self.rule.configure(resolved)
+        require(averaged is None or isinstance(averaged, AveragedWeights), "averaged", averaged,
+                "an AveragedWeights, e.g. AveragedWeights.from_ema_model(ema_model, unet), or None")
         if reducer is None:
             reducer = NoDistribution() if world_size == 1 else TorchDistributed()
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
                                   reference=reference, num_reference=num_reference, loss_reference=loss_reference,
-                                  num_loss_reference=num_loss, null=null, num_null=num_null)
+                                  num_loss_reference=num_loss, null=null, num_null=num_null, averaged=averaged,
+                                  warm_start=self._pending_warm_start)
 
     def due(self, step: int) -> bool:
         """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
         ``check_at_start``); never twice at one step."""
         if step == self.last_step:
             return False
-        if step == 0:
-            return self.check_at_start
+        if step == 0:  # the baseline, unless this watch already checked (a resumed run is past its baseline)
+            return self.check_at_start and self.last_step is None
         return self.every_n_steps is not None and step % self.every_n_steps == 0
 
     def due_at_epoch_end(self, epoch: int, step: int) -> bool:
@@ -326,7 +345,8 @@ class MemorizationWatch:
         error = None
         start = time.perf_counter()
         try:
-            measured = self.measure_fn(model, request)
+            with self.measured_weights(model):
+                measured = self.measure_fn(model, request)
             seconds = time.perf_counter() - start
             if full == (measured.report is None):
                 raise ValueError(f"the measurement function returned report={measured.report!r} for "
@@ -363,6 +383,15 @@ class MemorizationWatch:
         if can_stop:
             self._decide(model, result)
         return result
+
+    def measured_weights(self, model: nn.Module) -> ExitStack:
+        """The context of one measurement: float32, and the averaged weights swapped in when they are measured."""
+        stack = ExitStack()
+        averaged = self.setup_state.averaged if self.setup_state is not None else None
+        if self.weights == "ema" and averaged is not None:
+            stack.enter_context(averaged.swapped_in())
+        stack.enter_context(full_precision(model))
+        return stack
 
     def _interrupt(self) -> Callable[[], bool] | None:
         """The time budget as the measurement's ``interrupt`` (collective when every rank makes the same calls)."""
@@ -450,7 +479,8 @@ class MemorizationWatch:
         if result.safe:
             self.safe_step = result.step
             if self.stop.restore_safe_weights:
-                self._guarded("keeping the safe weights", self.safe_weights.keep, model, result.step)
+                self._guarded("keeping the safe weights", self.safe_weights.keep, model, result.step,
+                             self.setup_state.averaged)
             if self.on_safe is not None:
                 self._guarded("saving the safe checkpoint", self.on_safe, result.step)
         if result.fired:
@@ -458,7 +488,8 @@ class MemorizationWatch:
             result.stop = self.stop.stop_training
             result.reason = f"Memorization rose at step {result.step}: {self.monitor} {self.rule.reason}."
             if self.stop.restore_safe_weights:
-                result.restored = bool(self._guarded("restoring the safe weights", self.safe_weights.restore, model))
+                result.restored = bool(self._guarded("restoring the safe weights", self.safe_weights.restore, model,
+                                                     self.setup_state.averaged))
 
     def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a side job of the stop decision (copying, saving or restoring weights); a failure (a full disk, a
@@ -517,17 +548,24 @@ class MemorizationWatch:
 
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue after a resume (not the safe weights: they live in checkpoints)."""
+        """Everything needed to continue after a resume, the solver's warm start included (not the safe weights:
+        they live in checkpoints)."""
         timesteps = [] if self.setup_state is None else self.setup_state.timesteps
+        warm_start = self._pending_warm_start if self.setup_state is None else self.setup_state.warm_start
         return {"rule": self.rule.state_dict(), "history": self.history, "stopped_step": self.stopped_step,
-                "safe_step": self.safe_step, "failures": self.failures, "num_checks": self.num_checks,
-                "last_step": self.last_step,
+                "warm_start": warm_start, "safe_step": self.safe_step, "failures": self.failures,
+                "num_checks": self.num_checks, "last_step": self.last_step,
                 "probes": {"seed": self.probes.seed, "num_samples": self.probes.num_samples, "timesteps": timesteps}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; warns when the checkpoint was measured on other probes or timesteps."""
+        """Restore :meth:`state_dict`; warns when the checkpoint was measured on other probes or timesteps.
+
+        A run resumed from the check where the rule fired can stop again: the rule fires once per run.
+        """
         probes = state.get("probes", {})
-        if probes and (probes.get("seed"), probes.get("num_samples")) != (self.probes.seed, self.probes.num_samples):
+        same_probes = not probes or (probes.get("seed"), probes.get("num_samples")) == (self.probes.seed,
+                                                                                      self.probes.num_samples)
+        if not same_probes:
             warnings.warn(f"memcallback: the checkpoint was measured with seed={probes.get('seed')} and num_samples="
                           f"{probes.get('num_samples')}, this run uses seed={self.probes.seed} and num_samples="
                           f"{self.probes.num_samples}: the curves before and after the resume differ in probes.",
@@ -537,14 +575,22 @@ class MemorizationWatch:
             warnings.warn(f"memcallback: the checkpoint measured timesteps {probes.get('timesteps')}, this run "
                           f"measures {timesteps}; the stop rule starts afresh.", stacklevel=2)
             self.rule.reset()
+            same_probes = False
         else:
             self.rule.load_state_dict(state.get("rule", {}))
+            self.rule.stopped = False
         self.history = list(state.get("history", []))
         self.stopped_step = state.get("stopped_step")
         self.safe_step = state.get("safe_step")
         self.failures = int(state.get("failures", 0))
         self.num_checks = int(state.get("num_checks", len(self.history) + self.failures))
         self.last_step = state.get("last_step")
+        warm_start = state.get("warm_start") if same_probes else None  # eigenvectors of the same probes only
+        if self.setup_state is None:
+            self._pending_warm_start = warm_start
+        elif warm_start is not None:
+            device = self.setup_state.probes.noise.device
+            self.setup_state.warm_start = {int(t): v.to(device) for t, v in warm_start.items()}
 
 
 def _reference_share(train_data: Tensor, heldout_data: Tensor, noise: Tensor, seed: int, rank: int,

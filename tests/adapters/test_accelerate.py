@@ -145,15 +145,14 @@ def test_save_state_and_load_state_carry_the_stop_rule_and_history(tmp_path) -> 
                               measure_fn=scripted(SERIES))
     accelerator = Accelerator(cpu=True)
     helper = AcceleratedWatch(watch, accelerator)
-    helper.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))
-    accelerator.register_for_checkpointing(helper)
+    helper.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))  # registers it for checkpointing
     for step in (0, 2, 4):  # quiet, quiet, alarming: the rule waits one check
         helper.check(step)
     accelerator.save_state(tmp_path / "state")
     later = Accelerator(cpu=True)  # a new job, with a fresh watch registered the same way
     resumed = AcceleratedWatch(MemorizationWatch(every_n_steps=2, probes=PROBES, sharpness=SHARPNESS, stop=STOP),
                                later)
-    later.register_for_checkpointing(resumed)
+    resumed.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))
     later.load_state(tmp_path / "state")
     assert resumed.watch.history == watch.history and resumed.watch.history[-1]["step"] == 4.0
     assert resumed.watch.rule.state_dict() == watch.rule.state_dict() and resumed.watch.rule.wait_count == 1

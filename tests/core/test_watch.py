@@ -73,8 +73,9 @@ def test_schedule() -> None:
     w = watch(every_n_steps=3, check_at_start=False)
     assert [s for s in range(10) if w.due(s)] == [3, 6, 9]
     w = watch(every_n_steps=3)
-    w.last_step = 3  # checked already at this step
-    assert [s for s in range(7) if w.due(s)] == [0, 6]
+    assert w.due(0)  # the baseline
+    w.last_step = 3  # checked already at this step (e.g. resumed from a checkpoint written after it)
+    assert [s for s in range(7) if w.due(s)] == [6]  # no second "baseline" at step 0 after a resume
     epochs = watch(every_n_steps=None, every_n_epochs=2)
     assert [e for e in range(6) if epochs.due_at_epoch_end(e, step=10 * e + 10)] == [1, 3, 5]
     assert not epochs.due(4)

@@ -125,12 +125,13 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "num_media_samples": count(1),
     "save_plot": flag,
     "prefix": lambda v: isinstance(v, str) and len(v) > 0,  # the default monitor 'auto' takes any prefix
+    "weights": one_of("ema", "raw"),
 }
 
 WORDS = ["auto", "dense", "lanczos", "power", "eig", "mean_mu", "top_mu", "effective_dim", "flat_fraction", "max",
          "min", "up", "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem",
-         "memorization/loss_gap", "Dense",
-         "true", "0.1", "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT"]
+         "memorization/loss_gap", "Dense", "true", "0.1", "none", "charts", "images", "hutchinson", "deflated",
+         "forward", "double_backward", "S", "JT", "ema", "raw"]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 300), st.integers(2**62, 2**64), st.floats(),
     st.floats(-0.5, 1.5), st.sampled_from(WORDS), st.text("abz/_.0", max_size=4),

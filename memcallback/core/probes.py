@@ -35,7 +35,9 @@ class ProbeConfig:
             given) measured like the probes at the primary noise level, when held-out data are given at setup:
             their scores are the null distribution that calibrates the per-sample flag to
             ``SharpnessConfig.flag_fpr`` (:mod:`~memcallback.measure.null`); at least ``ceil(1 / flag_fpr) - 1``
-            of them. 0: off, the fixed ``flag_threshold``. They cost as much as as many probes, without sampling.
+            of them. 0 (the default): off. They cost as much as as many probes, without sampling. Opt-in: in the
+            transfer study a generalizing model's sampler states scored above this null far more often than
+            ``flag_fpr`` (docs/transfer/results.md).
         every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at the
             first check and every this many checks after it; the checks between measure the loss gap only, which
             costs a fraction of a full check. 1 (the default): every check is full. Needs the loss gap when > 1.
@@ -48,7 +50,7 @@ class ProbeConfig:
     seed: int = 0
     reference_images: int = 0
     loss_gap_images: int = 64
-    null_images: int = 64
+    null_images: int = 0
     every_n_checks: int = 1
 
     def __post_init__(self) -> None:

@@ -78,10 +78,11 @@ class SharpnessConfig:
         flag_threshold: a sample is flagged as memorized when its score exceeds this, where no null distribution is
             measured (no held-out data, or ``ProbeConfig.null_images=0``): a level that does not carry over from
             one data set to another (docs/transfer/results.md).
-        flag_fpr: where a null distribution is measured (scores at noised held-out images, the monitor's default
-            with held-out data), the flag's false-positive rate: the threshold is the null's conformal quantile
-            (:mod:`~memcallback.measure.null`), so on a model that generalizes about this fraction of the probes
-            is flagged, on any data set.
+        flag_fpr: where a null distribution is measured (scores at noised held-out images,
+            ``ProbeConfig.null_images > 0``, opt-in), the flag's nominal false-positive rate: the threshold is the
+            null's conformal quantile (:mod:`~memcallback.measure.null`). The rate holds for probes whose states are
+            exchangeable with noised held-out images, which the sampler's own states were not in the transfer study
+            (docs/transfer/results.md).
         chunk_size: most vectors sent through the network at once (``None``: all).
     """
 

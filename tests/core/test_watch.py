@@ -185,7 +185,7 @@ def test_the_sharpness_gap_is_measured_on_seeded_random_training_and_heldout_ima
                              seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True, null=True,
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True,
                                                    loss_gap=True)  # the loss gap is on by default
     assert f"gap {result.scalars['sharpness_gap']:+.3f}" in result.message
 
@@ -225,7 +225,7 @@ def test_the_loss_gap_is_measured_on_seeded_random_images_with_one_noise_draw() 
                         seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["loss_gap"] > 0.2  # 2 of the 6 training images are the memorized one
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True, null=True)
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True)
     assert f"loss gap {result.scalars['loss_gap']:+.3f}" in result.message
 
 

@@ -6,7 +6,7 @@ The checkpoints of a run go, in order, through one ``MemorizationWatch`` built w
 is the callback's own. A measurement function around the default one (the ``measure_fn`` seam) keeps the per-probe
 scores, copy labels and null scores. Beside it, per checkpoint:
 
-- ground truth: ``GT_SAMPLES`` DDIM-50 samples from probe seed 1 (not the callback's seed 0), each labelled a copy
+- ground truth: ``--gt-samples`` (default ``GT_SAMPLES``) DDIM-50 samples from probe seed 1 (not the callback's seed 0), each labelled a copy
   when ``d1 / d2 < 1/3`` against the run's distinct training images;
 - quality: the held-out denoising loss (``val/loss`` of the app's module on fixed noise and timesteps) and a
   Frechet distance between those samples and the whole family in the space of its first ``PCA_DIMS`` principal
@@ -86,7 +86,7 @@ def heldout_loss(module: Any, data: Tensor) -> float:
     return torch.stack(losses).mean().item()
 
 
-def measure_run(spec: RunSpec, cache: Path = CACHE) -> list[dict[str, Any]]:
+def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES) -> list[dict[str, Any]]:
     """Every checkpoint of ``spec`` saved so far, cached as ``measured.pt`` (a run measured before is read back and
     continued, so a run still training can be measured as it goes)."""
     torch.set_num_threads(1)
@@ -112,7 +112,7 @@ def measure_run(spec: RunSpec, cache: Path = CACHE) -> list[dict[str, Any]]:
         result = watch.check(module, step)
         check_s = time.perf_counter() - start
         report, measured = result.report, recorder.last
-        samples = ddim_sample(module, probe_noise(GT_SAMPLES, shape, GT_SEED), 50).sample
+        samples = ddim_sample(module, probe_noise(gt_samples, shape, GT_SEED), 50).sample
         labels = memorization_labels(samples, train)
         rows.append({
             "step": step, "scalars": dict(result.scalars), "fired": result.fired, "safe": result.safe,
@@ -139,10 +139,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--gt-samples", type=int, default=GT_SAMPLES, help="ground-truth samples per checkpoint")
     args = parser.parse_args()
     for text in args.runs:
         spec = parse_spec(text, args.steps, args.every)
-        rows = measure_run(spec, args.cache)
+        rows = measure_run(spec, args.cache, args.gt_samples)
         (run_dir(spec, args.cache) / "measured.json").write_text(json.dumps(
             [{"step": r["step"], **r["scalars"]} for r in rows]))
 

@@ -6,8 +6,8 @@ The checkpoints of a run go, in order, through one ``MemorizationWatch`` built w
 is the callback's own. A measurement function around the default one (the ``measure_fn`` seam) keeps the per-probe
 scores, copy labels and null scores. Beside it, per checkpoint:
 
-- ground truth: ``--gt-samples`` (default ``GT_SAMPLES``) DDIM-50 samples from probe seed 1 (not the callback's seed 0), each labelled a copy
-  when ``d1 / d2 < 1/3`` against the run's distinct training images;
+- ground truth: ``--gt-samples`` (default ``GT_SAMPLES``) DDIM-50 samples from probe seed 1 (not the callback's
+  seed 0), each labelled a copy when ``d1 / d2 < 1/3`` against the run's distinct training images;
 - quality: the held-out denoising loss (``val/loss`` of the app's module on fixed noise and timesteps) and a
   Frechet distance between those samples and the whole family in the space of its first ``PCA_DIMS`` principal
   components (a pixel-space FID: no network weights to download).

@@ -23,6 +23,7 @@ from benchmarks.transfer.families import FAMILIES
 from benchmarks.transfer.runs import CACHE, RunSpec, run_dir
 from memcallback.core import StopConfig, StopRule
 from memcallback.measure import SharpnessConfig, names
+from memcallback.measure.null import conformal_threshold
 
 BOOTSTRAP = 2000
 DEADLINE_RATE = 0.10
@@ -88,11 +89,15 @@ def run_summary(spec: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
     probe_flags = torch.cat([r["probe_flagged"] for r in rows])
     tracked = [(r["scalars"][names.FLAGGED_FRACTION], rate[0]) for r, rate in zip(rows, rates, strict=True)
                if rate[0] > DEADLINE_RATE]
+    nulls = [(r["probe_score"], r["null_score"]) for r in rows if r["null_score"] is not None and r["step"] > 0]
+    null_flagged = [(p > conformal_threshold(n, FPR)).double().mean().item() for p, n in nulls]
     return {"spec": spec, "rows": rows, "rates": rates, "deadline": deadline, "default": default, "score": score,
             "flagged_mean": flagged.mean().item(), "fixed_mean": fixed.mean().item(),
             "fpr": probe_flags[~copied].double().mean().item() if (~copied).any() else math.nan,
             "tpr": probe_flags[copied].double().mean().item() if copied.any() else math.nan,
-            "num_copies": int(copied.sum()), "tracked": tracked}
+            "num_copies": int(copied.sum()), "tracked": tracked,
+            "null_flagged": null_flagged, "null_steps": [r["step"] for r in rows if r["null_score"] is not None
+                                                         and r["step"] > 0]}
 
 
 def write(summaries: list[dict[str, Any]], out: Path) -> None:
@@ -108,15 +113,22 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
                                                                                    s["score"])):
             cells = stop_row(s["rows"], index, s["deadline"], spec.memorize)
             lines.append(f"| {spec.label} | {role} | {s['deadline'] or 'never'} | {rule} | " + " | ".join(cells) + " |")
-    lines += ["", "## The flag", "", f"Stated false-positive rate {FPR:.0%} (conformal threshold from 64 noised "
-              "held-out images at every check). Realized FPR / TPR: among the callback's probes that are not copies / "
-              "that are (their own nearest-neighbour labels), pooled over the run's checks.", "",
-              "| run | mean flagged (conformal) | mean flagged (fixed 0.25) | realized FPR | TPR (copies) | "
+    lines += ["", "## The flag", "", "The shipped flag (a fixed score threshold, `flag_threshold`). Realized FPR / "
+              "TPR: among the callback's probes that are not copies / that are (their own nearest-neighbour labels), "
+              "pooled over the run's checks.", "",
+              "| run | mean flagged (as logged) | mean flagged (fixed 0.25) | realized FPR | TPR (copies) | "
               "flagged / nn-rate where nn-rate > 10% |", "|---|---|---|---|---|---|"]
     for s in summaries:
         ratios = ", ".join(f"{f / r:.2f}" for f, r in s["tracked"]) or "-"
         lines.append(f"| {s['spec'].label} | {s['flagged_mean']:.3f} | {s['fixed_mean']:.3f} | {s['fpr']:.3f} | "
                      f"{s['tpr']:.2f} ({s['num_copies']}) | {ratios} |")
+    lines += ["", "The held-out null (opt-in, `probes.null_images=64`), where it was measured (the first checks of "
+              "textures_gen, before it became opt-in): flagged fraction of the probes at each check at a nominal "
+              f"{FPR:.0%} on a model whose samples have no copy.", ""]
+    for s in summaries:
+        if s["null_flagged"]:
+            cells = ", ".join(f"{step}: {f:.2f}" for step, f in zip(s["null_steps"], s["null_flagged"], strict=True))
+            lines.append(f"- {s['spec'].label}: {cells}")
     lines += ["", "## Per check", ""]
     for s in summaries:
         lines += [f"### {s['spec'].label}", "", "| step | loss gap | score | flag thr | flagged | nn-rate [95%] | "

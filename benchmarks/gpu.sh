@@ -3,8 +3,8 @@
 #
 #   bash benchmarks/gpu.sh cost    (issue 10, the default)
 #     (a) experiment=patches_memorize with the callback on CUDA in bf16-mixed, until the callback stops it;
-#     (b) benchmarks/check_cost.py on the GPU: the 35.7 M DDPM-CIFAR10 UNet at 64 probes, full size;
-#     (c) one measurement on CUDA against the CPU on a fixed small model (benchmarks/device_agreement.py).
+#     (b) benchmarks/cost/check_cost.py on the GPU: the 35.7 M DDPM-CIFAR10 UNet at 64 probes, full size;
+#     (c) one measurement on CUDA against the CPU on a fixed small model (benchmarks/cost/device_agreement.py).
 #   bash benchmarks/gpu.sh scale   (issue 11: the realistic-scale test at 32x32, docs/scale/loss_gap.md test (e))
 #     (d) experiment=patches_memorize and patches_generalize at data.patch_size=32, bf16-mixed, at the committed
 #         settings (the loss-gap stop rule), each to its stop or its 4000 steps.
@@ -54,10 +54,10 @@ case "$part" in
     # (a) ~1-2 min: 32 patches, checks every 250 steps at the callback's defaults, fp32 measurement under bf16-mixed.
     experiment patches_memorize 150 experiment=patches_memorize
     # (b) ~3 min: cost tables with every model at 64 probes (trains the cached benchmark models on the GPU if missing).
-    step check_cost 270 python benchmarks/check_cost.py --device cuda --probes 64 --check-probes 64 --cifar-probes 64 \
+    step check_cost 270 python -m benchmarks.cost.check_cost --device cuda --probes 64 --check-probes 64 --cifar-probes 64 \
       --before-probes 64 --cifar-before-probes 64 --power-probes 16 --repeats 5
     # (c) < 1 min: CPU vs CUDA (fp32, then TF32) on the fixed small model.
-    step device_agreement 60 python benchmarks/device_agreement.py
+    step device_agreement 60 python -m benchmarks.cost.device_agreement
     ;;
   scale)
     # (d) ~2 + ~4 min: the patch experiments at 32x32; every check logs the nn rate of its 64 probes, the score and

@@ -52,7 +52,7 @@ class SharpnessConfig:
             ``max(1, krylov_steps // block)`` block iterations per end. ``None``: run to ``tol`` instead
             (the converged reference, e.g. ``krylov_steps=None, tol=1e-6``); it must exceed ``k``. The
             default 26 is the smallest budget that keeps every probe's default score within 0.02 of the
-            converged one on the trained 3x32x32 UNets of ``benchmarks/check_cost.py`` (26 steps: 0.014 / 0.013;
+            converged one on the trained 3x32x32 UNets of ``benchmarks/cost/check_cost.py`` (26 steps: 0.014 / 0.013;
             the former default score, ``top_mu`` with ``k=8``, needed 46).
         krylov_product: the Krylov space of the budget: ``"S"`` (Lanczos on the symmetric part, 2 products
             per step) or ``"JT"`` (Arnoldi on ``J^T``, 1 product per step, and Rayleigh-Ritz of ``S`` on that

@@ -1,4 +1,4 @@
-"""RGB patches of real photographs, shipped offline with scikit-learn, built so copies stay recognizable."""
+"""Patches of real photographs and scans shipped inside pip packages, built so copies stay recognizable."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from memcallback.app.data.base import ArrayDataModule
+from memcallback.app.data.photos import PHOTO_SOURCES, photos
 
 __all__ = ["PatchPool", "PatchesDataModule", "near_duplicates", "patch_pool"]
 
-PHOTO_NAMES = ("china.jpg", "flower.jpg")  # sklearn.datasets.load_sample_images()
-PHOTO_HEIGHT = 427  # both photos are 427 x 640 x 3
 #: The pool's defaults, shared by ``patch_pool`` and ``PatchesDataModule`` (stride ``None`` and flips on aside).
+SOURCE = "sklearn"
 PATCH_SIZE = 16
 DOWNSCALES = (1, 2, 4)
 MIN_STD = 0.1
@@ -31,8 +30,9 @@ class PatchPool:
     """The patches of ``patch_pool``.
 
     Attributes:
-        patches: ``[n, 3, p, p]`` float32 in [-1, 1].
-        labels: ``[n]`` int64: 0 for patches of ``china.jpg``, 1 for ``flower.jpg``.
+        patches: ``[n, C, p, p]`` float32 in [-1, 1].
+        labels: ``[n]`` int64: the index of the photo a patch comes from (for ``"sklearn"``: 0 for ``china.jpg``,
+            1 for ``flower.jpg``).
         min_distance: every pair of patches is at least this l2 distance apart (the near-duplicate radius; 0
             when ``dedup_fraction`` is 0).
     """
@@ -92,16 +92,14 @@ def near_duplicates(items: Tensor, radius: float) -> Tensor:
 
 @lru_cache(maxsize=8)
 def _cached_pool(
-    patch_size: int, stride: int, downscales: tuple[int, ...], flips: bool, min_std: float, dedup_fraction: float
+    source: str, patch_size: int, stride: int, downscales: tuple[int, ...], flips: bool, min_std: float,
+    dedup_fraction: float
 ) -> PatchPool:
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images()
-    by_name = dict(zip((name.rsplit("/", 1)[-1] for name in photos.filenames), photos.images, strict=True))
     patches, labels = [], []
-    for label, name in enumerate(PHOTO_NAMES):
-        image = torch.from_numpy(np.array(by_name[name], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    for label, image in enumerate(photos(source)):
         for factor in downscales:
+            if min(image.shape[1:]) // factor < patch_size:  # this photo is too small at this scale
+                continue
             grid = _grid(_downscale(image, factor), patch_size, stride)
             for variant in (grid, grid.flip(-1)) if flips else (grid,):
                 patches.append(variant)
@@ -125,13 +123,15 @@ def patch_pool(
     flips: bool = True,
     min_std: float = MIN_STD,
     dedup_fraction: float = DEDUP_FRACTION,
+    source: str = SOURCE,
 ) -> PatchPool:
-    """The de-duplicated patches of the two photographs of ``sklearn.datasets.load_sample_images()``.
+    """The de-duplicated patches of the photographs of ``source`` (:mod:`~memcallback.app.data.photos`).
 
     Built in four deterministic steps (no randomness), cached in memory per argument set:
 
-    1. each photo, scaled to [-1, 1] (``x / 127.5 - 1``), is shrunk by every factor in ``downscales`` (box
-       filter), and cut on a grid of ``patch_size`` squares every ``stride`` pixels, row-major;
+    1. each photo, scaled to [-1, 1], is shrunk by every factor in ``downscales`` (box filter; a factor that
+       leaves the photo smaller than a patch skips it), and cut on a grid of ``patch_size`` squares every
+       ``stride`` pixels, row-major;
     2. with ``flips``, every patch is also taken mirrored left-right;
     3. near-flat patches go: those whose pixel standard deviation (over channels and pixels) is below
        ``min_std`` (sky, shadows: they sit close to one another, so a copy of one cannot pass the ratio test);
@@ -153,13 +153,17 @@ def patch_pool(
         min_std: pixel standard deviation below which a patch is dropped as flat, ``>= 0``.
         dedup_fraction: the near-duplicate radius as a fraction of the median nearest-neighbour distance,
             in [0, 1); 0 keeps every patch.
+        source: the photographs, one of ``PHOTO_SOURCES``: ``"sklearn"`` (two RGB photos), ``"skimage"`` (seven
+            RGB photos), ``"gray"`` (eleven grayscale photos, an MRI slice and elevation maps).
 
     Returns:
-        The ``PatchPool``: 2,612 patches at 16 x 16 and 723 at 32 x 32 with the other defaults.
+        The ``PatchPool``: for ``"sklearn"`` 2,612 patches at 16 x 16 and 723 at 32 x 32 with the other defaults.
 
     Raises:
         ValueError: on an argument out of range; the message names it.
     """
+    if source not in PHOTO_SOURCES:
+        raise ValueError(f"source must be one of {PHOTO_SOURCES}, got {source!r}")
     for name, value, minimum in (("patch_size", patch_size, 2), ("stride", stride, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -169,23 +173,27 @@ def patch_pool(
     for factor in factors:
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise ValueError(f"every entry of downscales must be an int >= 1, got {factor!r}")
-        if PHOTO_HEIGHT // factor < patch_size:
+        largest = max(min(image.shape[1:]) for image in photos(source))
+        if largest // factor < patch_size:
             raise ValueError(
-                f"downscale {factor} shrinks the {PHOTO_HEIGHT}-pixel-high photos below patch_size={patch_size}: "
-                f"use factors <= {PHOTO_HEIGHT // patch_size}"
+                f"downscale {factor} shrinks every photo of {source!r} below patch_size={patch_size}: "
+                f"use factors <= {largest // patch_size}"
             )
     if isinstance(min_std, bool) or not isinstance(min_std, int | float) or min_std < 0:
         raise ValueError(f"min_std must be a number >= 0, got {min_std!r}")
-    if isinstance(dedup_fraction, bool) or not isinstance(dedup_fraction, int | float) or not 0 <= dedup_fraction < 1:
+    if (isinstance(dedup_fraction, bool) or not isinstance(dedup_fraction, int | float)
+            or not 0 <= dedup_fraction < 1):
         raise ValueError(f"dedup_fraction must be a number in [0, 1), got {dedup_fraction!r}")
-    return _cached_pool(patch_size, stride or patch_size, factors, bool(flips), float(min_std), float(dedup_fraction))
+    return _cached_pool(source, patch_size, stride or patch_size, factors, bool(flips), float(min_std),
+                        float(dedup_fraction))
 
 
 class PatchesDataModule(ArrayDataModule):
-    """RGB patches ``(3, p, p)`` of two real photographs, in [-1, 1], with no download (see ``patch_pool``).
+    """Patches ``(C, p, p)`` of real photographs, in [-1, 1], with no download (see ``patch_pool``).
 
-    The pool is built once per argument set and cached in memory (about a second). Labels say which photo
-    a patch comes from (0: ``china.jpg``, 1: ``flower.jpg``; ``num_classes = 2``). The held-out split,
+    The pool is built once per argument set and cached in memory (seconds). Labels say which photo a patch comes
+    from (for ``source="sklearn"``, 0: ``china.jpg``, 1: ``flower.jpg``; ``num_classes`` is the number of
+    photos); ``C`` is 3, or 1 for ``source="gray"``. The held-out split,
     subset and duplication options are those of every data module here; since no two patches of the pool
     are near-duplicates, a held-out patch is never a near-copy of a training patch.
 
@@ -196,6 +204,7 @@ class PatchesDataModule(ArrayDataModule):
         flips: add the left-right mirror of every patch.
         min_std: drop patches flatter than this pixel standard deviation.
         dedup_fraction: near-duplicate radius as a fraction of the median nearest-neighbour distance.
+        source: the photographs (``"sklearn"``, ``"skimage"`` or ``"gray"``, see ``patch_pool``).
         **kwargs: the common options of ``ArrayDataModule`` (``batch_size``, ``num_train``,
             ``duplicate``, ``duplicate_indices``, ``val_fraction``, ``samples_per_epoch``, ``seed``,
             ``num_workers``).
@@ -209,14 +218,15 @@ class PatchesDataModule(ArrayDataModule):
         flips: bool = True,
         min_std: float = MIN_STD,
         dedup_fraction: float = DEDUP_FRACTION,
+        source: str = SOURCE,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.pool = patch_pool(patch_size, stride, tuple(downscales), flips, min_std, dedup_fraction)
-        self.num_classes = len(PHOTO_NAMES)
-        self._data_shape = (3, patch_size, patch_size)
+        self.pool = patch_pool(patch_size, stride, tuple(downscales), flips, min_std, dedup_fraction, source)
+        self.num_classes = len(photos(source))
+        self._data_shape = (self.pool.patches.shape[1], patch_size, patch_size)
         self._check_num_train(len(self.pool.patches))
 
     def load(self) -> tuple[Tensor, Tensor]:
-        """The pool's patches ``[n, 3, p, p]`` (a copy: the cache stays intact) and their photo labels."""
+        """The pool's patches ``[n, C, p, p]`` (a copy: the cache stays intact) and their photo labels."""
         return self.pool.patches.clone(), self.pool.labels.clone()

@@ -1,6 +1,6 @@
 """Models and data for the check-cost benchmark: build, train once, cache the weights.
 
-    python benchmarks/cost_models.py [--only NAME]     # trains whatever is not cached yet
+    python -m benchmarks.cost.models [--only NAME]     # trains whatever is not cached yet
 
 Models (all noise predictors trained as DDPMs with the linear schedule, T = 1000):
 
@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from memcallback.app.data import PatchesDataModule
 from memcallback.app.models import DiffusionModule, ResidualMLP, SmallUNet
 
-OUTPUTS = Path(__file__).resolve().parent / "outputs"
+OUTPUTS = Path(__file__).resolve().parents[1] / "outputs"
 WEIGHTS = OUTPUTS / "weights"
 TRAIN_BATCH = 32
 #: Patches the memorizing model is trained on.

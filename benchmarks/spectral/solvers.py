@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/spectral.py            # full run, about 2-3 minutes on 2 CPU cores
-    python benchmarks/spectral.py --quick    # smaller batches and fewer points
+    python -m benchmarks.spectral.solvers            # full run, about 2-3 minutes on 2 CPU cores
+    python -m benchmarks.spectral.solvers --quick    # smaller batches and fewer points
 
 Operators (all "sigma^2-normalized": fn = -sigma * eps_hat, so S = sigma^2 sym(d score / dx)):
 
@@ -43,7 +43,7 @@ from memcallback.spectral.lanczos import lanczos_tridiagonal, tridiagonal
 
 K = 5
 TARGET = 1e-3
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -360,7 +360,7 @@ def main() -> None:
     cost_lines = product_cost_table(ops)
     scaling_lines = scaling_tables(ops, args.quick)
     total = time.perf_counter() - start
-    command = "python benchmarks/spectral.py" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.spectral.solvers" + (" --quick" if args.quick else "")
     command += "" if args.threads == 1 else f" --threads {args.threads}"
     ratio_lines = [
         f"- {name}: power iteration used {practical:.1f}x the products of Lanczos with the practical stop"

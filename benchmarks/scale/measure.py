@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scale_runs import RunSpec, checkpoint, datamodule, denoising_loss, run_dir
 from torch import Tensor, nn
 
+from benchmarks.scale.runs import RunSpec, checkpoint, datamodule, denoising_loss, run_dir
 from memcallback import analyze
 from memcallback.diffusion import ddim_sample, score_function
 from memcallback.measure.analysis import measurement_mode, probe_noise

@@ -1,6 +1,6 @@
 """What one memorization check costs, part by part, and which cheaper settings keep the score: side by side.
 
-    python benchmarks/check_cost.py [--device cpu] [--probes 16] [--check-probes 64] [--cifar-probes 2]
+    python -m benchmarks.cost.check_cost [--device cpu] [--probes 16] [--check-probes 64] [--cifar-probes 2]
 
 Prints four markdown tables and a recommendation (progress goes to stderr):
 
@@ -9,7 +9,7 @@ Prints four markdown tables and a recommendation (progress goes to stderr):
    one ``J^T v``, each in forward passes of the same batch; one training step (forward + backward + Adam) at
    batch 128. Models: the digits ``ResidualMLP`` (d = 64, dense path), ``SmallUNet`` 3x32x32 untrained and
    trained on 32x32 patches, and the DDPM-CIFAR10 ``UNet2DModel`` (35.7 M, random weights) through
-   ``DiffusersModel`` (see ``benchmarks/cost_models.py``). On CPU the 35.7 M UNet is timed at
+   ``DiffusersModel`` (see ``benchmarks/cost/models.py``). On CPU the 35.7 M UNet is timed at
    ``--cifar-probes`` rows and scaled linearly to ``--check-probes``, its training step at batch 8 scaled to
    128 (the table says so).
 2. **Settings** measured with the library's ``measure_sharpness`` on the trained SmallUNets (``--probes`` probes
@@ -36,9 +36,10 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
-import cost_models
 import torch
-from cost_candidates import (
+
+from benchmarks.cost import models as cost_models
+from benchmarks.cost.candidates import (
     Setting,
     applications,
     budget_sweep,
@@ -48,8 +49,7 @@ from cost_candidates import (
     sampling_calls,
     train_steps,
 )
-from cost_units import UnitCosts, unit_costs
-
+from benchmarks.cost.units import UnitCosts, unit_costs
 from memcallback.measure.analysis import probe_noise
 from memcallback.measure.ground_truth import memorization_labels
 from memcallback.measure.report import auroc

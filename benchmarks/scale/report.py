@@ -1,4 +1,4 @@
-"""Tables and figures of the realistic-scale study, from the cached runs and measurements (``scale_study.py``)."""
+"""Tables and figures of the realistic-scale study, from the cached runs and measurements (``scale/study.py``)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from scale_loss_gap import LOSS_GAP_IMAGES, LOSS_GAP_RULE, patch_gaps, rule_stop
-from scale_measure import (
+
+from benchmarks.scale.loss_gap import LOSS_GAP_IMAGES, LOSS_GAP_RULE, patch_gaps, rule_stop
+from benchmarks.scale.measure import (
     measure_checkpoint,
     measured_steps,
 )
-from scale_reference import reference_checkpoint, reference_gap, reference_score
-from scale_runs import RunSpec, datamodule, parse_spec, run_dir
-from scale_signals import (
+from benchmarks.scale.reference import reference_checkpoint, reference_gap, reference_score
+from benchmarks.scale.runs import RunSpec, datamodule, parse_spec, run_dir
+from benchmarks.scale.signals import (
     LATE,
     ONSET,
     PER_SAMPLE,
@@ -32,10 +33,9 @@ from scale_signals import (
     stop_step,
     threshold_from,
 )
-from validation_gap import GAP_IMAGES, GAP_RULE
-from validation_report import Writer
-from validation_runs import fmt
-
+from benchmarks.validation.gap import GAP_IMAGES, GAP_RULE
+from benchmarks.validation.report import Writer
+from benchmarks.validation.runs import fmt
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.measure.ground_truth import nearest_neighbours
 from memcallback.measure.loss_gap import NUM_LEVELS
@@ -51,11 +51,11 @@ AMBIGUOUS = (0.2, 0.5)
 
 
 class ScaleWriter(Writer):
-    """``Writer`` of ``validation_report`` naming ``scale_study.py`` as the command."""
+    """``Writer`` of ``validation_report`` naming ``scale/study.py`` as the command."""
 
     def __init__(self, out: Path, study: str) -> None:
         super().__init__(out, study)
-        self.command = "python benchmarks/scale_study.py " + " ".join(sys.argv[1:])
+        self.command = "python -m benchmarks.scale.study " + " ".join(sys.argv[1:])
         self.lines[0] = f"<!-- written by `{self.command}` -->"
 
 

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import torch
-from validation_report import Writer, runs, specs
-from validation_runs import CHECK_EVERY, RunSpec, checkpoint, datamodule, first_step, fmt, run_dir
 
+from benchmarks.validation.report import Writer, runs, specs
+from benchmarks.validation.runs import CHECK_EVERY, RunSpec, checkpoint, datamodule, first_step, fmt, run_dir
 from memcallback.core import ProbeConfig, StopConfig, StopRule
 from memcallback.measure import SharpnessConfig, sharpness_gap
 

@@ -1,6 +1,6 @@
 """Training time with and without MemorizationMonitor at its default settings, measured side by side.
 
-    python benchmarks/callback_overhead.py [--case digits|unet32] [--steps N] [--repeats 2] [--every 250]
+    python -m benchmarks.overhead.callback_overhead [--case digits|unet32] [--steps N] [--repeats 2] [--every 250]
                                            [--every-n-checks 1]
 
 Cases (both batch 128):

@@ -3,16 +3,16 @@
 One command per study; each writes a markdown fragment and PNG plots into ``--out`` (default
 ``docs/validation``) and prints the command that made every table::
 
-    python benchmarks/validation.py train      # train and cache the runs (the other studies do it on demand)
-    python benchmarks/validation.py detect     # per-sample AUROC / TPR@1%FPR per statistic, sigma, solver
-    python benchmarks/validation.py curves     # score and nearest-neighbour rate over training, per N
-    python benchmarks/validation.py stopping   # where the callback stops vs the rate, val-loss and budget
-    python benchmarks/validation.py cost       # time per check, fraction of training, dense vs Lanczos vs power
-    python benchmarks/validation.py toy        # the 2-D toy: ring + isolated repeated points
-    python benchmarks/validation.py gap        # the sharpness-gap stop rule (calibrated on patches) on the digits runs
+    python -m benchmarks.validation.study train      # train and cache the runs (the other studies do it on demand)
+    python -m benchmarks.validation.study detect     # per-sample AUROC / TPR@1%FPR per statistic, sigma, solver
+    python -m benchmarks.validation.study curves     # score and nearest-neighbour rate over training, per N
+    python -m benchmarks.validation.study stopping   # where the callback stops vs the rate, val-loss and budget
+    python -m benchmarks.validation.study cost       # time per check, fraction of training, dense vs Lanczos vs power
+    python -m benchmarks.validation.study toy        # the 2-D toy: ring + isolated repeated points
+    python -m benchmarks.validation.study gap        # the sharpness-gap stop rule (patch-calibrated) on the digits
 
 Runs (N distinct training digits in {16, 64, 256, all 1617}, 8000 steps, one torch thread) are cached in
-``--cache`` (default ``<tempdir>/memcallback-validation``), outside git; see ``validation_runs.py``.
+``--cache`` (default ``<tempdir>/memcallback-validation``), outside git; see ``validation/runs.py``.
 ``--quick`` uses N in {16, all}, 4000 steps and fewer probes (a smoke test, not the reported numbers).
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from validation_detect import (
+from benchmarks.validation.detect import (
     CALLBACK_SCORES,
     STATISTICS,
     TOY_STATISTICS,
@@ -45,9 +42,9 @@ from validation_detect import (
     solver_rows,
     youden_threshold,
 )
-from validation_gap import study_gap
-from validation_report import Writer, runs, specs, train_one
-from validation_runs import (
+from benchmarks.validation.gap import study_gap
+from benchmarks.validation.report import Writer, runs, specs, train_one
+from benchmarks.validation.runs import (
     CHECK_EVERY,
     CURVE_SIGMAS,
     RunSpec,
@@ -55,8 +52,7 @@ from validation_runs import (
     datamodule,
     fmt,
 )
-from validation_training import study_curves, study_stopping
-
+from benchmarks.validation.training import study_curves, study_stopping
 from memcallback import analyze
 from memcallback.core import StopConfig
 from memcallback.diffusion import ddim_sample, score_function

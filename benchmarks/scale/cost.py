@@ -8,13 +8,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from scale_loss_gap import LOSS_GAP_IMAGES, select
-from scale_measure import NEAR_ZERO, SIGMA, SLQ_PROBES, SLQ_STEPS, near_zero_count, stable_rank
-from scale_report import ScaleWriter
-from scale_runs import BATCH, LR, RunSpec, build, checkpoint, datamodule, denoising_loss, parse_spec
-from validation_gap import GAP_IMAGES, GAP_SHARPNESS
-from validation_runs import fmt
 
+from benchmarks.scale.loss_gap import LOSS_GAP_IMAGES, select
+from benchmarks.scale.measure import NEAR_ZERO, SIGMA, SLQ_PROBES, SLQ_STEPS, near_zero_count, stable_rank
+from benchmarks.scale.report import ScaleWriter
+from benchmarks.scale.runs import BATCH, LR, RunSpec, build, checkpoint, datamodule, denoising_loss, parse_spec
+from benchmarks.validation.gap import GAP_IMAGES, GAP_SHARPNESS
+from benchmarks.validation.runs import fmt
 from memcallback import analyze
 from memcallback.diffusion import ddim_sample
 from memcallback.measure import loss_gap, sharpness_gap

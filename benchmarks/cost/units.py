@@ -1,6 +1,6 @@
 """Unit costs of one check's pieces, in seconds and in forward-pass equivalents of the same network and batch.
 
-Used by ``benchmarks/check_cost.py``. Every timing is a median over ``repeats`` after one untimed warm-up, on
+Used by ``benchmarks/cost/check_cost.py``. Every timing is a median over ``repeats`` after one untimed warm-up, on
 states of the model's own shape at the measurement timestep, inside ``measurement_mode`` (eval, math attention).
 """
 

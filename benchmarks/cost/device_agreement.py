@@ -1,6 +1,6 @@
 """One measurement on CUDA against the same measurement on the CPU, on a fixed small model.
 
-    python benchmarks/device_agreement.py [--probes 16]
+    python -m benchmarks.cost.device_agreement [--probes 16]
 
 The model is ``SmallUNet`` 3x16x16 (base 32, mults [1, 2]) with seed-0 weights trained for a few hundred steps
 on 16x16 patches on the CPU (so its spectrum is a trained one), copied to CUDA. ``analyze`` runs at the library

@@ -8,8 +8,9 @@ import argparse
 
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
-from validation_report import Writer, runs, specs, timestep_key
-from validation_runs import (
+
+from benchmarks.validation.report import Writer, runs, specs, timestep_key
+from benchmarks.validation.runs import (
     CHECK_EVERY,
     CURVE_SIGMAS,
     FrechetPCA,
@@ -21,7 +22,6 @@ from validation_runs import (
     heldout_loss,
     history,
 )
-
 from memcallback.core import StopConfig, StopRule
 from memcallback.measure import SharpnessConfig
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scale_measure import SIGMA, top_mu_score
-from scale_runs import RunSpec, checkpoint, datamodule, run_dir
-from validation_gap import GAP_IMAGES, GAP_SHARPNESS
 
+from benchmarks.scale.measure import SIGMA, top_mu_score
+from benchmarks.scale.runs import RunSpec, checkpoint, datamodule, run_dir
+from benchmarks.validation.gap import GAP_IMAGES, GAP_SHARPNESS
 from memcallback.measure import sharpness_gap
 
 REFERENCE_STATES = 64

@@ -1,6 +1,6 @@
 """Conditional detection on the duplicated-class digits experiment (issue 7): the paper's metric vs Wen's.
 
-    python benchmarks/conditional.py [--duplicate-class 9] [--steps 6000] [--samples-per-class 32] [--quick]
+    python -m benchmarks.conditional.study [--duplicate-class 9] [--steps 6000] [--samples-per-class 32] [--quick]
 
 Trains (or loads from ``--cache``) a class-conditional ``ResidualMLP((1, 8, 8), num_classes=10)``
 ``DiffusionModule`` with label dropout 0.1 on ``DigitsDataModule(duplicate_class=k)``: class ``k`` is one
@@ -81,7 +81,7 @@ def main() -> None:
     module, wall = trained_module(args.cache, k, args.steps)
     train_data = datamodule(k).unique_train_data()
     labels = torch.arange(NUM_CLASSES)
-    command = "python benchmarks/conditional.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.conditional.study " + " ".join(sys.argv[1:])
     print(f"Command: `{command.strip()}`\n")
     print(f"Model: ResidualMLP 256x3, num_classes=10, cond_drop_prob 0.1, {args.steps} steps of batch 128 on "
           f"digits with class {k} = one image x 160 ({len(train_data)} unique training images)"

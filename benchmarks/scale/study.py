@@ -3,25 +3,24 @@
 One command per step; the reports write markdown and PNGs into ``--out`` (default ``docs/scale``) with the
 command that made every table::
 
-    python benchmarks/scale_study.py train     # train the runs, resumable (checkpoints every --every steps)
-    python benchmarks/scale_study.py measure   # every signal on every checkpoint, cached per checkpoint
-    python benchmarks/scale_study.py reference # the same sharpness at noised training and held-out images
-    python benchmarks/scale_study.py detect    # per-sample AUROC / TPR@1%FPR per signal, ROC, most-memorized grid
-    python benchmarks/scale_study.py curves    # nn rate with its interval, onset, every signal over training
-    python benchmarks/scale_study.py stopping  # stop step per signal, calibrated on other runs; flag threshold
-    python benchmarks/scale_study.py cost      # wall time of each signal per check, in training steps
-    python benchmarks/scale_study.py transfer  # does the flag/stop threshold transfer across d (8x8 runs)?
-    python benchmarks/scale_study.py lossgap   # the relative loss gap's stop rule on 16x16, 8x8 and digits runs
+    python -m benchmarks.scale.study train     # train the runs, resumable (checkpoints every --every steps)
+    python -m benchmarks.scale.study measure   # every signal on every checkpoint, cached per checkpoint
+    python -m benchmarks.scale.study reference # the same sharpness at noised training and held-out images
+    python -m benchmarks.scale.study detect    # per-sample AUROC / TPR@1%FPR per signal, ROC, most-memorized grid
+    python -m benchmarks.scale.study curves    # nn rate with its interval, onset, every signal over training
+    python -m benchmarks.scale.study stopping  # stop step per signal, calibrated on other runs; flag threshold
+    python -m benchmarks.scale.study cost      # wall time of each signal per check, in training steps
+    python -m benchmarks.scale.study transfer  # does the flag/stop threshold transfer across d (8x8 runs)?
+    python -m benchmarks.scale.study lossgap   # the relative loss gap's stop rule on 16x16, 8x8 and digits runs
 
 Runs are ``N:seed`` (``all``: every non-held-out patch) and live in ``--cache`` (default
-``benchmarks/outputs/scale``, gitignored); see ``scale_runs.py``. Thresholds are calibrated on the
+``benchmarks/outputs/scale``, gitignored); see ``scale/runs.py``. Thresholds are calibrated on the
 ``--calibrate`` runs and reported on the others.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,14 +28,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from scale_cost import study_cost
-from scale_measure import SIGMA, measure_checkpoint, measured_steps, top_mu_score
-from scale_reference import reference_checkpoint
-from scale_report import ScaleWriter, study_curves, study_detect, study_stopping
-from scale_runs import RunSpec, parse_spec, train
-from scale_transfer import study_loss_gap, study_transfer
+from benchmarks.scale.cost import study_cost
+from benchmarks.scale.measure import SIGMA, measure_checkpoint, measured_steps, top_mu_score
+from benchmarks.scale.reference import reference_checkpoint
+from benchmarks.scale.report import ScaleWriter, study_curves, study_detect, study_stopping
+from benchmarks.scale.runs import RunSpec, parse_spec, train
+from benchmarks.scale.transfer import study_loss_gap, study_transfer
 
 
 def specs(args: argparse.Namespace) -> list[RunSpec]:
@@ -112,7 +109,7 @@ def main() -> None:
                         help="transfer: the runs at --transfer-patch-size that test the threshold's transfer")
     parser.add_argument("--transfer-patch-size", type=int, default=8)
     parser.add_argument("--digits-cache", type=Path, default=Path(tempfile.gettempdir()) / "memcallback-validation",
-                        help="lossgap: the digits runs of benchmarks/validation.py (trained there if missing)")
+                        help="lossgap: the digits runs of benchmarks/validation/study.py (trained there if missing)")
     parser.add_argument("--digits-n", nargs="+", default=["16", "64", "256", "all"], help="lossgap: digits runs")
     parser.add_argument("--digits-steps", type=int, default=8000, help="lossgap: steps of the digits runs")
     parser.add_argument("--samples", type=int, default=256, help="DDIM-50 samples for the nn rate per checkpoint")

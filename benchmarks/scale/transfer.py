@@ -9,16 +9,16 @@ import argparse
 import math
 
 import numpy as np
-from scale_loss_gap import LOSS_GAP_IMAGES, LOSS_GAP_RULE, SELECTIONS, digits_gaps, patch_gaps, rule_stop
-from scale_measure import top_mu_score
-from scale_reference import reference_gap
-from scale_report import Run, ScaleWriter, gap_rule_stop, load_runs
-from scale_signals import LATE
-from validation_gap import stop_verdict as digits_verdict
-from validation_report import runs as digits_runs
-from validation_report import specs as digits_specs
-from validation_runs import CHECK_EVERY, fmt
 
+from benchmarks.scale.loss_gap import LOSS_GAP_IMAGES, LOSS_GAP_RULE, SELECTIONS, digits_gaps, patch_gaps, rule_stop
+from benchmarks.scale.measure import top_mu_score
+from benchmarks.scale.reference import reference_gap
+from benchmarks.scale.report import Run, ScaleWriter, gap_rule_stop, load_runs
+from benchmarks.scale.signals import LATE
+from benchmarks.validation.gap import stop_verdict as digits_verdict
+from benchmarks.validation.report import runs as digits_runs
+from benchmarks.validation.report import specs as digits_specs
+from benchmarks.validation.runs import CHECK_EVERY, fmt
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.measure.loss_gap import NUM_LEVELS
 

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scale_runs import RunSpec, checkpoint, datamodule, run_dir
 from torch import Tensor
-from validation_runs import CHECK_EVERY
-from validation_runs import RunSpec as DigitsSpec
-from validation_runs import checkpoint as digits_checkpoint
-from validation_runs import datamodule as digits_datamodule
-from validation_runs import run_dir as digits_dir
 
+from benchmarks.scale.runs import RunSpec, checkpoint, datamodule, run_dir
+from benchmarks.validation.runs import CHECK_EVERY
+from benchmarks.validation.runs import RunSpec as DigitsSpec
+from benchmarks.validation.runs import checkpoint as digits_checkpoint
+from benchmarks.validation.runs import datamodule as digits_datamodule
+from benchmarks.validation.runs import run_dir as digits_dir
 from memcallback.core import ProbeConfig, StopConfig, StopRule, sample_rows
 from memcallback.diffusion import DiffusionModel
 from memcallback.measure.loss_gap import NUM_LEVELS, loss_gap, relative_gap

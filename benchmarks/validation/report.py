@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from validation_runs import RunSpec, parse_n, train
 
+from benchmarks.validation.runs import RunSpec, parse_n, train
 from memcallback.diffusion import NoiseSchedule
 
 
@@ -23,7 +23,7 @@ class Writer:
     def __init__(self, out: Path, study: str) -> None:
         """Start the study's markdown; ``out`` is created if missing."""
         self.out, self.study = out, study
-        self.command = "python benchmarks/validation.py " + " ".join(sys.argv[1:])
+        self.command = "python -m benchmarks.validation.study " + " ".join(sys.argv[1:])
         self.lines: list[str] = [f"<!-- written by `{self.command}` -->", ""]
         out.mkdir(parents=True, exist_ok=True)
 

@@ -1,11 +1,11 @@
 """Settings of the check measured on fixed probe states, and their cost in forward-pass equivalents.
 
-Used by ``benchmarks/check_cost.py``. A setting is a :class:`~memcallback.measure.SharpnessConfig` plus the DDIM
+Used by ``benchmarks/cost/check_cost.py``. A setting is a :class:`~memcallback.measure.SharpnessConfig` plus the DDIM
 steps of the probes, whether the Krylov run is warm-started from the previous check, and the fraction of the
 probes whose spectrum is measured (a tier). Each is measured with the library's own
 :func:`~memcallback.measure.sharpness.measure_sharpness` on the sampler's states ``x_t`` of the same probes; the
 previous check of a warm start is the model ``PREVIOUS_CHECK_STEPS`` training steps earlier (see
-``cost_models.py``), measured with the same setting on its own trajectory from the same probes.
+``cost/models.py``), measured with the same setting on its own trajectory from the same probes.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from cost_units import UnitCosts
 from torch import Tensor, nn
 
+from benchmarks.cost.units import UnitCosts
 from memcallback.diffusion import ddim_sample, sampling_timesteps, score_function
 from memcallback.measure.analysis import measurement_mode
 from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats, measure_sharpness

@@ -1,0 +1,1 @@
+"""Benchmarks: the transfer study (defaults on image families nothing was tuned on)."""

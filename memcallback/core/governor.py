@@ -1,22 +1,27 @@
 """The cost governor: keeps the checks' share of training wall time under a target, check by check.
 
-A check's cost is its wall time; the training time is the wall time between checks. The governor keeps both
-running sums since the start of training and, before each check, picks the most complete *tier* whose predicted
-cost keeps the running share ``checks / (training + checks)`` at or under ``max_overhead``:
+A check's cost is its wall time; the training time is the wall time between checks. Before each check the governor
+picks a :class:`Tier`: how many of the fixed probes it samples and measures, and how many of the loss gap's fixed
+images it measures. What it may cut depends on what the stop rule monitors, so that every check still measures the
+monitored value and the checks of that value stay ``every_n_steps`` apart (the schedule is never stretched):
 
-* **light** (``probes = 0``): the loss gap alone (forward passes). Offered only when a light check measures the
-  stop rule's monitor (a loss-gap key): the checks of the monitored value then stay ``every_n_steps`` apart and the
-  stop is decided at the same check as without the governor. Full checks come whenever the budget allows one.
-* **reduced** (``min_probes <= probes < num_samples``): the sharpness on a prefix of the fixed probe set, halving
-  from the full set. Offered when the monitor needs the probes: every check still measures it, on the same
-  nested probes. The probe count never rises again within a run (a ratchet), so from the first reduced check on
-  the stop rule compares means over the same probes.
-* **full**: every probe.
+* **The monitor is a loss-gap key** (held-out data given): a check is *full* (every probe) or *light* (no probe, the
+  loss gap alone, forward passes only). A full check comes whenever the running share since the start of training,
+  ``checks / (training + checks)``, stays at or under ``max_overhead`` with it, else a light one; since both measure
+  the monitor, the stop is decided at the same check as without the governor. When even a light check costs more
+  than the target's share of one training interval, the loss gap measures half its images (a prefix of the fixed
+  set), and so on down to ``min_fraction`` of them.
+* **The monitor needs the probes** (the score; no held-out data): every check measures a prefix of the fixed probes,
+  halved from the full set while a check costs more than the target's share of one training interval, down to
+  ``min_fraction`` of them.
 
-When even the cheapest tier does not fit, it is taken anyway (the schedule is never stretched past
-``every_n_steps``) and the logged ``overhead`` shows the share above the target. The governor is pure arithmetic
-on numbers every rank holds identically (the caller reduces the measured times over ranks first), so every rank
-picks the same tier; its state is a plain dict that survives a resume.
+The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet), so from
+the first cut on the stop rule compares means over the same probes or images; the cut is decided on one training
+interval (the steady state), the choice between full and light on the running share (which pays back the baseline
+check too). When even the smallest tier does not fit, it is taken anyway and the logged ``overhead`` shows the share
+above the target. The governor is arithmetic on numbers every rank holds identically (the caller reduces the
+measured times over ranks first, taking their maximum), so every rank picks the same tier; its state is a plain
+dict that survives a resume.
 """
 
 from __future__ import annotations
@@ -25,10 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from memcallback.arguments import is_int, is_real, require
-
-#: The probe count of a light check: the loss gap alone.
-LIGHT = 0
+from memcallback.arguments import is_real, require
 
 
 @dataclass(frozen=True)
@@ -38,50 +40,81 @@ class GovernorConfig:
     Args:
         max_overhead: the largest share of wall time spent in checks, ``check seconds / (training seconds + check
             seconds)`` since the start of training, in ``(0, 1)``; ``None``: ungoverned (every check measures every
-            probe; the share is still logged as ``overhead``).
-        min_probes: the fewest probes a reduced check measures (when the stop rule's monitor needs the probes).
+            probe and image; the share is still logged as ``overhead``).
+        min_fraction: the smallest fraction of the probes (or of the loss gap's images, see the module docstring) a
+            cut check measures, in ``(0, 1]``; 1: never cut them.
     """
 
     max_overhead: float | None = 0.05
-    min_probes: int = 16
+    min_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         require(self.max_overhead is None or (is_real(self.max_overhead) and 0 < self.max_overhead < 1),
                 "max_overhead", self.max_overhead, "a share of wall time in (0, 1), e.g. 0.05, or None (ungoverned)")
-        require(is_int(self.min_probes) and self.min_probes >= 1, "min_probes", self.min_probes, "an int >= 1")
+        require(is_real(self.min_fraction) and 0 < self.min_fraction <= 1, "min_fraction", self.min_fraction,
+                "a fraction in (0, 1], e.g. 0.25 (1: never measure fewer probes or images)")
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What one check measures.
+
+    Attributes:
+        probes: probes sampled and measured, a prefix of the probe set (0: a light check).
+        images: training and as many held-out images of the loss gap, a prefix of its set (0 without a loss gap).
+        cut_probes: the most probes the checks after this one measure (``None``: ``probes``); smaller when the
+            governor cuts them, which this check prepares (the stop rule's best value is moved to the cut).
+        cut_images: the same for the loss gap's images.
+    """
+
+    probes: int
+    images: int
+    cut_probes: int | None = None
+    cut_images: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, count in (("cut_probes", self.probes), ("cut_images", self.images)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, count)
+
+    @property
+    def key(self) -> str:
+        """``"{probes}/{images}"``: the tier in a state dict."""
+        return f"{self.probes}/{self.images}"
 
 
 class CostGovernor:
-    """The policy of :class:`GovernorConfig` for one probe set: which tier each check measures.
+    """The policy of :class:`GovernorConfig` for one probe set and loss gap: the tier of each check.
 
     Call :meth:`add_training` with the training seconds before a check, :meth:`choose` for its tier, and
-    :meth:`record` with what it measured and cost. Checks that bypass :meth:`choose` (the baseline) are recorded
-    the same way.
+    :meth:`record` with what it measured and cost. Checks that bypass :meth:`choose` (the first one, which measures
+    everything) are recorded the same way.
 
     Args:
-        config: the target and the floor of reduced checks.
-        num_samples: the size of the probe set.
-        world_size: the number of processes: a reduced check measures ``ceil(m / world_size)`` probes on each rank,
-            so its probe counts are those that layout gives.
-        light_measures_monitor: whether a light check measures the stop rule's monitor (light tier offered,
-            reduced ones not); otherwise reduced tiers are offered and light ones not.
+        config: the target and the floor of cut checks.
+        num_probes: the size of the probe set.
+        num_images: the loss gap's images of each kind (0: no loss gap).
+        world_size: the number of processes: a prefix of ``n`` of a set sharded over ranks is ``ceil(n / W)`` rows
+            on each rank, so the counts are those this layout gives.
+        light_measures_monitor: whether a light check measures the stop rule's monitor (a loss-gap key).
     """
 
-    def __init__(self, config: GovernorConfig, num_samples: int, world_size: int,
+    def __init__(self, config: GovernorConfig, num_probes: int, num_images: int, world_size: int,
                  light_measures_monitor: bool) -> None:
-        self.config, self.num_samples = config, num_samples
+        self.config, self.num_probes, self.num_images = config, num_probes, num_images
         self.light_measures_monitor = light_measures_monitor
-        if light_measures_monitor:
-            self.tiers = [num_samples, LIGHT]
-        else:
-            self.tiers = [num_samples]  # halving, as the shards allow, down to min_probes
-            while config.min_probes <= (m := _prefix_size(math.ceil(self.tiers[-1] / 2), num_samples,
-                                                          world_size)) < self.tiers[-1]:
-                self.tiers.append(m)
+        cut = num_images if light_measures_monitor else num_probes  # the count a cut check lowers
+        self.cuts = _halvings(cut, math.ceil(config.min_fraction * cut), world_size)
         self.train_seconds = 0.0
         self.check_seconds = 0.0
-        self.costs: dict[int, float] = {}  # the last measured seconds of a check, per probe count
-        self.ceiling = num_samples  # the most probes a reduced-tier run may still measure (the ratchet)
+        self.last_interval = 0.0  # the training seconds before the last check
+        self.costs: dict[str, float] = {}  # the last measured seconds of a check, per Tier.key
+        self.ceiling = cut  # the ratchet: the most probes (or loss images) a check may still measure
+
+    @property
+    def full(self) -> Tier:
+        """Every probe and image."""
+        return Tier(self.num_probes, self.num_images)
 
     @property
     def overhead(self) -> float:
@@ -90,66 +123,98 @@ class CostGovernor:
         return self.check_seconds / total if total > 0 else 0.0
 
     def add_training(self, seconds: float) -> None:
-        """Count ``seconds`` of training (wall time between checks)."""
-        self.train_seconds += max(float(seconds), 0.0)
+        """Count ``seconds`` of training (the wall time since the last check)."""
+        self.last_interval = max(float(seconds), 0.0)
+        self.train_seconds += self.last_interval
 
-    def estimate(self, probes: int) -> float:
-        """The predicted seconds of a check measuring ``probes`` probes: its last measured cost, else the measured
-        cost of the nearest probe count scaled in proportion (0 when nothing comparable was measured yet)."""
-        if probes in self.costs:
-            return self.costs[probes]
-        measured = [m for m in self.costs if m != LIGHT]
-        if probes == LIGHT or not measured:
+    def estimate(self, tier: Tier) -> float:
+        """The predicted seconds of a check of ``tier``: its last measured cost, else the cost measured for the
+        nearest tier of the same kind (light or not) scaled in proportion to the count that differs (0 when none
+        was measured yet)."""
+        if tier.key in self.costs:
+            return self.costs[tier.key]
+        same = [_tier(key) for key in self.costs if (_tier(key).probes > 0) == (tier.probes > 0)]
+        if not same:
             return 0.0
-        nearest = min(measured, key=lambda m: abs(m - probes))
-        return self.costs[nearest] * probes / nearest
+        size = (lambda t: t.probes) if tier.probes > 0 else (lambda t: t.images)
+        nearest = min(same, key=lambda t: abs(size(t) - size(tier)))
+        return self.costs[nearest.key] * size(tier) / max(size(nearest), 1)
 
-    def fits(self, seconds: float) -> bool:
-        """Whether a check of ``seconds`` keeps the running share at or under the target."""
+    def choose(self) -> Tier:
+        """The tier of the next check (see the module docstring)."""
         target = self.config.max_overhead
-        spent = self.check_seconds + seconds
-        return target is None or spent <= target * (self.train_seconds + spent)
+        if target is None:
+            return self.full
+        steady = target / (1 - target) * self.last_interval  # the cost a check at every interval may have
+        cuts = [c for c in self.cuts if c <= self.ceiling]
+        cut = next((c for c in cuts if self.estimate(self._cut(c)) <= steady), cuts[-1])
+        if not self.light_measures_monitor:  # the cut applies from the next check: this one measures both
+            return Tier(self.ceiling, self.num_images, cut_probes=cut)
+        full = Tier(self.num_probes, self.ceiling, cut_images=cut)
+        spent = self.check_seconds + self.estimate(full)
+        return full if spent <= target * (self.train_seconds + spent) else Tier(0, self.ceiling, cut_images=cut)
 
-    def choose(self) -> int:
-        """The probe count of the next check: the most complete tier that fits, else the cheapest."""
-        tiers = [m for m in self.tiers if m == LIGHT or m <= self.ceiling]
-        return next((m for m in tiers if self.fits(self.estimate(m))), tiers[-1])
+    def light(self) -> Tier:
+        """A light check at the loss gap's current count of images (the loss gap alone)."""
+        return Tier(0, self.ceiling if self.light_measures_monitor else self.num_images)
 
-    def record(self, probes: int, seconds: float, *, measured: bool = True) -> None:
-        """Count a check of ``seconds`` that measured ``probes`` probes (``measured=False``: it failed, so its time
-        counts but says nothing about the tier's cost)."""
+    def _cut(self, count: int) -> Tier:
+        """The cheapest check that measures the monitor on ``count`` of the cut set."""
+        return Tier(0, count) if self.light_measures_monitor else Tier(count, self.num_images)
+
+    def record(self, tier: Tier, seconds: float, *, measured: bool = True) -> None:
+        """Count a check of ``tier`` that took ``seconds`` (``measured=False``: it failed, so its time counts but
+        says nothing about the tier's cost)."""
         self.check_seconds += max(float(seconds), 0.0)
         if not measured:
             return
-        self.costs[probes] = float(seconds)
-        if not self.light_measures_monitor and LIGHT < probes < self.num_samples:
-            self.ceiling = min(self.ceiling, probes)
+        self.costs[tier.key] = float(seconds)
+        if self.light_measures_monitor:
+            self.ceiling = min(self.ceiling, tier.cut_images)
+        elif tier.probes > 0:  # a light check (every_n_checks) says nothing about the probes
+            self.ceiling = min(self.ceiling, tier.cut_probes)
 
-    def skipped(self, probes: int) -> str:
-        """What a check of ``probes`` probes left out, for the summary line (empty for a full check)."""
-        if probes == LIGHT:
-            return "light (loss gap only)"
-        return "" if probes >= self.num_samples else f"{probes}/{self.num_samples} probes"
+    def skipped(self, tier: Tier) -> str:
+        """What a check of ``tier`` left out, and what the next ones will, for the summary line (empty for a full
+        check)."""
+        parts = ["light (loss gap only)"] if tier.probes == 0 else (
+            [f"{tier.probes}/{self.num_probes} probes"] if tier.probes < self.num_probes else [])
+        if tier.images < self.num_images:
+            parts.append(f"loss gap on {tier.images}/{self.num_images} images")
+        if tier.cut_probes < tier.probes:
+            parts.append(f"next checks on {tier.cut_probes} probes")
+        if tier.cut_images < tier.images:
+            parts.append(f"next checks' loss gap on {tier.cut_images} images")
+        return ", ".join(parts)
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums, the measured costs and the ratchet."""
         return {"train_seconds": self.train_seconds, "check_seconds": self.check_seconds,
-                "costs": {int(m): s for m, s in self.costs.items()}, "ceiling": self.ceiling}
+                "last_interval": self.last_interval, "costs": dict(self.costs), "ceiling": self.ceiling}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (missing keys keep their fresh values, for older checkpoints)."""
         self.train_seconds = float(state.get("train_seconds", self.train_seconds))
         self.check_seconds = float(state.get("check_seconds", self.check_seconds))
-        self.costs = {int(m): float(s) for m, s in state.get("costs", self.costs).items()}
-        self.ceiling = min(int(state.get("ceiling", self.ceiling)), self.num_samples)
+        self.last_interval = float(state.get("last_interval", self.last_interval))
+        self.costs = {str(key): float(s) for key, s in state.get("costs", self.costs).items()}
+        self.ceiling = min(int(state.get("ceiling", self.ceiling)), self.cuts[0])
 
 
-def _prefix_size(probes: int, num_samples: int, world_size: int) -> int:
-    """How many probes of the global set a prefix of ``ceil(probes / world_size)`` rows on every rank covers (rank
-    ``r`` holds probes ``r, r + W, ...``; padding beyond ``num_samples`` is dropped)."""
-    return min(math.ceil(probes / world_size) * world_size, num_samples)
+def _tier(key: str) -> Tier:
+    probes, images = key.split("/")
+    return Tier(int(probes), int(images))
 
 
-def local_rows(probes: int, world_size: int) -> int:
-    """The rows of each rank's shard a check of ``probes`` global probes measures."""
-    return math.ceil(probes / world_size)
+def _halvings(count: int, floor: int, world_size: int) -> list[int]:
+    """``count``, then halved while the halves stay at or above ``floor``, each rounded to what a prefix of
+    ``ceil(n / world_size)`` rows on every rank covers (padding beyond ``count`` dropped)."""
+    sizes = [count]
+    while floor <= (half := min(math.ceil(math.ceil(sizes[-1] / 2) / world_size) * world_size, count)) < sizes[-1]:
+        sizes.append(half)
+    return sizes
+
+
+def local_rows(count: int, world_size: int) -> int:
+    """The rows of each rank's shard that a prefix of ``count`` of a sharded set covers."""
+    return math.ceil(count / world_size)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from memcallback.arguments import is_int, is_real, require
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes, max_over_ranks
-from memcallback.core.governor import LIGHT, CostGovernor, GovernorConfig, local_rows
+from memcallback.core.governor import CostGovernor, GovernorConfig, Tier, local_rows
 from memcallback.core.measurement import (
     MeasureFn,
     MeasureRequest,
@@ -63,7 +63,6 @@ class _Setup:
     reference: ReferenceImages | None = None  # this rank's share of the sharpness gap's images
     num_reference: int = 0
     loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
-    num_loss_reference: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
 
 
@@ -280,10 +279,10 @@ class MemorizationWatch:
             reducer = NoDistribution() if world_size == 1 else TorchDistributed()
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
-                                  reference=reference, num_reference=num_reference, loss_reference=loss_reference,
-                                  num_loss_reference=num_loss)
+                                  reference=reference, num_reference=num_reference, loss_reference=loss_reference)
         light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
-        self.governor = CostGovernor(self.governor_config, self.probes.num_samples, world_size, light_measures_monitor)
+        self.governor = CostGovernor(self.governor_config, self.probes.num_samples, num_loss, world_size,
+                                     light_measures_monitor)
         self.governor.load_state_dict(self._governor_state)
         self._since = self.clock()
 
@@ -320,17 +319,20 @@ class MemorizationWatch:
         if can_stop and self.num_checks > 0:  # training since the last check (none before the first)
             (train_seconds,) = self._max_over_ranks([entered - self._since], device)
             governor.add_training(train_seconds)
-        probes = self._tier(can_stop)
+        tier = self._tier(can_stop)
         if can_stop:
             self.num_checks += 1
-        full = probes != LIGHT
-        rows = local_rows(probes, state.probes.world_size) if full else len(state.probes.noise)  # light: unused
+        full = tier.probes > 0
+        world_size = state.probes.world_size
+        rows = local_rows(tier.probes, world_size) if full else len(state.probes.noise)  # light: unused
+        loss_reference = None if state.loss_reference is None else _first_images(state.loss_reference,
+                                                                                 local_rows(tier.images, world_size))
         request = MeasureRequest(noise=state.probes.noise[:rows], timesteps=state.timesteps,
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
                                  sharpness=self.sharpness, train_data=state.train_data,
                                  warm_start=_first_rows(state.warm_start, rows), interrupt=self._interrupt(),
                                  conditions=self.conditions, reference=state.reference,
-                                 loss_reference=state.loss_reference, measure_probes=full)
+                                 loss_reference=loss_reference, measure_probes=full)
         error = None
         start = self.clock()
         try:
@@ -346,7 +348,7 @@ class MemorizationWatch:
         ok = state.reducer.all_true(error is None)
         if can_stop:  # checks outside training stay out of the accounts, and out of the training time
             (slowest,) = self._max_over_ranks([seconds], device)
-            governor.record(probes, slowest, measured=ok)
+            governor.record(tier, slowest, measured=ok)
             self._since = self.clock()
         else:
             self._since += self.clock() - entered
@@ -354,39 +356,54 @@ class MemorizationWatch:
             return self._failed(step, error)
         report = measured.report
         gap_partial = False
+        cut: dict[str, float] = {}  # the values on the governor's cut (a prefix), when it cuts from the next check
         if report is None:  # a light check: the loss gap only
             scalars = {}
         else:
-            scalars = self._reduce(report, probes) | {names.conditional(k): v for k, v in measured.conditional.items()}
+            scalars, cut_probes = self._reduce(report, tier.probes, tier.cut_probes)
+            scalars |= {names.conditional(k): v for k, v in measured.conditional.items()}
+            cut |= cut_probes if tier.cut_probes < tier.probes else {}
             if state.reference is not None:
                 scalars |= self._reduce_reference(measured.reference)
                 gap_partial = measured.reference is not None and measured.reference.partial
         if state.loss_reference is not None:
-            scalars |= self._reduce_loss_gap(measured.loss_gap)
+            loss, cut_loss = self._reduce_loss_gap(measured.loss_gap, tier.images, tier.cut_images)
+            scalars |= loss
+            cut |= cut_loss if tier.cut_images < tier.images else {}
+            scalars[names.LOSS_GAP_IMAGES_MEASURED] = float(tier.images)
         partial = state.reducer.any_true((report is not None and report.partial) or gap_partial)
         scalars[names.SECONDS] = seconds  # the whole measurement, this rank
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
         scalars[names.OVERHEAD] = governor.overhead
-        scalars[names.PROBES_MEASURED] = float(probes)
+        scalars[names.PROBES_MEASURED] = float(tier.probes)
         self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
         if report is not None:
             state.warm_start = _merge_rows(state.warm_start, {t: s.eigenvectors for t, s in report.stats.items()
                                                               if s.eigenvectors is not None})
             self._warn_unconverged(scalars[names.CONVERGED_FRACTION], step)
         result = CheckResult(step=step, scalars=scalars, prefix=self.prefix, report=report, partial=partial,
-                             message=self.summary_line(scalars, step, governor.skipped(probes)))
+                             message=self.summary_line(scalars, step, governor.skipped(tier)))
         if can_stop:
             self._decide(model, result)
+            self._rebase(scalars, cut)
         return result
 
-    def _tier(self, can_stop: bool) -> int:
-        """How many probes this check measures: every one at the first check and outside training, none off the
+    def _rebase(self, scalars: dict[str, float], cut: dict[str, float]) -> None:
+        """From the next check the monitor is measured on a prefix of its probes or images (the governor's cut):
+        shift the stop rule's best value by the difference the cut makes at this check (both estimates come from the
+        same weights), so that a rise is still measured against the best value on the same footing."""
+        key = self.monitor_key
+        if key in cut and math.isfinite(shift := cut[key] - scalars[key]) and math.isfinite(self.rule.best):
+            self.rule.best += shift
+
+    def _tier(self, can_stop: bool) -> Tier:
+        """What this check measures: everything at the first check and outside training, the loss gap alone off the
         ``every_n_checks`` cycle, else the cost governor's choice."""
         if not can_stop or self.num_checks == 0:
-            return self.probes.num_samples
+            return self.governor.full
         if self.num_checks % self.probes.every_n_checks:
-            return LIGHT
+            return self.governor.light()
         return self.governor.choose()
 
     def _max_over_ranks(self, values: list[float], device: torch.device) -> list[float]:
@@ -407,11 +424,11 @@ class MemorizationWatch:
 
         return over_budget
 
-    def _reduce(self, report: SharpnessReport, num_probes: int) -> dict[str, float]:
+    def _reduce(self, report: SharpnessReport, num_probes: int, cut: int) -> tuple[dict[str, float], dict[str, float]]:
         """The summary of every rank's probes together (the first ``num_probes`` of the probe set): per-probe
         values gathered in probe order, padding dropped, then the one summary
-        (:func:`~memcallback.measure.report.summarize`). Every key of the schema is there on every rank: what a
-        cut-short measurement did not reach is NaN."""
+        (:func:`~memcallback.measure.report.summarize`); and the same of the first ``cut`` probes only. Every key of
+        the schema is there on every rank: what a cut-short measurement did not reach is NaN."""
         state = self.setup_state
         probes = state.probes
         per_sample = report.per_sample()
@@ -420,7 +437,8 @@ class MemorizationWatch:
         local = torch.stack([per_sample[k].detach().to(torch.float64).reshape(-1) if k in per_sample
                              else missing.to(report.samples.device) for k in keys])
         values = gather_probes(state.reducer, local, probes.rank, probes.world_size, num_probes)
-        return summarize(dict(zip(keys, values, strict=True)), state.timesteps, report.seconds)
+        return tuple(summarize(dict(zip(keys, v, strict=True)), state.timesteps, report.seconds)
+                     for v in (values, values[:, :cut]))
 
     def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
         """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
@@ -435,18 +453,18 @@ class MemorizationWatch:
         return {names.SCORE_TRAIN_IMAGES: train, names.SCORE_HELDOUT_IMAGES: heldout,
                 names.SHARPNESS_GAP: train - heldout}
 
-    def _reduce_loss_gap(self, gap: LossGap | None) -> dict[str, float]:
-        """The loss gap of every rank's images together: per-image errors gathered, then ``LossGap.summary()``
-        (NaN when not measured)."""
+    def _reduce_loss_gap(self, gap: LossGap | None, num_images: int,
+                         cut: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The loss gap of every rank's images together (the first ``num_images`` of its set): per-image errors
+        gathered, then ``LossGap.summary()`` (NaN when not measured); and the same of the first ``cut`` images."""
         state = self.setup_state
         ref = state.loss_reference
-        n_local, num_levels = ref.noise.shape[:2]
+        n_local, num_levels = local_rows(num_images, state.probes.world_size), ref.noise.shape[1]
         local = torch.full((2 * num_levels, n_local), math.nan, dtype=torch.float64, device=ref.train.device)
         if gap is not None:
             local[:num_levels], local[num_levels:] = gap.train.T.to(local), gap.heldout.T.to(local)
-        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size,
-                               state.num_loss_reference).cpu()
-        return loss_gap_summary(values[:num_levels].T, values[num_levels:].T)
+        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size, num_images).cpu()
+        return tuple(loss_gap_summary(v[:num_levels].T, v[num_levels:].T) for v in (values, values[:, :cut]))
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
         if self.monitor_key not in result.scalars:  # a light check does not measure the monitored value
@@ -573,6 +591,11 @@ def _first_rows(warm_start: dict[int, Tensor] | None, rows: int) -> dict[int, Te
     if warm_start is None:
         return None
     return {t: v[:rows] for t, v in warm_start.items() if v.shape[0] >= rows} or None
+
+
+def _first_images(images: ReferenceImages, rows: int) -> ReferenceImages:
+    """The first ``rows`` of this rank's share of a gap's images, with their noise."""
+    return ReferenceImages(images.train[:rows], images.heldout[:rows], images.noise[:rows])
 
 
 def _merge_rows(old: dict[int, Tensor] | None, new: dict[int, Tensor]) -> dict[int, Tensor] | None:

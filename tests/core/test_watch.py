@@ -244,7 +244,7 @@ def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
     assert [r.report is not None for r in results] == [True, False, False, True, False, False]
     light = results[1]
     assert set(light.scalars) == {*names.LOSS_REFERENCE, names.SECONDS, names.PARTIAL, names.CHECK_FAILURES,
-                                  names.OVERHEAD, names.PROBES_MEASURED}
+                                  names.OVERHEAD, names.PROBES_MEASURED, names.LOSS_GAP_IMAGES_MEASURED}
     assert light.scalars[names.PROBES_MEASURED] == 0.0 and results[0].scalars[names.PROBES_MEASURED] == 8.0
     assert light.scalars["loss_gap"] == results[0].scalars["loss_gap"]  # same model, images and noise
     assert light.message.startswith("[memorization] step 1 | light (loss gap only) | loss gap ")

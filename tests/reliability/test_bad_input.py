@@ -121,7 +121,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "time_budget_s": lambda v: v is None or (is_real(v) and math.isfinite(v) and v > 0),
     "governor": never,
     "governor.max_overhead": lambda v: v is None or (is_real(v) and 0 < v < 1),
-    "governor.min_probes": count(1),
+    "governor.min_fraction": lambda v: is_real(v) and 0 < v <= 1,
     "media": one_of("none", "charts", "images"),
     "num_media_samples": count(1),
     "save_plot": flag,

@@ -1,4 +1,4 @@
-"""The cost governor: keeps the checks' share of training wall time under a target, check by check.
+"""The cost governor: keeps what the checks add to the training wall time under a target, check by check.
 
 A check's cost is its wall time; the training time is the wall time between checks. Before each check the governor
 picks a :class:`Tier`: how many of the fixed probes it samples and measures, and how many of the loss gap's fixed
@@ -6,22 +6,23 @@ images it measures. What it may cut depends on what the stop rule monitors, so t
 monitored value and the checks of that value stay ``every_n_steps`` apart (the schedule is never stretched):
 
 * **The monitor is a loss-gap key** (held-out data given): a check is *full* (every probe) or *light* (no probe, the
-  loss gap alone, forward passes only). A full check comes whenever the running share since the start of training,
-  ``checks / (training + checks)``, stays at or under ``max_overhead`` with it, else a light one; since both measure
+  loss gap alone, forward passes only). A full check comes whenever the running overhead since the start of training,
+  ``check seconds / training seconds``, stays at or under ``max_overhead`` with it, else a light one; since both measure
   the monitor, the stop is decided at the same check as without the governor. When even a light check costs more
-  than the target's share of one training interval, the loss gap measures half its images (a prefix of the fixed
+  than ``max_overhead`` times one training interval, the loss gap measures half its images (a prefix of the fixed
   set), and so on down to ``min_fraction`` of them.
 * **The monitor needs the probes** (the score; no held-out data): every check measures a prefix of the fixed probes,
-  halved from the full set while a check costs more than the target's share of one training interval, down to
+  halved from the full set while a check costs more than ``max_overhead`` times one training interval, down to
   ``min_fraction`` of them.
 
-The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet), so from
-the first cut on the stop rule compares means over the same probes or images; the cut is decided on one training
-interval (the steady state), the choice between full and light on the running share (which pays back the baseline
-check too). When even the smallest tier does not fit, it is taken anyway and the logged ``overhead`` shows the share
-above the target. The governor is arithmetic on numbers every rank holds identically (the caller reduces the
-measured times over ranks first, taking their maximum), so every rank picks the same tier; its state is a plain
-dict that survives a resume.
+The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet). A cut is
+decided one check ahead: that check measures the old count, the watch computes the monitored value on both from the
+same weights and moves the stop rule's best value by their difference, so a rise is still measured on one footing.
+The cut is decided on one training interval (the steady state), the choice between full and light on the running
+overhead (which pays back the baseline check too). When even the smallest tier does not fit, it is taken anyway and
+the logged ``overhead`` shows how far above the target it is. The governor is arithmetic on numbers every rank holds
+identically (the caller reduces the measured times over ranks first, taking their maximum), so every rank picks the
+same tier; its state is a plain dict that survives a resume.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ class GovernorConfig:
     """How much of the training wall time the checks may take.
 
     Args:
-        max_overhead: the largest share of wall time spent in checks, ``check seconds / (training seconds + check
-            seconds)`` since the start of training, in ``(0, 1)``; ``None``: ungoverned (every check measures every
-            probe and image; the share is still logged as ``overhead``).
+        max_overhead: the most the checks may add to the training wall time, ``check seconds / training seconds``
+            since the start of training, in ``(0, 1)``; ``None``: ungoverned (every check measures every probe and
+            image; the overhead is still logged as ``overhead``).
         min_fraction: the smallest fraction of the probes (or of the loss gap's images, see the module docstring) a
             cut check measures, in ``(0, 1]``; 1: never cut them.
     """
@@ -50,7 +51,8 @@ class GovernorConfig:
 
     def __post_init__(self) -> None:
         require(self.max_overhead is None or (is_real(self.max_overhead) and 0 < self.max_overhead < 1),
-                "max_overhead", self.max_overhead, "a share of wall time in (0, 1), e.g. 0.05, or None (ungoverned)")
+                "max_overhead", self.max_overhead, "a fraction of training time in (0, 1), e.g. 0.05, or None "
+                "(ungoverned)")
         require(is_real(self.min_fraction) and 0 < self.min_fraction <= 1, "min_fraction", self.min_fraction,
                 "a fraction in (0, 1], e.g. 0.25 (1: never measure fewer probes or images)")
 
@@ -118,9 +120,9 @@ class CostGovernor:
 
     @property
     def overhead(self) -> float:
-        """The running share of wall time spent in checks (0 before any)."""
-        total = self.train_seconds + self.check_seconds
-        return self.check_seconds / total if total > 0 else 0.0
+        """What the checks added to the training wall time so far, ``check seconds / training seconds`` (NaN before
+        any training)."""
+        return self.check_seconds / self.train_seconds if self.train_seconds > 0 else math.nan
 
     def add_training(self, seconds: float) -> None:
         """Count ``seconds`` of training (the wall time since the last check)."""
@@ -145,14 +147,14 @@ class CostGovernor:
         target = self.config.max_overhead
         if target is None:
             return self.full
-        steady = target / (1 - target) * self.last_interval  # the cost a check at every interval may have
+        steady = target * self.last_interval  # the cost a check at every interval may have
         cuts = [c for c in self.cuts if c <= self.ceiling]
         cut = next((c for c in cuts if self.estimate(self._cut(c)) <= steady), cuts[-1])
         if not self.light_measures_monitor:  # the cut applies from the next check: this one measures both
             return Tier(self.ceiling, self.num_images, cut_probes=cut)
         full = Tier(self.num_probes, self.ceiling, cut_images=cut)
         spent = self.check_seconds + self.estimate(full)
-        return full if spent <= target * (self.train_seconds + spent) else Tier(0, self.ceiling, cut_images=cut)
+        return full if spent <= target * self.train_seconds else Tier(0, self.ceiling, cut_images=cut)
 
     def light(self) -> Tier:
         """A light check at the loss gap's current count of images (the loss gap alone)."""

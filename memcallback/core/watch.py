@@ -75,13 +75,13 @@ class MemorizationWatch:
     *safe* check. Training is never perturbed: the measurement uses its own generator and restores train/eval
     flags, grad mode and RNG states.
 
-    **Cost.** The cost governor (:class:`~memcallback.core.GovernorConfig`, on by default at 5%) keeps the checks'
-    share of training wall time under ``governor.max_overhead``: it times each check and the training between
+    **Cost.** The cost governor (:class:`~memcallback.core.GovernorConfig`, on by default at 5%) keeps what the
+    checks add to the training wall time under ``governor.max_overhead``: it times each check and the training between
     checks (the maximum over ranks, so every rank decides alike) and picks, check by check, a light check (the loss
     gap alone, when the stop rule monitors a loss-gap key), a reduced check (a prefix of the probes, when the
-    monitor needs them) or a full one; see :mod:`memcallback.core.governor`. Every check logs ``overhead`` (the
-    running share) and ``probes_measured``. The first check and checks outside training (``can_stop=False``)
-    measure every probe; the latter stay out of the accounts.
+    monitor needs them) or a full one; see :mod:`memcallback.core.governor`. Every check logs ``overhead`` (check
+    seconds over training seconds so far) and ``probes_measured``. The first check and checks outside training
+    (``can_stop=False``) measure every probe; the latter stay out of the accounts.
 
     **Light checks.** Also with ``probes.every_n_checks = n > 1``, only every ``n``-th check (the first included)
     may sample and measure the probes; the checks between measure the loss gap alone and log its keys with
@@ -115,7 +115,7 @@ class MemorizationWatch:
         stop: the stop rule and what to do when it fires.
         conditions: conditional metrics to add (``None``: none).
         time_budget_s: seconds after which a check is cut short and marked partial (``None``: no budget).
-        governor: the share of training wall time the checks may take (default: ``GovernorConfig()``, 5%).
+        governor: what the checks may add to the training wall time (default: ``GovernorConfig()``, 5%).
         prefix: namespace of every logged key; ``stop.monitor`` must start with it.
         measure_fn: the measurement function (default: :func:`~memcallback.core.measurement.measure`).
         clock: the clock of the time budget and of the cost governor, in seconds.
@@ -539,7 +539,7 @@ class MemorizationWatch:
         if not math.isnan(scalars.get(names.LOSS_GAP, math.nan)):
             parts.append(f"loss gap {scalars[names.LOSS_GAP]:+.3f}")
         parts.append(f"{scalars[names.SECONDS]:.2f} s" + (" (partial)" if scalars.get(names.PARTIAL) else ""))
-        if names.OVERHEAD in scalars:
+        if math.isfinite(scalars.get(names.OVERHEAD, math.nan)):
             parts.append(f"overhead {scalars[names.OVERHEAD]:.1%}")
         return "[memorization] " + " | ".join(parts)
 

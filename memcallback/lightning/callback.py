@@ -66,7 +66,7 @@ class MemorizationMonitor(Callback):
             the sharpness gap (``probes.reference_images`` of each) and the loss gap (``probes.loss_gap_images``);
             only scalars are logged.
         time_budget_s: a check running longer is cut short and kept as partial (``None``: no budget).
-        governor: the share of training wall time the checks may take, and what they may skip to keep it
+        governor: what the checks may add to the training wall time, and what they may skip to keep it
             (:class:`~memcallback.core.GovernorConfig`; on by default at 5%, ``max_overhead=None``: off).
         media: W&B media with a ``WandbLogger``: ``"none"``, ``"charts"`` or ``"images"`` (see ``MEDIA``).
         num_media_samples: most memorized samples shown with ``media="images"``.

@@ -19,7 +19,7 @@ memorization score is ``"memorization/score"``. One check logs:
 ``seconds``                    wall time of the whole measurement (per rank)
 ``partial``                    1.0 when the measurement was cut short by the time budget, else 0.0
 ``check_failures``             failed checks so far
-``overhead``                   running share of training wall time spent in checks (``GovernorConfig``)
+``overhead``                   check seconds / training seconds so far (``GovernorConfig``; NaN at step 0)
 ``probes_measured``            probes this check measured: all of them, a prefix (a reduced check) or 0
                                (a light check, the loss gap only), as the cost governor chose
 ``loss_gap_images_measured``   training (and as many held-out) images of the loss gap this check measured

@@ -85,7 +85,7 @@ def test_the_cuts_halve_the_probes_or_the_loss_images_as_the_shards_allow() -> N
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_overhead": 0.0}, r"max_overhead=0.0 is invalid: expected a share of wall time in \(0, 1\)"),
+    ({"max_overhead": 0.0}, r"max_overhead=0.0 is invalid: expected a fraction of training time in \(0, 1\)"),
     ({"max_overhead": 1.5}, "max_overhead=1.5 is invalid"),
     ({"max_overhead": True}, "max_overhead=True is invalid"),
     ({"min_fraction": 0}, r"min_fraction=0 is invalid: expected a fraction in \(0, 1\]"),
@@ -98,9 +98,9 @@ def test_bad_settings_say_what_to_change(kwargs, message) -> None:
         MemorizationWatch(governor=0.05)
 
 
-def test_light_checks_keep_the_share_under_the_target_and_full_ones_come_when_it_allows() -> None:
+def test_light_checks_keep_the_overhead_under_the_target_and_full_ones_come_when_it_allows() -> None:
     """A full check costs 20 s, a light one 1 s, 100 s of training between checks, target 5%: the baseline alone is
-    all the budget of the first checks, then one full check whenever the running share leaves room for it."""
+    all the budget of the first checks, then one full check whenever the running overhead leaves room for it."""
     model, train, heldout = memorized_mixture()
     clock = FakeClock()
     w = governed(clock, costed(clock, per_probe=19 / 8, light=1.0), stop=LOSS_MONITOR)
@@ -111,9 +111,8 @@ def test_light_checks_keep_the_share_under_the_target_and_full_ones_come_when_it
     fulls = [i for i, m in enumerate(measured) if m == 8]
     assert fulls[1] > 5 and len(fulls) >= 3  # the baseline's 20 s are paid back before the next full check
     overheads = [r.scalars[names.OVERHEAD] for r in results]
-    assert all(share <= 0.05 for share in overheads[fulls[1]:])  # once paid back, always within the target
-    assert overheads[-1] == pytest.approx((20 * len(fulls) + 29 - len(fulls) + 1) / (29 * TRAIN_SECONDS
-                                                                                  + 20 * len(fulls) + 30 - len(fulls)))
+    assert all(overhead <= 0.05 for overhead in overheads[fulls[1]:])  # once paid back, always within the target
+    assert overheads[-1] == pytest.approx((20 * len(fulls) + 30 - len(fulls)) / (29 * TRAIN_SECONDS))
     assert all(r.scalars["loss_gap"] == results[0].scalars["loss_gap"] for r in results)  # the monitor, every check
     assert "light (loss gap only)" in results[1].message and f"overhead {overheads[1]:.1%}" in results[1].message
 
@@ -150,7 +149,7 @@ def test_ungoverned_every_check_is_full_and_the_share_is_still_logged() -> None:
     w.setup(model, train_data=train, heldout_data=heldout)
     results = [w.check(model, step) for step in range(0, 10, 2)]
     assert probes_measured(results) == [8] * 5
-    assert results[-1].scalars[names.OVERHEAD] == pytest.approx(100 / (100 + 4 * TRAIN_SECONDS))
+    assert results[-1].scalars[names.OVERHEAD] == pytest.approx(100 / (4 * TRAIN_SECONDS))
 
 
 def test_without_a_light_monitor_every_check_measures_the_score_on_fewer_probes_and_never_more_again() -> None:
@@ -192,13 +191,14 @@ def test_every_rank_takes_the_same_tier_from_the_slowest_rank_times() -> None:
     ranks = run_ranks(2, make, steps=steps, model=model, train_data=train, heldout_data=heldout)
     assert probes_measured(ranks[0]) == probes_measured(ranks[1])
     assert set(probes_measured(ranks[0])) == {8, 0}
-    assert [r.scalars[names.OVERHEAD] for r in ranks[0]] == [r.scalars[names.OVERHEAD] for r in ranks[1]]
+    assert [r.scalars[names.OVERHEAD] for r in ranks[0]][1:] == [r.scalars[names.OVERHEAD] for r in ranks[1]][1:]
     clock = FakeClock()  # one process, 8 rows, a full check costing rank 1's 1 + 4 x 6 s
     single = governed(clock, costed(clock, per_probe=3.0, light=1.0), stop=LOSS_MONITOR)
     single.setup(model, train_data=train, heldout_data=heldout)
     alone = [single.check(model, step) for step in steps]
     assert probes_measured(alone) == probes_measured(ranks[0])
-    assert [r.scalars[names.OVERHEAD] for r in alone] == pytest.approx([r.scalars[names.OVERHEAD] for r in ranks[0]])
+    assert [r.scalars[names.OVERHEAD] for r in alone][1:] == pytest.approx([r.scalars[names.OVERHEAD]
+                                                                             for r in ranks[0]][1:])  # 0: NaN
 
 
 def test_the_decisions_survive_a_resume() -> None:

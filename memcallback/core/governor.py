@@ -13,12 +13,13 @@ monitored value and the checks of that value stay ``every_n_steps`` apart (the s
   set), and so on down to ``min_fraction`` of them.
 * **The monitor needs the probes** (the score; no held-out data): every check measures a prefix of the fixed probes,
   halved from the full set while a check costs more than ``max_overhead`` times one training interval, down to
-  ``min_fraction`` of them.
+  ``min_fraction`` of them; the loss gap, when there is one, is halved alike.
 
 The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet). A cut is
 decided one check ahead: that check measures the old count, the watch computes the monitored value on both from the
 same weights and moves the stop rule's best value by their difference, so a rise is still measured on one footing.
-The cut is decided on one training interval (the steady state), the choice between full and light on the running
+The cut is decided on one training interval (the steady state; while the running overhead is above the target, as
+after the baseline check, a check may cost half of that), the choice between full and light on the running
 overhead (which pays back the baseline check too). When even the smallest tier does not fit, it is taken anyway and
 the logged ``overhead`` shows how far above the target it is. The governor is arithmetic on numbers every rank holds
 identically (the caller reduces the measured times over ranks first, taking their maximum), so every rank picks the
@@ -107,6 +108,8 @@ class CostGovernor:
         self.light_measures_monitor = light_measures_monitor
         cut = num_images if light_measures_monitor else num_probes  # the count a cut check lowers
         self.cuts = _halvings(cut, math.ceil(config.min_fraction * cut), world_size)
+        # with the probes cut, the loss gap (not the monitor then) is cut alike, halving for halving
+        self.image_cuts = _halvings(num_images, math.ceil(config.min_fraction * num_images), world_size)
         self.train_seconds = 0.0
         self.check_seconds = 0.0
         self.last_interval = 0.0  # the training seconds before the last check
@@ -147,22 +150,28 @@ class CostGovernor:
         target = self.config.max_overhead
         if target is None:
             return self.full
-        steady = target * self.last_interval  # the cost a check at every interval may have
+        # the cost a check at every interval may have; half of it while the overhead is above the target (the
+        # baseline check being paid back)
+        steady = target * self.last_interval * (0.5 if self.overhead > target else 1.0)
         cuts = [c for c in self.cuts if c <= self.ceiling]
         cut = next((c for c in cuts if self.estimate(self._cut(c)) <= steady), cuts[-1])
         if not self.light_measures_monitor:  # the cut applies from the next check: this one measures both
-            return Tier(self.ceiling, self.num_images, cut_probes=cut)
+            return Tier(self.ceiling, self._images(self.ceiling), cut_probes=cut, cut_images=self._images(cut))
         full = Tier(self.num_probes, self.ceiling, cut_images=cut)
         spent = self.check_seconds + self.estimate(full)
         return full if spent <= target * self.train_seconds else Tier(0, self.ceiling, cut_images=cut)
 
     def light(self) -> Tier:
         """A light check at the loss gap's current count of images (the loss gap alone)."""
-        return Tier(0, self.ceiling if self.light_measures_monitor else self.num_images)
+        return Tier(0, self.ceiling if self.light_measures_monitor else self._images(self.ceiling))
+
+    def _images(self, probes: int) -> int:
+        """The loss gap's images that go with ``probes`` probes when the probes are cut (as many halvings)."""
+        return self.image_cuts[min(self.cuts.index(probes), len(self.image_cuts) - 1)]
 
     def _cut(self, count: int) -> Tier:
         """The cheapest check that measures the monitor on ``count`` of the cut set."""
-        return Tier(0, count) if self.light_measures_monitor else Tier(count, self.num_images)
+        return Tier(0, count) if self.light_measures_monitor else Tier(count, self._images(count))
 
     def record(self, tier: Tier, seconds: float, *, measured: bool = True) -> None:
         """Count a check of ``tier`` that took ``seconds`` (``measured=False``: it failed, so its time counts but

@@ -10,7 +10,7 @@ import torch
 from test_watch import DENSE, PROBES, TrainableGaussian, memorized_mixture, run_ranks, watch
 
 from memcallback.core import GovernorConfig, MeasureRequest, MemorizationWatch, StopConfig, measure, sample_rows
-from memcallback.core.governor import CostGovernor
+from memcallback.core.governor import CostGovernor, Tier
 from memcallback.measure import loss_gap, names
 from memcallback.measure.loss_gap import NUM_LEVELS, loss_noise
 
@@ -118,12 +118,12 @@ def test_light_checks_keep_the_overhead_under_the_target_and_full_ones_come_when
 
 
 def test_a_light_check_too_dear_for_one_interval_measures_the_loss_gap_on_fewer_images_from_then_on() -> None:
-    """The loss gap of 10 images costs 8 s, more than 5% of 100 s of training: the check after the first light one
-    decides to cut, and from the next on the loss gap measures 5 images (4 s), a prefix of the same fixed set, at
-    light and full checks alike."""
+    """The loss gap of 10 images costs 4.5 s, more than half of 5% of 100 s of training, the budget of a check while
+    the baseline's 12.5 s are paid back: the check after the first light one decides to cut, and from the next on
+    the loss gap measures 5 images (2.25 s), a prefix of the same fixed set, at light and full checks alike."""
     model, train, heldout = memorized_mixture()
     clock = FakeClock()
-    w = governed(clock, costed(clock, per_probe=1.0, light=0.0, per_image=0.8), stop=LOSS_MONITOR)
+    w = governed(clock, costed(clock, per_probe=1.0, light=0.0, per_image=0.45), stop=LOSS_MONITOR)
     w.setup(model, train_data=train, heldout_data=heldout)
     results = [w.check(model, step) for step in range(0, 200, 2)]
     images = [int(r.scalars[names.LOSS_GAP_IMAGES_MEASURED]) for r in results]
@@ -252,7 +252,19 @@ def test_the_baseline_and_checks_outside_training_measure_every_probe_and_stay_o
     accounts = w.governor.state_dict()
     outside = w.check(model, 1, can_stop=False)  # after 100 s of training
     assert outside.scalars[names.PROBES_MEASURED] == 32 and w.governor.state_dict() == accounts
-    # 200 s of training since the baseline: 16 probes (8 s) fit the next checks
-    assert w.check(model, 2).scalars[names.PROBES_MEASURED] == 32 and w.governor.ceiling == 16
+    # 200 s of training since the baseline, which is still being paid back (16 s > 5% of 200 s): a check may cost
+    # 2.5% of an interval, 5 s, so the next ones measure 8 probes (4 s)
+    assert w.check(model, 2).scalars[names.PROBES_MEASURED] == 32 and w.governor.ceiling == 8
     assert w.governor.train_seconds == 2 * TRAIN_SECONDS  # the outside check's 16 s are neither
     assert w.governor.check_seconds == 16.0 + 16.0
+
+
+def test_with_the_probes_cut_the_loss_gap_is_cut_alike() -> None:
+    """The score is the monitor: the loss gap (logged, not monitored) loses as many halvings as the probes."""
+    governor = CostGovernor(GovernorConfig(), 64, 48, 1, light_measures_monitor=False)
+    governor.record(governor.full, 64.0)  # 1 s a probe
+    governor.add_training(1000.0)  # 6.4% so far: a check may cost half of 5% of 1000 s while it is paid back
+    tier = governor.choose()
+    assert (tier.probes, tier.images, tier.cut_probes, tier.cut_images) == (64, 48, 16, 12)
+    governor.record(tier, 64.0)
+    assert governor.light() == Tier(0, 12) and governor.choose() == Tier(16, 12)

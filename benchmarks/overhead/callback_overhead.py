@@ -57,7 +57,8 @@ def build(case: str, steps: int) -> tuple[DiffusionModule, pl.LightningDataModul
             PatchesDataModule(patch_size=32, batch_size=128, num_train=32, samples_per_epoch=128 * steps, seed=0))
 
 
-def train_once(case: str, steps: int, every: int, variant: int) -> tuple[float, MemorizationMonitor | None]:
+def train_once(case: str, steps: int, every: int, variant: int,
+               accelerator: str) -> tuple[float, MemorizationMonitor | None]:
     pl.seed_everything(0, verbose=False)
     module, data = build(case, steps)
     monitor = None
@@ -66,8 +67,9 @@ def train_once(case: str, steps: int, every: int, variant: int) -> tuple[float, 
         monitor = MemorizationMonitor(every_n_train_steps=every, stop=STOPS[case], governor=governor,
                                       save_plot=False, media="none")
     with tempfile.TemporaryDirectory() as root:
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=steps, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0,
                              num_sanity_val_steps=0, default_root_dir=root,
                              callbacks=[monitor] if monitor is not None else [])
         start = time.perf_counter()
@@ -94,19 +96,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--every", type=int, default=SCHEDULE, help="check schedule (the callback's default)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--accelerator", default="cpu", help="the Trainer's accelerator (gpu: benchmarks/gpu.sh)")
     args = parser.parse_args()
     steps = args.steps or DEFAULT_STEPS[args.case]
     torch.set_num_threads(args.threads)
     times: list[list[float]] = [[] for _ in VARIANTS]
     governed_history: list[dict[str, float]] = []
-    train_once(args.case, min(steps, 20), args.every, 1)  # warm-up (imports, first calls), untimed
+    train_once(args.case, min(steps, 20), args.every, 1, args.accelerator)  # warm-up (imports, first calls), untimed
     for _ in range(args.repeats):
         for variant in range(len(VARIANTS)):
-            seconds, monitor = train_once(args.case, steps, args.every, variant)
+            seconds, monitor = train_once(args.case, steps, args.every, variant, args.accelerator)
             times[variant].append(seconds)
             if variant == 1:
                 governed_history = monitor.history
-    print(f"case {args.case}: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+    print(f"case {args.case} on {args.accelerator}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, "
           f"{steps} steps, {args.repeats} repeats (in the order of the table), a check every {args.every} steps "
           "plus the baseline")
     print("| run | median wall time (s) | all runs (s) | added to training: from the medians [per-repeat spread] |")

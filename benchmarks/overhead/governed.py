@@ -2,6 +2,7 @@
 by side in one run, projected over a training run by the governor's own policy.
 
     python -m benchmarks.overhead.governed [--cases digits patches16 unet32 cifar35m] [--repeats 3] [--device cpu]
+                                           [--full-size]
 
 For each case, alternating ``--repeats`` times so machine noise hits every part alike, it measures one training step
 (forward, backward, Adam at the case's batch), the probe part of a check (DDIM sampling and the sharpness
@@ -23,6 +24,9 @@ Cases (weights untrained: with a fixed Krylov budget and fixed DDIM steps a chec
 * ``unet32``: ``SmallUNet`` 3x32x32 (base 32, mults [1, 2]), batch 128, 4000 steps, both monitors.
 * ``cifar35m``: the DDPM-CIFAR10 ``UNet2DModel`` (35.7 M) through ``DiffusersModel``, batch 128 (timed at batch 8
   on the CPU and scaled x16), 4000 steps, both monitors; the probe part timed on 2 probes, the loss gap on 2 images.
+
+``--full-size`` (for a GPU, where the cost does not grow linearly with the rows) times every case at 64 probes, 64
+images and its own batch.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--full-size", action="store_true", help="time 64 probes, 64 images, the case's batch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -152,6 +157,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.cases:
         case = CASES[name]
+        if args.full_size:
+            case = replace(case, batch_timed=case.batch, probes=DEFAULTS.num_samples, images=DEFAULTS.loss_gap_images)
         torch.manual_seed(0)
         model = case.build().to(device).eval()
         network = model.network if hasattr(model, "network") else model.unet

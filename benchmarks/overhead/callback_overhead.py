@@ -24,6 +24,7 @@ is above the long-run one (``benchmarks/overhead/governed.py`` projects that fro
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -86,7 +87,7 @@ def describe(history: list[dict[str, float]]) -> str:
                      if names.LOSS_GAP_IMAGES_MEASURED in row})
     return (f"{len(history)} checks: {full} with every probe, {len(history) - full - light} on fewer probes "
             f"({sorted({int(p) for p in probes if 0 < p < max(probes)})}), {light} light; loss-gap images "
-            f"{images}; logged overhead at the end {history[-1][names.OVERHEAD]:.1%}")
+            f"{images}; logged overhead at the end {history[-1].get(names.OVERHEAD, math.nan):.1%}")
 
 
 def main() -> None:

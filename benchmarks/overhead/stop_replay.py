@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def replay(text: str, monitor: str, cache: Path) -> str:
         sum(ungoverned < s <= governed for s in full))
     last = watches["governed"].history[-1]
     return (f"| {spec.label} | {monitor} | {ungoverned} | {governed} | {between} | {full} | "
-            f"{last[names.OVERHEAD]:.1%} | {interval:.0f} |")
+            f"{last.get(names.OVERHEAD, math.nan):.1%} | {interval:.0f} |")
 
 
 def main() -> None:

@@ -124,7 +124,7 @@ class CostGovernor:
     @property
     def overhead(self) -> float:
         """What the checks added to the training wall time so far, ``check seconds / training seconds`` (NaN before
-        any training)."""
+        any training: the watch does not log it then)."""
         return self.check_seconds / self.train_seconds if self.train_seconds > 0 else math.nan
 
     def add_training(self, seconds: float) -> None:

@@ -375,7 +375,8 @@ class MemorizationWatch:
         scalars[names.SECONDS] = seconds  # the whole measurement, this rank
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
-        scalars[names.OVERHEAD] = governor.overhead
+        if math.isfinite(governor.overhead):  # from the first check after some training on
+            scalars[names.OVERHEAD] = governor.overhead
         scalars[names.PROBES_MEASURED] = float(tier.probes)
         self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
         if report is not None:
@@ -539,7 +540,7 @@ class MemorizationWatch:
         if not math.isnan(scalars.get(names.LOSS_GAP, math.nan)):
             parts.append(f"loss gap {scalars[names.LOSS_GAP]:+.3f}")
         parts.append(f"{scalars[names.SECONDS]:.2f} s" + (" (partial)" if scalars.get(names.PARTIAL) else ""))
-        if math.isfinite(scalars.get(names.OVERHEAD, math.nan)):
+        if names.OVERHEAD in scalars:
             parts.append(f"overhead {scalars[names.OVERHEAD]:.1%}")
         return "[memorization] " + " | ".join(parts)
 

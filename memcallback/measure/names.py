@@ -19,7 +19,8 @@ memorization score is ``"memorization/score"``. One check logs:
 ``seconds``                    wall time of the whole measurement (per rank)
 ``partial``                    1.0 when the measurement was cut short by the time budget, else 0.0
 ``check_failures``             failed checks so far
-``overhead``                   check seconds / training seconds so far (``GovernorConfig``; NaN at step 0)
+``overhead``                   check seconds / training seconds so far (``GovernorConfig``), from the first check
+                               after some training on (not in ``check_keys``: the first check has none)
 ``probes_measured``            probes this check measured: all of them, a prefix (a reduced check) or 0
                                (a light check, the loss gap only), as the cost governor chose
 ``loss_gap_images_measured``   training (and as many held-out) images of the loss gap this check measured
@@ -107,7 +108,7 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
 def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
                reference: bool = False, loss_gap: bool = False) -> set[str]:
     """Every key (without prefix) that one successful check of the monitoring core logs."""
-    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, OVERHEAD, PROBES_MEASURED}
+    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, PROBES_MEASURED}
     keys |= set(REFERENCE) if reference else set()
     keys |= {*LOSS_REFERENCE, LOSS_GAP_IMAGES_MEASURED} if loss_gap else set()
     if num_conditions is not None:

@@ -31,9 +31,10 @@ class ProbeConfig:
         loss_gap_images: training and as many held-out images whose denoising errors give the relative loss gap
             (:func:`~memcallback.measure.loss_gap`), when both are given at setup; 0: off. Forward passes only:
             64 of each at its 10 noise levels cost 6.5 training steps on a 16x16 UNet (docs/scale/cost.md).
-        every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at the
-            first check and every this many checks after it; the checks between measure the loss gap only, which
-            costs a fraction of a full check. 1 (the default): every check is full. Needs the loss gap when > 1.
+        every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at most
+            at the first check and every this many checks after it; the checks between measure the loss gap only,
+            which costs a fraction of a full check. 1 (the default): any check may be full, as the cost governor
+            (:class:`~memcallback.core.GovernorConfig`) allows. Needs the loss gap when > 1.
     """
 
     num_samples: int = 64

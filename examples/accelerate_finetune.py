@@ -1,7 +1,7 @@
 """Fine-tune a diffusers UNet on a handful of "instance images" with accelerate, watched for memorization.
 
 The loop is the shape of diffusers' DreamBooth / LoRA training scripts (``accelerator.prepare``, DDPM noise,
-MSE on the predicted noise, ``accelerator.backward``); memcallback adds five lines (marked ``# memcallback``).
+MSE on the predicted noise, ``accelerator.backward``); memcallback adds six lines (marked ``# memcallback``).
 Every ``--check-every`` steps the watch samples a fixed probe set, measures how sharp the learned density is around
 each sample, logs ``memorization/...`` through the accelerator's trackers, and stops training when memorization
 rises, putting back the weights of the last check at which the model was not memorizing.
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
     watch = AcceleratedWatch(MemorizationWatch(  # memcallback
         every_n_steps=args.check_every, stop=StopConfig(restore_safe_weights=True),
-        probes=ProbeConfig(num_samples=args.num_probes, num_sampling_steps=args.num_sampling_steps)), accelerator)
+        probes=ProbeConfig(num_samples=args.num_probes, num_sampling_steps=args.num_sampling_steps)), accelerator,
+        safe_dir=args.output_dir / "safe")  # memcallback: the safe weights on disk, beside any checkpoints
     watch.setup(unet, noise_scheduler, train_data=images)  # memcallback
 
     step, stopped = 0, watch.after_step(0)  # memcallback: the baseline check

@@ -43,7 +43,7 @@ from memcallback.measure.sharpness import SharpnessConfig
 from memcallback.viz.wandb_media import pair_grid, upscale
 
 DIGITS_FLAG_THRESHOLD = SharpnessConfig().flag_threshold  # calibrated on digits (docs/results.md, D3)
-SHIPPED = StopConfig()  # the stop rule's defaults, calibrated on digits (docs/results.md, S1)
+SHIPPED = StopConfig(monitor="memorization/score").resolve("memorization/", ())  # calibrated on digits (S1)
 MIN_PER_CLASS = 10  # within-checkpoint AUROC only where both classes have at least this many samples
 #: distance ratios (nearest / second-nearest training patch) of the samples left out as ambiguous in the label-margin
 #: table: the nn rule puts its cut at 1/3 inside this band; chosen once, before the table was first computed

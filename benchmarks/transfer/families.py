@@ -43,8 +43,7 @@ FAMILIES = {
     "photos": Family("photos", lambda n, seed: PatchesDataModule(source="skimage", downscales=(3, 6), num_train=n,
                                                                  seed=seed, batch_size=BATCH),
                      24, "report", "patches of scikit-image's 7 RGB photos, 3x16x16"),
-    "gray": Family("gray", lambda n, seed: PatchesDataModule(source="gray", patch_size=24, num_train=n, seed=seed,
-                                                             batch_size=BATCH),
+    "gray": Family("gray", lambda n, seed: PatchesDataModule(source="gray", num_train=n, seed=seed, batch_size=BATCH),
                    24, "report", "patches of 8 gray photos (scikit-image), an MRI slice and 2 elevation maps "
-                                 "(matplotlib), 1x24x24"),
+                                 "(matplotlib), 1x16x16"),
 }

@@ -331,8 +331,8 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--probes", type=int, default=256, help="probes per model and stage (detect)")
     parser.add_argument("--k", type=int, default=4, help="score directions (curves, stopping, cost)")
-    parser.add_argument("--threshold", type=float, default=StopConfig().threshold,
-                        help="stop-rule threshold (stopping)")
+    parser.add_argument("--threshold", type=float, help="stop-rule threshold (stopping)",
+                        default=StopConfig(monitor="memorization/score").resolve("memorization/", ()).threshold)
     parser.add_argument("--sigma", type=float, default=0.1, help="noise level of the stop rule and cost")
     parser.add_argument("--solver-probes", type=int, default=128, help="probes per model and stage (solver table)")
     parser.add_argument("--solver-sigma", type=float, default=0.1, help="noise level of the solver table")

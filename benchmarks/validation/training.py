@@ -25,7 +25,8 @@ from benchmarks.validation.runs import (
 from memcallback.core import StopConfig, StopRule
 from memcallback.measure import SharpnessConfig
 
-DEFAULT_RULE = {name: getattr(StopConfig(), name) for name in ("threshold", "min_delta", "patience")}
+SCORE_RULE = StopConfig(monitor="memorization/score").resolve("memorization/", ())  # calibrated on digits
+DEFAULT_RULE = {name: getattr(SCORE_RULE, name) for name in ("threshold", "min_delta", "patience")}
 SCORE = f"{SharpnessConfig().score_statistic} score"
 
 

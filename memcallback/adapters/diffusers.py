@@ -36,6 +36,9 @@ How diffusers maps onto memcallback:
   the protocol's null condition: it becomes ``null_cond``, one condition without a batch dimension that
   you provide (e.g. the ``[77, 768]`` embedding of the empty prompt, or the label your model was trained
   with for "no class"), repeated over the batch.
+* Prompts as conditions: with ``prompt_embeds`` (``[P, seq, dim]``, the text encoder's embeddings of ``P``
+  prompts), an integer condition ``c`` stands for prompt ``c``, so the conditional metrics
+  (``ConditionalConfig(labels=(0, 1))``) are measured per prompt.
 
 The adapter works on the objects' attributes (``alphas_cumprod``, ``config``, the UNet's ``forward``);
 it does not import diffusers itself. Install both with ``pip install memcallback[diffusers]``.
@@ -149,6 +152,7 @@ def unet_output(
     *,
     null_cond: Tensor | None = None,
     cond_argument: str | None = None,
+    prompt_embeds: Tensor | None = None,
 ) -> Tensor:
     """The raw prediction ``unet(x_t, t, **{cond_argument: cond})`` on the math attention backend.
 
@@ -160,15 +164,18 @@ def unet_output(
         cond: ``[B, ...]`` conditions, or ``None`` for the null condition.
         null_cond: one condition without batch dimension, used (repeated ``B`` times) when ``cond`` is None.
         cond_argument: the UNet keyword that receives the condition (``None``: unconditional UNet).
+        prompt_embeds: ``[P, ...]`` conditions that integer conditions index (prompt ``c`` for ``c``), or ``None``.
 
     Raises:
         ValueError: a condition is needed (``encoder_hidden_states`` is required) but neither ``cond`` nor
             ``null_cond`` is given, or a condition is given to a UNet that takes none.
     """
+    if cond is not None and prompt_embeds is not None and not cond.is_floating_point():
+        cond = prompt_embeds.to(x_t.device)[cond.to(x_t.device)]
     if cond is None and null_cond is not None:
         cond = null_cond.to(x_t.device).expand(x_t.shape[0], *null_cond.shape)
-        if cond.is_floating_point():
-            cond = cond.to(x_t.dtype)
+    if cond is not None and cond.is_floating_point():
+        cond = cond.to(x_t.dtype)
     kwargs: dict[str, Tensor] = {}
     if cond is not None:
         if cond_argument is None:
@@ -233,7 +240,8 @@ class DiffusersProtocolMixin:
         """``self.unet(x_t, t, cond).sample`` on the math attention backend (see :func:`unet_output`)."""
         unet = self._member("unet")
         argument = self.cond_argument if self.cond_argument is not None else condition_argument(unet)
-        return unet_output(unet, x_t, t, cond, null_cond=getattr(self, "null_cond", None), cond_argument=argument)
+        return unet_output(unet, x_t, t, cond, null_cond=getattr(self, "null_cond", None), cond_argument=argument,
+                           prompt_embeds=getattr(self, "prompt_embeds", None))
 
 
 class DiffusersModel(DiffusersProtocolMixin, nn.Module):
@@ -251,6 +259,8 @@ class DiffusersModel(DiffusersProtocolMixin, nn.Module):
             embedding ``[seq, dim]`` of a ``UNet2DConditionModel``; the "no class" label of a
             class-conditional ``UNet2DModel``). Stored as a non-persistent buffer.
         cond_argument: UNet keyword for conditions (``None``: from the UNet's signature).
+        prompt_embeds: ``[P, seq, dim]`` embeddings of ``P`` prompts: integer condition ``c`` is prompt ``c`` (the
+            conditional metrics per prompt). Stored as a non-persistent buffer.
 
     Example:
         >>> model = DiffusersModel(UNet2DModel(sample_size=8, in_channels=1, out_channels=1),
@@ -265,11 +275,13 @@ class DiffusersModel(DiffusersProtocolMixin, nn.Module):
         data_shape: Sequence[int] | None = None,
         null_cond: Tensor | None = None,
         cond_argument: str | None = None,
+        prompt_embeds: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.register_buffer("null_cond", null_cond, persistent=False)
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
         self.cond_argument = cond_argument if cond_argument is not None else condition_argument(unet)
         self._data_shape = data_shape_from_unet(unet) if data_shape is None else tuple(int(n) for n in data_shape)
         prediction_type_from_diffusers(noise_scheduler)  # fail here rather than at the first measurement

@@ -82,13 +82,14 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
 
 
 def monitored_value(trainer: pl.Trainer) -> tuple[str | None, float | None]:
-    """``(key, value)`` of what the ``MemorizationMonitor`` watches (its ``stop.monitor``, ``memorization/score`` by
-    default) in ``trainer.callback_metrics`` at the end of training; ``(None, None)`` without that callback, and
-    ``(key, None)`` when it never logged the key."""
+    """``(key, value)`` of what the ``MemorizationMonitor`` watches (its ``stop.monitor`` as resolved at setup: by
+    default ``memorization/loss_gap`` with held-out data, ``memorization/score`` without) in
+    ``trainer.callback_metrics`` at the end of training; ``(None, None)`` without that callback, and ``(key, None)``
+    when it never logged the key."""
     for callback in trainer.callbacks:
         if isinstance(callback, MemorizationMonitor):
-            value = trainer.callback_metrics.get(callback.stop.monitor)
-            return callback.stop.monitor, None if value is None else float(value)
+            value = trainer.callback_metrics.get(callback.watch.monitor)
+            return callback.watch.monitor, None if value is None else float(value)
     return None, None
 
 

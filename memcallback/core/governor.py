@@ -199,17 +199,21 @@ class CostGovernor:
         return ", ".join(parts)
 
     def state_dict(self) -> dict[str, Any]:
-        """The running sums, the measured costs and the ratchet."""
+        """The running sums, the measured costs and the ratchet (with what it cuts)."""
         return {"train_seconds": self.train_seconds, "check_seconds": self.check_seconds,
-                "last_interval": self.last_interval, "costs": dict(self.costs), "ceiling": self.ceiling}
+                "last_interval": self.last_interval, "costs": dict(self.costs), "ceiling": self.ceiling,
+                "cuts": list(self.cuts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (missing keys keep their fresh values, for older checkpoints)."""
+        """Restore :meth:`state_dict` (missing keys keep their fresh values, for older checkpoints). The measured
+        costs and the ratchet are kept only when they cut the same set as this governor (same monitor, probes and
+        images); the running sums always."""
         self.train_seconds = float(state.get("train_seconds", self.train_seconds))
         self.check_seconds = float(state.get("check_seconds", self.check_seconds))
         self.last_interval = float(state.get("last_interval", self.last_interval))
-        self.costs = {str(key): float(s) for key, s in state.get("costs", self.costs).items()}
-        self.ceiling = min(int(state.get("ceiling", self.ceiling)), self.cuts[0])
+        if list(state.get("cuts", self.cuts)) == self.cuts:
+            self.costs = {str(key): float(s) for key, s in state.get("costs", self.costs).items()}
+            self.ceiling = int(state.get("ceiling", self.ceiling))
 
 
 def _tier(key: str) -> Tier:

@@ -20,9 +20,9 @@ from memcallback.diffusion import DiffusionModel
 from memcallback.measure.analysis import analyze
 from memcallback.measure.conditional import ConditionalConfig, conditional_report
 from memcallback.measure.loss_gap import LossGap, loss_gap
-from memcallback.measure.reference import SharpnessGap, sharpness_gap
+from memcallback.measure.reference import SharpnessGap, noised_image_stats, sharpness_gap
 from memcallback.measure.report import SharpnessReport
-from memcallback.measure.sharpness import SharpnessConfig
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class MeasureRequest:
         conditions: the conditional metrics to add, or ``None``.
         reference: this rank's share of the sharpness gap's images and noise, or ``None``.
         loss_reference: this rank's share of the loss gap's images and noise, or ``None``.
+        null: this rank's share of the flag's null images and their noise, or ``None``.
         measure_probes: sample and measure the probes (with the sharpness gap and the conditional metrics);
             ``False`` at the light checks between full ones (``ProbeConfig.every_n_checks``): the loss gap only.
     """
@@ -57,6 +58,7 @@ class MeasureRequest:
     conditions: ConditionalConfig | None = None
     reference: ReferenceImages | None = None
     loss_reference: ReferenceImages | None = None
+    null: NullImages | None = None
     measure_probes: bool = True
 
 
@@ -77,6 +79,20 @@ class ReferenceImages:
     noise: Tensor
 
 
+@dataclass(frozen=True)
+class NullImages:
+    """One rank's share of the held-out images whose scores are the flag's null distribution
+    (:mod:`~memcallback.measure.null`).
+
+    Attributes:
+        images: ``[n, *data_shape]`` held-out images.
+        noise: ``[n, *data_shape]`` their noise, this rank's rows of one draw for the whole set.
+    """
+
+    images: Tensor
+    noise: Tensor
+
+
 @dataclass
 class Measurement:
     """What a measurement function returns.
@@ -89,12 +105,15 @@ class Measurement:
         reference: this rank's sharpness gap (``None`` when no reference was requested or the probes'
             measurement was cut short).
         loss_gap: this rank's denoising errors of the loss gap (``None`` when not requested).
+        null: this rank's statistics at the null images (``None`` when not requested or the probes' measurement
+            was cut short).
     """
 
     report: SharpnessReport | None
     conditional: dict[str, float]
     reference: SharpnessGap | None = None
     loss_gap: LossGap | None = None
+    null: SharpnessStats | None = None
 
 
 #: The signature of a measurement function.
@@ -103,9 +122,10 @@ MeasureFn = Callable[[DiffusionModel, MeasureRequest], Measurement]
 
 def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
     """The default measurement: the denoising errors of the loss gap first (cheap, and never cut short), then
-    :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of its reference images at the
-    primary timestep (unless the probes were cut short) and the conditional metrics of every watched condition (the
-    paper's ``||H^D s^D||`` at the first sampling step); with ``measure_probes=False`` the loss gap only."""
+    :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of its reference images and the
+    statistics at its null images at the primary timestep (unless the probes were cut short) and the conditional
+    metrics of every watched condition (the paper's ``||H^D s^D||`` at the first sampling step); with
+    ``measure_probes=False`` the loss gap only."""
     losses = _loss_gap(model, request.loss_reference)
     if not request.measure_probes:
         return Measurement(report=None, conditional={}, loss_gap=losses)
@@ -117,13 +137,17 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
         ref = request.reference
         gap = sharpness_gap(model, ref.train, ref.heldout, request.timesteps[0], request.sharpness, seed=request.seed,
                             interrupt=request.interrupt, noise=ref.noise)
+    null = None
+    if request.null is not None and not report.partial:
+        null = noised_image_stats(model, request.null.images, request.null.noise, request.timesteps[0],
+                                  request.sharpness, seed=request.seed, interrupt=request.interrupt)
     conditional: dict[str, float] = {}
     if request.conditions is not None:
         labels = torch.tensor(request.conditions.labels, dtype=torch.long, device=request.noise.device)
         conditional = conditional_report(model, labels, num_samples_per_cond=request.conditions.num_samples_per_cond,
                                          num_generations=request.conditions.num_generations,
                                          seed=request.seed).summary()
-    return Measurement(report=report, conditional=conditional, reference=gap, loss_gap=losses)
+    return Measurement(report=report, conditional=conditional, reference=gap, loss_gap=losses, null=null)
 
 
 def _loss_gap(model: DiffusionModel, reference: ReferenceImages | None) -> LossGap | None:

@@ -31,6 +31,13 @@ class ProbeConfig:
         loss_gap_images: training and as many held-out images whose denoising errors give the relative loss gap
             (:func:`~memcallback.measure.loss_gap`), when both are given at setup; 0: off. Forward passes only:
             64 of each at its 10 noise levels cost 6.5 training steps on a 16x16 UNet (docs/scale/cost.md).
+        null_images: noised held-out images (a seeded random selection, cycled with fresh noise when fewer are
+            given) measured like the probes at the primary noise level, when held-out data are given at setup:
+            their scores are the null distribution that calibrates the per-sample flag to
+            ``SharpnessConfig.flag_fpr`` (:mod:`~memcallback.measure.null`); at least ``ceil(1 / flag_fpr) - 1``
+            of them. 0 (the default): off. They cost as much as as many probes, without sampling. Opt-in: in the
+            transfer study a generalizing model's sampler states scored above this null far more often than
+            ``flag_fpr`` (docs/transfer/results.md).
         every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at most
             at the first check and every this many checks after it; the checks between measure the loss gap only,
             which costs a fraction of a full check. 1 (the default): any check may be full, as the cost governor
@@ -44,6 +51,7 @@ class ProbeConfig:
     seed: int = 0
     reference_images: int = 0
     loss_gap_images: int = 64
+    null_images: int = 0
     every_n_checks: int = 1
 
     def __post_init__(self) -> None:
@@ -53,6 +61,8 @@ class ProbeConfig:
                 self.reference_images, "an int >= 0 (0: no sharpness gap)")
         require(is_int(self.loss_gap_images) and self.loss_gap_images >= 0, "loss_gap_images",
                 self.loss_gap_images, "an int >= 0 (0: no loss gap)")
+        require(is_int(self.null_images) and self.null_images >= 0, "null_images", self.null_images,
+                "an int >= 0 (0: the fixed flag_threshold)")
         require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
         for name, example in (("sigmas", "[0.1]"), ("timesteps", "[27]")):
             value = getattr(self, name)

@@ -3,35 +3,48 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from typing import Any
 
 from memcallback.arguments import is_int, is_real, require
+from memcallback.core.calibration import CALIBRATED_RULES
 from memcallback.measure import names
 
 MODES = ("max", "min")
+#: ``monitor`` / ``threshold`` / ``min_delta`` chosen by the monitor from what it measures (``CALIBRATED_RULES``).
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class StopConfig:
     """When a monitor stops training, and what it does then.
 
+    The default, ``monitor="auto"``, is decided at setup from what the monitor measures: the relative loss gap
+    (``memorization/loss_gap``) when held-out data are given, else the memorization score
+    (``memorization/score``), each with its calibrated ``threshold`` and ``min_delta``
+    (:mod:`~memcallback.core.calibration`). The loss gap's threshold carried over to every data set it was
+    tested on; the score's did not, so without held-out data the default stop is a fixed level on a scale that
+    differs between data sets (README, "When it stops").
+
     Args:
-        monitor: logged key the stop rule watches (with the monitor's prefix), e.g. ``memorization/score``.
-        mode: ``"max"`` when larger values mean more memorization (score, flagged fraction), ``"min"`` when
-            smaller ones do (effective dimension, ``mu``).
-        threshold: absolute level the value must pass to alarm, or ``None`` for "any rise".
-        min_delta: margin by which the value must be worse than the best so far.
+        monitor: logged key the stop rule watches (with the monitor's prefix), e.g. ``memorization/loss_gap``, or
+            ``"auto"`` (see above; then ``threshold`` and ``min_delta`` must be ``"auto"`` too).
+        mode: ``"max"`` when larger values mean more memorization (score, flagged fraction, loss gap), ``"min"``
+            when smaller ones do (effective dimension, ``mu``).
+        threshold: absolute level the value must pass to alarm, ``None`` for "any rise", or ``"auto"``: the
+            calibrated level of the monitor (an error at setup for a monitor that has none).
+        min_delta: margin by which the value must be worse than the best so far, or ``"auto"`` (calibrated).
         patience: consecutive alarming checks that stop training (>= 1).
         stop_training: stop the training job when the rule fires; ``False`` only warns.
         restore_safe_weights: when the rule fires, load the weights of the last safe check back into the
             model (kept as a CPU copy of its ``state_dict``, overwritten at every safe check).
     """
 
-    monitor: str = names.PREFIX + names.SCORE
+    monitor: str = AUTO
     mode: str = "max"
-    threshold: float | None = 0.05
-    min_delta: float = 0.05
+    threshold: float | str | None = AUTO
+    min_delta: float | str = AUTO
     patience: int = 1
     stop_training: bool = True
     restore_safe_weights: bool = False
@@ -40,13 +53,39 @@ class StopConfig:
         require(isinstance(self.monitor, str) and bool(self.monitor), "monitor", self.monitor,
                 "a logged key such as 'memorization/score'")
         require(isinstance(self.mode, str) and self.mode in MODES, "mode", self.mode, f"one of {MODES}")
-        require(self.threshold is None or (is_real(self.threshold) and math.isfinite(self.threshold)), "threshold",
-                self.threshold, "a finite float or None")
-        require(is_real(self.min_delta) and 0 <= self.min_delta < math.inf, "min_delta", self.min_delta,
-                "a finite float >= 0")
+        require(self.threshold is None or self.threshold == AUTO
+                or (is_real(self.threshold) and math.isfinite(self.threshold)), "threshold", self.threshold,
+                "a finite float, None (any rise) or 'auto' (calibrated)")
+        require(self.min_delta == AUTO or (is_real(self.min_delta) and 0 <= self.min_delta < math.inf), "min_delta",
+                self.min_delta, "a finite float >= 0 or 'auto' (calibrated)")
+        if self.monitor == AUTO and (self.threshold != AUTO or self.min_delta != AUTO or self.mode != "max"):
+            raise ValueError(f"monitor='auto' picks the monitor with its calibrated threshold and min_delta, but "
+                             f"threshold={self.threshold!r}, min_delta={self.min_delta!r}, mode={self.mode!r} were "
+                             "set: name the monitor too (e.g. monitor='memorization/loss_gap'), or leave them at "
+                             "their defaults.")
         require(is_int(self.patience) and self.patience >= 1, "patience", self.patience, "an int >= 1")
         for name in ("stop_training", "restore_safe_weights"):
             require(isinstance(getattr(self, name), bool), name, getattr(self, name), "True or False")
+
+    def resolve(self, prefix: str, logged: Collection[str]) -> StopConfig:
+        """The concrete settings for a monitor that logs the keys ``logged`` (without ``prefix``): ``"auto"``
+        replaced by the loss gap when it is logged, else the score, and by their calibrated constants.
+
+        Raises:
+            ValueError: when ``threshold`` or ``min_delta`` is ``"auto"`` for a monitor with no calibrated rule.
+        """
+        if self.monitor == AUTO:
+            key = names.LOSS_GAP if names.LOSS_GAP in logged else names.SCORE
+        else:
+            key = self.monitor.removeprefix(prefix)
+        rule = CALIBRATED_RULES.get(key)
+        for name in ("threshold", "min_delta"):
+            if getattr(self, name) == AUTO and rule is None:
+                raise ValueError(f"{name}='auto' has no calibrated value for monitor={prefix + key!r} (only for "
+                                 f"{sorted(prefix + k for k in CALIBRATED_RULES)}); give {name} a number.")
+        return replace(self, monitor=prefix + key,
+                       threshold=rule.threshold if self.threshold == AUTO else self.threshold,
+                       min_delta=rule.min_delta if self.min_delta == AUTO else self.min_delta)
 
 
 class StopRule:
@@ -64,14 +103,19 @@ class StopRule:
     once per *fresh* measurement, which the monitoring core guarantees.
 
     Args:
-        config: the settings (``mode``, ``threshold``, ``min_delta``, ``patience`` are used here).
+        config: the settings (``mode``, ``threshold``, ``min_delta``, ``patience`` are used here); ``"auto"``
+            values are resolved as for the memorization score until :meth:`configure` sets the final ones.
     """
 
     def __init__(self, config: StopConfig | None = None) -> None:
-        config = config or StopConfig()
+        self.configure(config or StopConfig())
+        self.reset()
+
+    def configure(self, config: StopConfig) -> None:
+        """Take the settings of ``config`` (resolved first when it says ``"auto"``), keeping the state."""
+        config = config.resolve(names.PREFIX, ()) if AUTO in (config.threshold, config.min_delta) else config
         self.mode, self.threshold, self.min_delta = config.mode, config.threshold, float(config.min_delta)
         self.patience = config.patience
-        self.reset()
 
     def reset(self) -> None:
         """Forget every measurement: no best value, no wait count, not stopped."""

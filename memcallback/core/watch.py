@@ -20,6 +20,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from memcallback.core.governor import CostGovernor, GovernorConfig, Tier, local_
 from memcallback.core.measurement import (
     MeasureFn,
     MeasureRequest,
+    NullImages,
     ReferenceImages,
     fixed_call_count,
     is_sharded,
@@ -40,15 +42,17 @@ from memcallback.core.measurement import (
 from memcallback.core.probes import ProbeConfig, ProbeSet, sample_rows, shard
 from memcallback.core.result import CheckResult
 from memcallback.core.safe import SafeWeights
-from memcallback.core.stopping import StopConfig, StopRule
+from memcallback.core.stopping import AUTO, StopConfig, StopRule
+from memcallback.core.weights import WEIGHTS, AveragedWeights, full_precision
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_gap_summary, loss_noise
+from memcallback.measure.null import conformal_threshold, min_null_size
 from memcallback.measure.reference import SharpnessGap
 from memcallback.measure.report import SharpnessReport, summarize
-from memcallback.measure.sharpness import SharpnessConfig
+from memcallback.measure.sharpness import SharpnessConfig, SharpnessStats
 
 
 @dataclass
@@ -63,7 +67,10 @@ class _Setup:
     reference: ReferenceImages | None = None  # this rank's share of the sharpness gap's images
     num_reference: int = 0
     loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
+    null: NullImages | None = None  # this rank's share of the flag's null images
+    num_null: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
+    averaged: AveragedWeights | None = None  # the model's averaged (EMA) copy, when setup was given one
 
 
 class MemorizationWatch:
@@ -95,6 +102,11 @@ class MemorizationWatch:
     copied to the host at every safe check (one copy, overwritten) and loaded back when the rule fires; with
     ``on_safe`` a user function (e.g. writing a checkpoint) is called at every safe check instead or as well.
 
+    **Which weights.** With ``weights="ema"`` (the default) and an averaged copy given to :meth:`setup` (an EMA),
+    a check measures the average, the weights that generate samples, and puts the raw weights back exactly after;
+    the safe weights then keep and restore both copies. Every check runs in float32, whatever the training dtype
+    (:func:`~memcallback.core.weights.full_precision`).
+
     **Failures.** A check that raises (out of memory included) or meets non-finite values is skipped on every
     rank, counted in ``check_failures`` and warned about once; it never ends training and never moves the rule.
     **Time budget.** ``time_budget_s`` becomes the measurement's ``interrupt``: a check that overruns it stops at
@@ -120,6 +132,8 @@ class MemorizationWatch:
         measure_fn: the measurement function (default: :func:`~memcallback.core.measurement.measure`).
         clock: the clock of the time budget and of the cost governor, in seconds.
         on_safe: called with the step of every new safe check (after the weights were copied).
+        weights: ``"ema"``: measure the averaged copy given to :meth:`setup` when there is one, else the raw
+            weights; ``"raw"``: always the raw weights (see :data:`~memcallback.core.weights.WEIGHTS`).
     """
 
     def __init__(
@@ -138,6 +152,7 @@ class MemorizationWatch:
         measure_fn: MeasureFn = measure,
         clock: Callable[[], float] = time.perf_counter,
         on_safe: Callable[[int], None] | None = None,
+        weights: str = "ema",
     ) -> None:
         require(isinstance(prefix, str) and bool(prefix), "prefix", prefix, "a non-empty string, e.g. 'memorization/'")
         if (every_n_steps is None) == (every_n_epochs is None):
@@ -145,6 +160,7 @@ class MemorizationWatch:
                              f"every_n_train_steps={every_n_steps!r}, every_n_epochs={every_n_epochs!r}.")
         for name, value in (("every_n_train_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             require(value is None or (is_int(value) and value >= 1), name, value, "an int >= 1")
+        require(isinstance(weights, str) and weights in WEIGHTS, "weights", weights, f"one of {WEIGHTS}")
         require(isinstance(check_at_start, bool), "check_on_train_start", check_at_start, "True or False")
         require(time_budget_s is None or (is_real(time_budget_s) and 0 < time_budget_s < math.inf), "time_budget_s",
                 time_budget_s, "a positive finite number of seconds or None")
@@ -153,14 +169,23 @@ class MemorizationWatch:
                                   ("governor", governor, GovernorConfig)):
             require(value is None or isinstance(value, kind), name, value, f"a {kind.__name__} or None")
         self.stop = stop or StopConfig()
-        require(self.stop.monitor.startswith(prefix) and self.stop.monitor != prefix, "monitor", self.stop.monitor,
-                f"one of this monitor's keys, which start with prefix={prefix!r} (e.g. '{prefix}{names.SCORE}')")
+        monitor = self.stop.monitor
+        require(monitor == AUTO or (monitor.startswith(prefix) and monitor != prefix), "monitor", monitor,
+                f"'auto' or one of this monitor's keys, which start with prefix={prefix!r} (e.g. "
+                f"'{prefix}{names.LOSS_GAP}')")
+        resolved = self.stop.resolve(prefix, ())  # final at setup, once it is known what a check logs
         self.every_n_steps, self.every_n_epochs, self.check_at_start = every_n_steps, every_n_epochs, check_at_start
         self.probes, self.sharpness = probes or ProbeConfig(), sharpness or SharpnessConfig()
+        fewest = min_null_size(self.sharpness.flag_fpr)
+        if 0 < self.probes.null_images < fewest:
+            raise ValueError(f"probes.null_images={self.probes.null_images} is too few for sharpness.flag_fpr="
+                             f"{self.sharpness.flag_fpr:g}: a conformal flag threshold needs at least {fewest} null "
+                             "scores. Raise null_images or flag_fpr, or set null_images=0 (the fixed flag_threshold).")
         self.conditions, self.time_budget_s, self.prefix = conditions, time_budget_s, prefix
         self.governor_config = governor or GovernorConfig()
-        self.measure_fn, self.clock, self.on_safe = measure_fn, clock, on_safe
-        self.rule = StopRule(self.stop)
+        self.measure_fn, self.clock, self.on_safe, self.weights = measure_fn, clock, on_safe, weights
+        self.rule = StopRule(resolved)
+        self.monitor = resolved.monitor  # the logged key the rule watches (``stop.monitor`` resolved)
         self.safe_weights = SafeWeights()
         self.history: list[dict[str, float]] = []
         self.stopped_step: int | None = None
@@ -173,6 +198,7 @@ class MemorizationWatch:
         self._governor_state: dict[str, Any] = {}  # loaded before setup: applied there
         self._since = 0.0  # the clock at the end of the last check (or at setup): training time runs from here
         self._reported: set[str] = set()  # one-time warnings already given
+        self._pending_warm_start: dict[int, Tensor] | None = None  # loaded before setup
 
     @property
     def probe_set(self) -> ProbeSet | None:
@@ -187,11 +213,12 @@ class MemorizationWatch:
     @property
     def monitor_key(self) -> str:
         """The monitored key without prefix."""
-        return self.stop.monitor.removeprefix(self.prefix)
+        return self.monitor.removeprefix(self.prefix)
 
     # ------------------------------------------------------------------------------------------------------
     def setup(self, model: DiffusionModel, *, train_data: Tensor | None = None, heldout_data: Tensor | None = None,
-              rank: int = 0, world_size: int = 1, reducer: Reducer | None = None, sharded: bool | None = None) -> None:
+              rank: int = 0, world_size: int = 1, reducer: Reducer | None = None, sharded: bool | None = None,
+              averaged: AveragedWeights | None = None) -> None:
         """Resolve everything that depends on the model and the process; raise a clear error on bad settings.
 
         Args:
@@ -208,6 +235,8 @@ class MemorizationWatch:
             world_size: the number of processes.
             reducer: collective operations (default: none for one process, ``torch.distributed`` otherwise).
             sharded: whether the model's forward is collective (FSDP); ``None``: detected from its parameters.
+            averaged: the model's averaged (EMA) copy (:class:`~memcallback.core.weights.AveragedWeights`), measured
+                with ``weights="ema"`` and kept with the safe weights; ``None``: none.
         """
         model = check_model(model)
         shape = tuple(model.data_shape)
@@ -256,6 +285,12 @@ class MemorizationWatch:
                 num_loss = min(self.probes.loss_gap_images, len(heldout_data))
                 loss_reference = _reference_share(train_data, heldout_data,
                                                   loss_noise(num_loss, shape, NUM_LEVELS, seed), seed, rank, world_size)
+        null, num_null = None, 0
+        if heldout_data is not None and self.probes.null_images > 0:
+            num_null = self.probes.null_images
+            images = heldout_data[sample_rows(len(heldout_data), num_null, seed + 2).to(heldout_data.device)]
+            null = NullImages(*(shard(x, rank, world_size)  # the noise stays on the CPU, like the probes'
+                                for x in (images, probe_noise(num_null, shape, seed + 3))))
         if self.probes.every_n_checks > 1 and loss_reference is None:
             raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
                              "full checks, but there is no loss gap: give training and held-out data at setup (with "
@@ -264,7 +299,9 @@ class MemorizationWatch:
                              "often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
-                                 loss_reference is not None)
+                                 loss_reference is not None, null is not None)
+        resolved = self.stop.resolve(self.prefix, known)
+        self.monitor = resolved.monitor
         if self.monitor_key not in known:
             hint = ""
             if self.monitor_key in names.REFERENCE:
@@ -273,13 +310,17 @@ class MemorizationWatch:
                 hint = (" (the loss gap needs training and held-out data at setup, with MemorizationMonitor "
                         "ground_truth=True and a datamodule with unique_train_data() and heldout_data(), and "
                         "probes.loss_gap_images > 0)")
-            raise ValueError(f"monitor={self.stop.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
+            raise ValueError(f"monitor={self.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
                              f"one of {sorted(self.prefix + name for name in known)}.")
+        self.rule.configure(resolved)
+        require(averaged is None or isinstance(averaged, AveragedWeights), "averaged", averaged,
+                "an AveragedWeights, e.g. AveragedWeights.from_ema_model(ema_model, unet), or None")
         if reducer is None:
             reducer = NoDistribution() if world_size == 1 else TorchDistributed()
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
-                                  reference=reference, num_reference=num_reference, loss_reference=loss_reference)
+                                  reference=reference, num_reference=num_reference, loss_reference=loss_reference,
+                                  null=null, num_null=num_null, averaged=averaged, warm_start=self._pending_warm_start)
         light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
         self.governor = CostGovernor(self.governor_config, self.probes.num_samples, num_loss, world_size,
                                      light_measures_monitor)
@@ -291,8 +332,8 @@ class MemorizationWatch:
         ``check_at_start``); never twice at one step."""
         if step == self.last_step:
             return False
-        if step == 0:
-            return self.check_at_start
+        if step == 0:  # the baseline, unless this watch already checked (a resumed run is past its baseline)
+            return self.check_at_start and self.last_step is None
         return self.every_n_steps is not None and step % self.every_n_steps == 0
 
     def due_at_epoch_end(self, epoch: int, step: int) -> bool:
@@ -332,11 +373,12 @@ class MemorizationWatch:
                                  sharpness=self.sharpness, train_data=state.train_data,
                                  warm_start=_first_rows(state.warm_start, rows), interrupt=self._interrupt(),
                                  conditions=self.conditions, reference=state.reference,
-                                 loss_reference=loss_reference, measure_probes=full)
+                                 loss_reference=loss_reference, null=state.null, measure_probes=full)
         error = None
         start = self.clock()
         try:
-            measured = self.measure_fn(model, request)
+            with self.measured_weights(model):
+                measured = self.measure_fn(model, request)
             if full == (measured.report is None):
                 raise ValueError(f"the measurement function returned report={measured.report!r} for "
                                  f"measure_probes={full}: measure the probes exactly when asked to")
@@ -360,7 +402,7 @@ class MemorizationWatch:
         if report is None:  # a light check: the loss gap only
             scalars = {}
         else:
-            scalars, cut_probes = self._reduce(report, tier.probes, tier.cut_probes)
+            scalars, cut_probes = self._reduce(report, self._reduce_null(measured.null), tier.probes, tier.cut_probes)
             scalars |= {names.conditional(k): v for k, v in measured.conditional.items()}
             cut |= cut_probes if tier.cut_probes < tier.probes else {}
             if state.reference is not None:
@@ -413,6 +455,15 @@ class MemorizationWatch:
         local = torch.tensor(values, dtype=torch.float64, device=device)
         return max_over_ranks(self.setup_state.reducer, local, probes.rank, probes.world_size).tolist()
 
+    def measured_weights(self, model: nn.Module) -> ExitStack:
+        """The context of one measurement: float32, and the averaged weights swapped in when they are measured."""
+        stack = ExitStack()
+        averaged = self.setup_state.averaged if self.setup_state is not None else None
+        if self.weights == "ema" and averaged is not None:
+            stack.enter_context(averaged.swapped_in())
+        stack.enter_context(full_precision(model))
+        return stack
+
     def _interrupt(self) -> Callable[[], bool] | None:
         """The time budget as the measurement's ``interrupt`` (collective when every rank makes the same calls)."""
         if self.time_budget_s is None:
@@ -425,11 +476,31 @@ class MemorizationWatch:
 
         return over_budget
 
-    def _reduce(self, report: SharpnessReport, num_probes: int, cut: int) -> tuple[dict[str, float], dict[str, float]]:
+    def _reduce_null(self, null: SharpnessStats | None) -> dict[str, float]:
+        """The flag's threshold from every rank's null scores together (the conformal quantile at
+        ``flag_fpr``) and their mean; ``{}`` without null images, or when some were not measured (a cut-short
+        check: the fixed ``flag_threshold`` applies)."""
+        state = self.setup_state
+        if state.null is None:
+            return {}
+        local = torch.full((1, state.null.images.shape[0]), math.nan, dtype=torch.float64,
+                           device=state.null.images.device)
+        if null is not None and not null.partial:
+            local[0] = null.memorization_score.detach().to(local)
+        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size, state.num_null)[0]
+        if not bool(torch.isfinite(values).all()):
+            return {}
+        return {names.FLAG_THRESHOLD: conformal_threshold(values, self.sharpness.flag_fpr),
+                names.SCORE_NULL_IMAGES: values.mean().item()}
+
+    def _reduce(self, report: SharpnessReport, null: dict[str, float], num_probes: int,
+                cut: int) -> tuple[dict[str, float], dict[str, float]]:
         """The summary of every rank's probes together (the first ``num_probes`` of the probe set): per-probe
         values gathered in probe order, padding dropped, then the one summary
         (:func:`~memcallback.measure.report.summarize`); and the same of the first ``cut`` probes only. Every key of
-        the schema is there on every rank: what a cut-short measurement did not reach is NaN."""
+        the schema is there on every rank: what a cut-short measurement did not reach is NaN. With a null threshold
+        (``null``, from :meth:`_reduce_null`) the primary timestep's flag is the score above it, here and in
+        ``report``."""
         state = self.setup_state
         probes = state.probes
         per_sample = report.per_sample()
@@ -437,9 +508,16 @@ class MemorizationWatch:
         missing = torch.full((local_rows(num_probes, probes.world_size),), math.nan, dtype=torch.float64)
         local = torch.stack([per_sample[k].detach().to(torch.float64).reshape(-1) if k in per_sample
                              else missing.to(report.samples.device) for k in keys])
-        values = gather_probes(state.reducer, local, probes.rank, probes.world_size, num_probes)
-        return tuple(summarize(dict(zip(keys, v, strict=True)), state.timesteps, report.seconds)
-                     for v in (values, values[:, :cut]))
+        values = dict(zip(keys, gather_probes(state.reducer, local, probes.rank, probes.world_size, num_probes),
+                          strict=True))
+        threshold = null.get(names.FLAG_THRESHOLD, self.sharpness.flag_threshold)
+        if null:
+            flagged = (values[names.SCORE] > threshold).double()
+            for key in (names.FLAGGED_FRACTION, names.at_timestep(state.timesteps[0], names.FLAGGED_FRACTION)):
+                values[key] = flagged
+            report.primary.flagged = report.primary.memorization_score > threshold
+        return tuple(summarize({k: v[:n] for k, v in values.items()}, state.timesteps, report.seconds) | null
+                     | {names.FLAG_THRESHOLD: threshold} for n in (num_probes, cut))
 
     def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
         """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
@@ -476,15 +554,17 @@ class MemorizationWatch:
         if result.safe:
             self.safe_step = result.step
             if self.stop.restore_safe_weights:
-                self._guarded("keeping the safe weights", self.safe_weights.keep, model, result.step)
+                self._guarded("keeping the safe weights", self.safe_weights.keep, model, result.step,
+                             self.setup_state.averaged)
             if self.on_safe is not None:
                 self._guarded("saving the safe checkpoint", self.on_safe, result.step)
         if result.fired:
             self.stopped_step = result.step
             result.stop = self.stop.stop_training
-            result.reason = f"Memorization rose at step {result.step}: {self.stop.monitor} {self.rule.reason}."
+            result.reason = f"Memorization rose at step {result.step}: {self.monitor} {self.rule.reason}."
             if self.stop.restore_safe_weights:
-                result.restored = bool(self._guarded("restoring the safe weights", self.safe_weights.restore, model))
+                result.restored = bool(self._guarded("restoring the safe weights", self.safe_weights.restore, model,
+                                                     self.setup_state.averaged))
 
     def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a side job of the stop decision (copying, saving or restoring weights); a failure (a full disk, a
@@ -546,18 +626,25 @@ class MemorizationWatch:
 
     # ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue after a resume (not the safe weights: they live in checkpoints)."""
+        """Everything needed to continue after a resume, the solver's warm start included (not the safe weights:
+        they live in checkpoints)."""
         timesteps = [] if self.setup_state is None else self.setup_state.timesteps
+        warm_start = self._pending_warm_start if self.setup_state is None else self.setup_state.warm_start
         return {"rule": self.rule.state_dict(), "history": self.history, "stopped_step": self.stopped_step,
-                "safe_step": self.safe_step, "failures": self.failures, "num_checks": self.num_checks,
-                "last_step": self.last_step,
+                "warm_start": warm_start, "safe_step": self.safe_step, "failures": self.failures,
+                "num_checks": self.num_checks, "last_step": self.last_step,
                 "governor": self._governor_state if self.governor is None else self.governor.state_dict(),
                 "probes": {"seed": self.probes.seed, "num_samples": self.probes.num_samples, "timesteps": timesteps}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; warns when the checkpoint was measured on other probes or timesteps."""
+        """Restore :meth:`state_dict`; warns when the checkpoint was measured on other probes or timesteps.
+
+        A run resumed from the check where the rule fired can stop again: the rule fires once per run.
+        """
         probes = state.get("probes", {})
-        if probes and (probes.get("seed"), probes.get("num_samples")) != (self.probes.seed, self.probes.num_samples):
+        same_probes = not probes or (probes.get("seed"), probes.get("num_samples")) == (self.probes.seed,
+                                                                                      self.probes.num_samples)
+        if not same_probes:
             warnings.warn(f"memcallback: the checkpoint was measured with seed={probes.get('seed')} and num_samples="
                           f"{probes.get('num_samples')}, this run uses seed={self.probes.seed} and num_samples="
                           f"{self.probes.num_samples}: the curves before and after the resume differ in probes.",
@@ -567,14 +654,22 @@ class MemorizationWatch:
             warnings.warn(f"memcallback: the checkpoint measured timesteps {probes.get('timesteps')}, this run "
                           f"measures {timesteps}; the stop rule starts afresh.", stacklevel=2)
             self.rule.reset()
+            same_probes = False
         else:
             self.rule.load_state_dict(state.get("rule", {}))
+            self.rule.stopped = False
         self.history = list(state.get("history", []))
         self.stopped_step = state.get("stopped_step")
         self.safe_step = state.get("safe_step")
         self.failures = int(state.get("failures", 0))
         self.num_checks = int(state.get("num_checks", len(self.history) + self.failures))
         self.last_step = state.get("last_step")
+        warm_start = state.get("warm_start") if same_probes else None  # eigenvectors of the same probes only
+        if self.setup_state is None:
+            self._pending_warm_start = warm_start
+        elif warm_start is not None:
+            device = self.setup_state.probes.noise.device
+            self.setup_state.warm_start = {int(t): v.to(device) for t, v in warm_start.items()}
         self._governor_state = dict(state.get("governor", {}))
         if self.governor is not None:
             self.governor.load_state_dict(self._governor_state)

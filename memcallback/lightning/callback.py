@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -16,16 +17,14 @@ from memcallback.core.probes import ProbeConfig
 from memcallback.core.result import CheckResult
 from memcallback.core.stopping import StopConfig, StopRule
 from memcallback.core.watch import MemorizationWatch
+from memcallback.core.weights import AveragedWeights
 from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.lightning.distributed import StrategyReducer
 from memcallback.lightning.reporting import log_run_summary, log_scalars, safe_checkpoint_path, set_callback_metrics
 from memcallback.measure import names
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.sharpness import SharpnessConfig
-
-#: What a check sends to W&B besides scalars: nothing, charts (histogram, spectrum, per-sample statistics), or
-#: charts and images (generated samples beside their nearest training images, thumbnails, the 2-D scatter).
-MEDIA = ("none", "charts", "images")
+from memcallback.viz.wandb_media import MEDIA
 
 
 class MemorizationMonitor(Callback):
@@ -44,6 +43,11 @@ class MemorizationMonitor(Callback):
     of the weights measured at that check) beside the other checkpoints at every safe check; with
     ``stop.restore_safe_weights`` the safe weights are loaded back into the model when the rule fires. The
     end-of-fit console line and the W&B run summary name the safe step.
+
+    **Weight averaging.** With Lightning's ``WeightAveraging`` / ``EMAWeightAveraging`` among the callbacks and
+    ``weights="ema"`` (the default), a check measures the averaged model, which the averaging callback swaps in only
+    for validation and copies into the model at the end of training; the safe weights keep and restore both, so the
+    model that ``fit`` ends with after a stop is the safe average. ``weights="raw"`` measures the trained weights.
 
     **Privacy.** With the default ``media="charts"`` no image reaches a logger: generated samples of a
     memorizing model are near copies of training images. ``media="images"`` adds them, beside their nearest
@@ -72,6 +76,8 @@ class MemorizationMonitor(Callback):
         num_media_samples: most memorized samples shown with ``media="images"``.
         save_plot: write ``memorization.png`` with the curves over training into the run directory at the end.
         prefix: namespace of every logged key.
+        weights: ``"ema"`` or ``"raw"``, which weights a check measures when a ``WeightAveraging`` callback keeps an
+            average (see :data:`memcallback.core.weights.WEIGHTS`).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class MemorizationMonitor(Callback):
         num_media_samples: int = 16,
         save_plot: bool = True,
         prefix: str = names.PREFIX,
+        weights: str = "ema",
     ) -> None:
         super().__init__()
         for name, value, kind in (("probes", probes, ProbeConfig), ("sharpness", sharpness, SharpnessConfig),
@@ -104,7 +111,8 @@ class MemorizationMonitor(Callback):
         self.watch = MemorizationWatch(
             every_n_steps=every_n_train_steps, every_n_epochs=every_n_epochs, check_at_start=check_on_train_start,
             probes=probes, sharpness=sharpness, stop=stop, conditions=conditions, time_budget_s=time_budget_s,
-            governor=governor, prefix=prefix, measure_fn=self.measure, on_safe=self._write_safe_checkpoint)
+            governor=governor, prefix=prefix, measure_fn=self.measure, on_safe=self._write_safe_checkpoint,
+            weights=weights)
         self.ground_truth, self.media, self.num_media_samples = ground_truth, media, num_media_samples
         self.save_plot = save_plot
         self._trainer: pl.Trainer | None = None
@@ -177,7 +185,8 @@ class MemorizationMonitor(Callback):
         self._trainer = trainer
         self.watch.setup(pl_module, train_data=train, heldout_data=heldout, rank=trainer.global_rank,
                          world_size=trainer.world_size,
-                         reducer=StrategyReducer(trainer.strategy), sharded=_is_sharding(trainer.strategy))
+                         reducer=StrategyReducer(trainer.strategy), sharded=_is_sharding(trainer.strategy),
+                         averaged=_averaged_weights(trainer, pl_module, self.watch.weights) if stage == "fit" else None)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step == 0:
@@ -229,7 +238,13 @@ class MemorizationMonitor(Callback):
         if not result.restored and path.is_file():
             try:
                 checkpoint = trainer.strategy.load_checkpoint(path)
-                pl_module.load_state_dict(checkpoint["state_dict"])
+                averaging = _averaging_callback(trainer)
+                if "current_model_state" in checkpoint:  # written with WeightAveraging: state_dict is the average
+                    pl_module.load_state_dict(checkpoint["current_model_state"])
+                    if averaging is not None:
+                        _average_module(averaging).load_state_dict(checkpoint["state_dict"])
+                else:
+                    pl_module.load_state_dict(checkpoint["state_dict"])
                 result.restored = True
             except Exception as err:  # a safe checkpoint that cannot be read must not end the run
                 rank_zero_warn(f"MemorizationMonitor: {path} could not be restored ({type(err).__name__}: {err}).")
@@ -274,7 +289,7 @@ class MemorizationMonitor(Callback):
         from memcallback.viz.plots import plot_history
 
         path = Path(log_dir or trainer.default_root_dir) / "memorization.png"
-        plot_history(self.history, path, monitor=self.stop.monitor, prefix=self.watch.prefix,
+        plot_history(self.history, path, monitor=self.watch.monitor, prefix=self.watch.prefix,
                      threshold=self.rule.threshold, stopped_step=self.stopped_step)
         rank_zero_info(f"[memorization] curves over training written to {path}")
 
@@ -283,6 +298,40 @@ class MemorizationMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.watch.load_state_dict(state_dict)
+
+
+def _averaged_weights(trainer: pl.Trainer, pl_module: pl.LightningModule, weights: str) -> AveragedWeights | None:
+    """The average of a ``WeightAveraging`` callback among the trainer's callbacks (``None`` without one), kept with
+    the safe weights and, with ``weights="ema"``, measured. Its ``AveragedModel`` is created in the callback's own
+    ``setup``, so it is read when a check needs it."""
+    averaging = _averaging_callback(trainer)
+    if averaging is None:
+        return None
+    monitors = [i for i, c in enumerate(trainer.callbacks) if isinstance(c, MemorizationMonitor)]
+    if weights == "ema" and monitors and monitors[0] < trainer.callbacks.index(averaging):
+        raise ValueError(f"MemorizationMonitor comes before {type(averaging).__name__} in the callbacks, so a check "
+                         "would measure the average of the step before; put it after the averaging callback, or set "
+                         "weights='raw'.")
+    return AveragedWeights.from_modules(lambda: _average_module(averaging), pl_module)
+
+
+def _averaging_callback(trainer: pl.Trainer) -> Callback | None:
+    """The trainer's ``WeightAveraging`` callback (``None`` without one; more than one is refused)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    averaging = [c for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+    if len(averaging) > 1:
+        raise ValueError(f"MemorizationMonitor found {len(averaging)} WeightAveraging callbacks; keep one, or set "
+                         "weights='raw' to measure the trained weights.")
+    return averaging[0] if averaging else None
+
+
+def _average_module(averaging: Callback) -> torch.nn.Module:
+    """The module holding a ``WeightAveraging`` callback's average."""
+    model = averaging._average_model  # Lightning keeps the AveragedModel there (no public accessor in 2.6)
+    if model is None:
+        raise RuntimeError("WeightAveraging has not created its averaged model yet (it does so in setup).")
+    return model.module
 
 
 def _is_sharding(strategy: object) -> bool:

@@ -6,6 +6,9 @@ memorization score is ``"memorization/score"``. One check logs:
 =============================  =====================================================================
 ``{name}`` for ``SHARPNESS``   mean over the probes of a per-sample statistic at the primary timestep
 ``flagged_fraction``           fraction of probes whose memorization score exceeds ``flag_threshold``
+``flag_threshold``             the threshold of the flag at the primary timestep: the conformal quantile of the
+                               scores at noised held-out images (``score_null_images``, their mean) when null
+                               images are given, else ``SharpnessConfig.flag_threshold``
 ``converged_fraction``         fraction of probes whose eigenvalue solves met ``tol``
 ``t{t}/{name}``                each of the above at measurement timestep ``t`` (the primary one too)
 ``nn_rate``                    fraction of probes whose sample copies a training image (ground truth)
@@ -67,6 +70,10 @@ LOSS_TRAIN_IMAGES = "loss_train_images"
 LOSS_HELDOUT_IMAGES = "loss_heldout_images"
 LOSS_GAP = "loss_gap"
 LOSS_REFERENCE = (LOSS_TRAIN_IMAGES, LOSS_HELDOUT_IMAGES, LOSS_GAP)
+#: The flag's threshold, and the mean of the null scores it was taken from (``memcallback.measure.null``).
+FLAG_THRESHOLD = "flag_threshold"
+SCORE_NULL_IMAGES = "score_null_images"
+NULL = (FLAG_THRESHOLD, SCORE_NULL_IMAGES)
 #: Per-sample conditional metrics (``ConditionalReport.per_sample()`` without ground truth).
 CONDITIONAL = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
 SHARPEST_CONDITION = "sharpest_condition"
@@ -106,11 +113,12 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
 
 
 def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
-               reference: bool = False, loss_gap: bool = False) -> set[str]:
+               reference: bool = False, loss_gap: bool = False, null: bool = False) -> set[str]:
     """Every key (without prefix) that one successful check of the monitoring core logs."""
-    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, PROBES_MEASURED}
+    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, FLAG_THRESHOLD, PROBES_MEASURED}
     keys |= set(REFERENCE) if reference else set()
     keys |= {*LOSS_REFERENCE, LOSS_GAP_IMAGES_MEASURED} if loss_gap else set()
+    keys |= {SCORE_NULL_IMAGES} if null else set()
     if num_conditions is not None:
         keys |= {conditional(name) for name in conditional_summary_keys(num_conditions)}
     return keys

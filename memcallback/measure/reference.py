@@ -103,15 +103,39 @@ def sharpness_gap(
                          f"{tuple(noise.shape)}.")
     stop = Interrupt(interrupt)
     z = (probe_noise(len(train_images), shape, seed) if noise is None else noise).to(train_images)
+    measured: list[SharpnessStats | None] = [None, None]
+    for i, images in enumerate((train_images, heldout_images)):
+        if stop():
+            break
+        measured[i] = noised_image_stats(model, images, z, timestep, config, seed=seed, interrupt=stop)
+    return SharpnessGap(train=measured[0], heldout=measured[1], partial=stop.fired)
+
+
+def noised_image_stats(
+    model: DiffusionModel,
+    images: Tensor,
+    noise: Tensor,
+    timestep: int,
+    config: SharpnessConfig | None = None,
+    seed: int = 0,
+    interrupt: Callable[[], bool] | None = None,
+) -> SharpnessStats:
+    """The sharpness statistics at the noised images ``alpha_t x_i + sigma_t z_i`` (one half of the sharpness gap;
+    at held-out images, the null distribution of the flag, :mod:`~memcallback.measure.null`).
+
+    Args:
+        model: any :class:`~memcallback.DiffusionModel` (an ``nn.Module`` is put in eval mode and restored).
+        images: ``[n, *data_shape]`` clean images in the model's data space.
+        noise: ``z``, the shape of ``images``.
+        timestep: the noise level ``t``.
+        config: solver and score settings (defaults: :class:`SharpnessConfig`).
+        seed: seed of the solvers' random vectors.
+        interrupt: as in :func:`~memcallback.measure.analyze`; the statistics are then ``partial``.
+    """
+    model = check_model(model)
     alpha = model.schedule.alpha(timestep, torch.float64).item()
     sigma = model.schedule.sigma(timestep, torch.float64).item()
-    fn = score_function(model, timestep)
-    measured: list[SharpnessStats | None] = [None, None]
     with measurement_mode(model):
-        for i, images in enumerate((train_images, heldout_images)):
-            if stop():
-                break
-            states = alpha * images.to(z) + sigma * z
-            measured[i] = measure_sharpness(fn, states, timestep, sigma, config,
-                                            generator=torch.Generator().manual_seed(seed), interrupt=stop)
-    return SharpnessGap(train=measured[0], heldout=measured[1], partial=stop.fired)
+        states = alpha * images.to(noise) + sigma * noise
+        return measure_sharpness(score_function(model, timestep), states, timestep, sigma, config or SharpnessConfig(),
+                                 generator=torch.Generator().manual_seed(seed), interrupt=interrupt)

@@ -75,7 +75,14 @@ class SharpnessConfig:
             ``"top_mu"``: ``1 - mean_i clamp(mu_i, 0, 1)`` (each ``mu`` clamped first);
             ``"effective_dim"``: ``1 - clamp(d_eff / d, 0, 1)``;
             ``"flat_fraction"``: ``1 - flat_count / k``.
-        flag_threshold: a sample is flagged as memorized when its score exceeds this.
+        flag_threshold: a sample is flagged as memorized when its score exceeds this, where no null distribution is
+            measured (no held-out data, or ``ProbeConfig.null_images=0``): a level that does not carry over from
+            one data set to another (docs/transfer/results.md).
+        flag_fpr: where a null distribution is measured (scores at noised held-out images,
+            ``ProbeConfig.null_images > 0``, opt-in), the flag's nominal false-positive rate: the threshold is the
+            null's conformal quantile (:mod:`~memcallback.measure.null`). The rate holds for probes whose states are
+            exchangeable with noised held-out images, which the sampler's own states were not in the transfer study
+            (docs/transfer/results.md).
         chunk_size: most vectors sent through the network at once (``None``: all).
     """
 
@@ -92,6 +99,7 @@ class SharpnessConfig:
     jvp: str = "double_backward"
     score_statistic: str = "mean_mu"
     flag_threshold: float = 0.25
+    flag_fpr: float = 0.02
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -123,6 +131,8 @@ class SharpnessConfig:
                 "score_statistic", self.score_statistic, f"one of {SCORE_STATISTICS}")
         require(is_real(self.flag_threshold) and 0 <= self.flag_threshold <= 1,
                 "flag_threshold", self.flag_threshold, "a float in [0, 1]")
+        require(is_real(self.flag_fpr) and 0 < self.flag_fpr < 1, "flag_fpr", self.flag_fpr,
+                "a false-positive rate in (0, 1), e.g. 0.02")
         require(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
                 "chunk_size", self.chunk_size, "None or an int >= 1")
 

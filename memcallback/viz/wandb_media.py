@@ -31,6 +31,10 @@ from memcallback.measure.ground_truth import nearest_neighbours
 from memcallback.measure.report import SharpnessReport
 from memcallback.measure.sharpness import SharpnessStats
 
+#: What a check sends to W&B besides scalars: nothing, charts (histogram, spectrum, per-sample statistics), or
+#: charts and images (generated samples beside their nearest training images, thumbnails, the 2-D scatter).
+MEDIA = ("none", "charts", "images")
+
 #: Shown image tiles are upscaled (nearest neighbour) to at least this many pixels per side.
 MIN_TILE_SIZE = 32
 #: Most samples per row of the ``most_memorized`` grid.

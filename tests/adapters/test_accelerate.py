@@ -31,7 +31,7 @@ PROBES = ProbeConfig(num_samples=4, num_sampling_steps=5)
 SHARPNESS = SharpnessConfig(k=4)
 #: quiet at checks 0 and 2 (safe), alarming at 4 and 6: with patience 2 the rule fires at step 6, safe step 2.
 SERIES = [0.0, 0.1, 0.5, 0.6]
-STOP = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+STOP = StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
 
 
 class MemoryTracker(GeneralTracker):
@@ -146,15 +146,14 @@ def test_save_state_and_load_state_carry_the_stop_rule_and_history(tmp_path) -> 
                               measure_fn=scripted(SERIES))
     accelerator = Accelerator(cpu=True)
     helper = AcceleratedWatch(watch, accelerator)
-    helper.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))
-    accelerator.register_for_checkpointing(helper)
+    helper.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))  # registers it for checkpointing
     for step in (0, 2, 4):  # quiet, quiet, alarming: the rule waits one check
         helper.check(step)
     accelerator.save_state(tmp_path / "state")
     later = Accelerator(cpu=True)  # a new job, with a fresh watch registered the same way
     resumed = AcceleratedWatch(MemorizationWatch(every_n_steps=2, probes=PROBES, sharpness=SHARPNESS, stop=STOP),
                                later)
-    later.register_for_checkpointing(resumed)
+    resumed.setup(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100))
     later.load_state(tmp_path / "state")
     assert resumed.watch.history == watch.history and resumed.watch.history[-1]["step"] == 4.0
     assert resumed.watch.rule.state_dict() == watch.rule.state_dict() and resumed.watch.rule.wait_count == 1
@@ -169,7 +168,7 @@ def run_rank(out: Path) -> None:
     rank = accelerator.process_index
     series = [0.0, 0.9 if rank == 1 else 0.0]  # reduced over the 4 probes (2 per rank): 0.0, then 0.45
     watch = MemorizationWatch(every_n_steps=2, probes=PROBES, sharpness=SHARPNESS, measure_fn=scripted(series),
-                              stop=StopConfig(threshold=0.3, min_delta=0.05, patience=1))
+                              stop=StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=1))
     unet = tiny_unet()
     baseline = MemorizationWatch(every_n_steps=2, probes=PROBES, sharpness=SHARPNESS)  # measured, not scripted
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)

@@ -83,7 +83,8 @@ def test_every_group_option_composes(tmp_path, group):
         OmegaConf.resolve(cfg)  # every interpolation resolves (paths.output_dir is set)
 
 
-@pytest.mark.parametrize(("option", "shape"), [("digits", (1, 8, 8)), ("toy", (2,)), ("patches", (3, 16, 16))])
+@pytest.mark.parametrize(("option", "shape"), [("digits", (1, 8, 8)), ("toy", (2,)), ("patches", (3, 16, 16)),
+                                             ("faces", (1, 24, 24)), ("textures", (3, 16, 16))])
 def test_offline_data_options_instantiate(tmp_path, option, shape):
     cfg = make_cfg(tmp_path, ["~experiment", f"data={option}"])
     assert instantiate(cfg.data).data_shape == shape

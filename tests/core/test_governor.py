@@ -139,7 +139,7 @@ def test_a_light_check_too_dear_for_one_interval_measures_the_loss_gap_on_fewer_
     assert "light (loss gap only), loss gap on 5/10 images" in results[3].message
     # the same weights throughout: 5 images give a larger gap than 10 (the memorized image weighs more), by more than
     # min_delta, yet the rule never fires: its best value moved with the cut
-    assert results[3].scalars["loss_gap"] - results[2].scalars["loss_gap"] > w.stop.min_delta
+    assert results[3].scalars["loss_gap"] - results[2].scalars["loss_gap"] > w.rule.min_delta
     assert not any(r.fired for r in results) and w.rule.best == pytest.approx(results[3].scalars["loss_gap"])
 
 
@@ -232,7 +232,7 @@ def test_the_stop_on_a_loss_gap_monitor_comes_at_the_same_check_governed_or_not(
     """A rising loss gap: light checks measure it, so the governed watch fires at the very check the ungoverned one
     does, though most of its checks skipped the probes."""
     model, train, heldout = memorized_mixture()
-    series = [0.0] * 12 + [0.2] * 8  # the monitored value jumps at the 13th check (step 24)
+    series = [0.0] * 12 + [1.0] * 8  # the monitored value (a relative gap: 0, then 0.5) jumps at the 13th check
     runs = {}
     for target in (None, 0.05):
         clock = FakeClock()
@@ -270,3 +270,14 @@ def test_with_the_probes_cut_the_loss_gap_is_cut_alike() -> None:
     assert (tier.probes, tier.images, tier.cut_probes, tier.cut_images) == (64, 48, 16, 12)
     governor.record(tier, 64.0)
     assert governor.light() == Tier(0, 12) and governor.choose() == Tier(16, 12)
+
+
+def test_a_resume_under_another_monitor_keeps_the_sums_and_starts_the_cut_afresh() -> None:
+    cutting_probes = CostGovernor(GovernorConfig(), 64, 64, 1, light_measures_monitor=False)
+    cutting_probes.add_training(100.0)
+    cutting_probes.record(Tier(64, 64, cut_probes=16, cut_images=16), 10.0)
+    assert cutting_probes.ceiling == 16
+    cutting_images = CostGovernor(GovernorConfig(), 64, 32, 1, light_measures_monitor=True)
+    cutting_images.load_state_dict(cutting_probes.state_dict())
+    assert (cutting_images.train_seconds, cutting_images.check_seconds) == (100.0, 10.0)
+    assert cutting_images.ceiling == 32 and cutting_images.costs == {}

@@ -23,18 +23,20 @@ def fire_index(rule: StopRule, series: list[float]) -> int | None:
     ],
 )
 def test_fires_on_rising_series_only(series: list[float], expected: int | None) -> None:
-    assert fire_index(StopRule(StopConfig(mode="max", threshold=0.3, min_delta=0.05, patience=2)), series) == expected
+    config = StopConfig(monitor="memorization/score", mode="max", threshold=0.3, min_delta=0.05, patience=2)
+    assert fire_index(StopRule(config), series) == expected
 
 
 def test_min_mode_mirrors_max_mode() -> None:
     series = [60.0, 55.0, 40.0, 20.0, 10.0, 5.0]
-    rule = StopRule(StopConfig(mode="min", threshold=30.0, min_delta=1.0, patience=2))
+    rule = StopRule(StopConfig(monitor="memorization/effective_dim", mode="min", threshold=30.0, min_delta=1.0,
+                               patience=2))
     assert fire_index(rule, series) == 4
     assert "below" in rule.reason and "30" in rule.reason
 
 
 def test_fires_once_and_ignores_non_finite_values() -> None:
-    rule = StopRule(StopConfig(threshold=None, min_delta=0.0, patience=1))
+    rule = StopRule(StopConfig(monitor="memorization/score", threshold=None, min_delta=0.0, patience=1))
     assert rule.update(0.1) is False
     assert rule.update(math.nan) is False and rule.wait_count == 0
     assert rule.update(0.2) is True
@@ -43,11 +45,11 @@ def test_fires_once_and_ignores_non_finite_values() -> None:
 
 
 def test_state_dict_resumes_half_way_through_patience() -> None:
-    rule = StopRule(StopConfig(threshold=0.3, min_delta=0.05, patience=3))
+    rule = StopRule(StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=3))
     for value in (0.0, 0.5, 0.6):
         assert not rule.update(value)
     assert rule.wait_count == 2
-    resumed = StopRule(StopConfig(threshold=0.3, min_delta=0.05, patience=3))
+    resumed = StopRule(StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=3))
     resumed.load_state_dict(rule.state_dict())
     assert (resumed.best, resumed.wait_count) == (0.0, 2)
     assert resumed.update(0.7) is True

@@ -15,6 +15,7 @@ from analytic import GaussianModel, IsotropicMixtureModel
 from torch import Tensor, nn
 
 from memcallback.core import (
+    CALIBRATED_RULES,
     MeasureRequest,
     MemorizationWatch,
     NoDistribution,
@@ -26,7 +27,11 @@ from memcallback.core import (
 from memcallback.diffusion import NoiseSchedule
 from memcallback.measure import analyze, loss_gap, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
+from memcallback.measure.null import conformal_threshold
+from memcallback.measure.reference import noised_image_stats
 from memcallback.measure.sharpness import SharpnessConfig
+
+SCORE = "memorization/score"  # the rules of these tests watch the score, whatever the data
 
 DENSE = SharpnessConfig(k=2, solver="dense")
 PROBES = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,))
@@ -68,8 +73,9 @@ def test_schedule() -> None:
     w = watch(every_n_steps=3, check_at_start=False)
     assert [s for s in range(10) if w.due(s)] == [3, 6, 9]
     w = watch(every_n_steps=3)
-    w.last_step = 3  # checked already at this step
-    assert [s for s in range(7) if w.due(s)] == [0, 6]
+    assert w.due(0)  # the baseline
+    w.last_step = 3  # checked already at this step (e.g. resumed from a checkpoint written after it)
+    assert [s for s in range(7) if w.due(s)] == [6]  # no second "baseline" at step 0 after a resume
     epochs = watch(every_n_steps=None, every_n_epochs=2)
     assert [e for e in range(6) if epochs.due_at_epoch_end(e, step=10 * e + 10)] == [1, 3, 5]
     assert not epochs.due(4)
@@ -86,7 +92,7 @@ def test_a_check_in_a_plain_loop_equals_analyze() -> None:
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
     assert {k: v for k, v in result.scalars.items()
             if k not in ("seconds", "partial", "check_failures", "probes_measured")} == {
-        k: v for k, v in expected.items() if k != "seconds"}
+        k: v for k, v in expected.items() if k != "seconds"} | {"flag_threshold": DENSE.flag_threshold}
     assert (result.scalars["partial"], result.scalars["check_failures"]) == (0.0, 0.0)
     assert result.metrics()["memorization/score"] == result.scalars["score"]
     assert result.safe and not result.fired and w.safe_step == 0 and w.history[0]["step"] == 0.0
@@ -238,7 +244,8 @@ def test_three_ranks_reduce_the_loss_gap_to_the_one_process_value() -> None:
 
 def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
     model, train, heldout = memorized_mixture()
-    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=3))
+    w = watch(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=3),
+              stop=StopConfig(monitor="memorization/score"))
     w.setup(model, train_data=train, heldout_data=heldout)
     results = [w.check(model, step) for step in range(6)]
     assert [r.report is not None for r in results] == [True, False, False, True, False, False]
@@ -253,7 +260,7 @@ def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
     state = w.state_dict()
     state["history"], state["num_checks"] = state["history"][:5], 5  # as if saved after the 5th training check
     for saved in (state, {k: v for k, v in state.items() if k != "num_checks"}):  # the count, or older checkpoints
-        resumed = watch(probes=w.probes)
+        resumed = watch(probes=w.probes, stop=w.stop)
         resumed.setup(model, train_data=train, heldout_data=heldout)
         resumed.load_state_dict(saved)
         assert [resumed.check(model, step).report is not None for step in (7, 8)] == [False, True]
@@ -378,7 +385,7 @@ def test_a_memorizing_loop_ends_with_the_weights_of_its_last_safe_check() -> Non
     the model's weights are put back to those of step 2, and ``on_safe`` saw every safe step."""
     model = TrainableGaussian()
     saved: list[int] = []
-    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+    stop = StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
     w = watch(stop=stop, measure_fn=scripted([0.0, 0.1, 0.5, 0.6]), on_safe=saved.append)
     w.setup(model)
     scale_at: dict[int, float] = {}
@@ -403,7 +410,7 @@ def test_a_failing_safe_checkpoint_save_warns_once_and_never_ends_the_loop() -> 
     def disk_full(step: int) -> None:
         raise OSError("No space left on device")
 
-    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=1, restore_safe_weights=True)
+    stop = StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=1, restore_safe_weights=True)
     w = watch(stop=stop, measure_fn=scripted([0.0, 0.1, 0.5]), on_safe=disk_full)
     w.setup(model)
     with pytest.warns(UserWarning, match=r"saving the safe checkpoint failed \(OSError: No space left") as record:
@@ -415,7 +422,7 @@ def test_a_failing_safe_checkpoint_save_warns_once_and_never_ends_the_loop() -> 
 
 def test_state_dict_round_trip() -> None:
     model = TrainableGaussian()
-    w = watch(measure_fn=scripted([0.0, 0.5]), stop=StopConfig(threshold=0.3, patience=2))
+    w = watch(measure_fn=scripted([0.0, 0.5]), stop=StopConfig(monitor=SCORE, threshold=0.3, patience=2))
     w.setup(model)
     w.check(model, 0)
     w.check(model, 2)
@@ -465,3 +472,62 @@ def test_partial_values_that_were_not_reached_are_nan_not_missing() -> None:
     assert result.partial and not result.failed and result.report.stats == {}
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
     assert math.isnan(result.scalars["score"]) and not result.safe  # nothing measured: nothing certified
+
+
+def test_the_flag_is_calibrated_on_noised_heldout_images_at_every_check() -> None:
+    """With held-out data the threshold is the conformal quantile of the scores at ``null_images`` noised held-out
+    images (a seeded selection, cycled, with their own noise); probes on the memorized point score above it."""
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=16, num_sampling_steps=5, sigmas=(0.1,), null_images=50)
+    w = watch(probes=probes)
+    w.setup(model, train_data=train, heldout_data=heldout)
+    result = w.check(model, 0)
+    t = w.setup_state.timesteps[0]
+    images = heldout[sample_rows(10, 50, probes.seed + 2)]
+    null = noised_image_stats(model, images, probe_noise(50, (4,), probes.seed + 3), t, DENSE, seed=probes.seed)
+    threshold = conformal_threshold(null.memorization_score, DENSE.flag_fpr)
+    assert result.scalars["flag_threshold"] == pytest.approx(threshold, rel=1e-9)
+    assert result.scalars["score_null_images"] == pytest.approx(null.memorization_score.double().mean().item())
+    flagged = result.report.primary.memorization_score > threshold
+    assert torch.equal(result.report.primary.flagged, flagged)
+    assert result.scalars["flagged_fraction"] == pytest.approx(flagged.double().mean().item())
+    copies = result.report.labels.copied
+    assert copies.any() and bool(flagged[copies].all())  # every copy of the point mass is flagged
+    assert result.scalars["flagged_fraction"] == pytest.approx(result.scalars["nn_rate"])
+
+
+def test_without_heldout_data_the_flag_keeps_its_fixed_threshold() -> None:
+    model, train, _ = memorized_mixture()
+    for w, data in ((watch(), {"train_data": train}),
+                    (watch(probes=dataclasses.replace(PROBES, null_images=0)), {"train_data": train})):
+        w.setup(model, **data)
+        result = w.check(model, 0)
+        assert result.scalars["flag_threshold"] == DENSE.flag_threshold
+        assert "score_null_images" not in result.scalars
+
+
+def test_three_ranks_reduce_the_flag_threshold_to_the_one_process_value() -> None:
+    model, train, heldout = memorized_mixture()
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), null_images=50)
+    single = watch(probes=probes)
+    single.setup(model, train_data=train, heldout_data=heldout)
+    expected = single.check(model, 0).scalars
+    for (result,) in run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train,
+                               heldout_data=heldout):  # 50 null images: shards of 17, 17 and 16 + 1 padding
+        for key in ("flag_threshold", "score_null_images", "flagged_fraction"):
+            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-9), key
+
+
+def test_the_default_stop_is_the_loss_gap_with_heldout_data_and_the_score_without() -> None:
+    model, train, heldout = memorized_mixture()
+    with_heldout, without = watch(), watch()
+    with_heldout.setup(model, train_data=train, heldout_data=heldout)
+    without.setup(model, train_data=train)
+    assert (with_heldout.monitor, with_heldout.rule.threshold, with_heldout.rule.min_delta) == (
+        "memorization/loss_gap", CALIBRATED_RULES["loss_gap"].threshold, CALIBRATED_RULES["loss_gap"].min_delta)
+    assert (without.monitor, without.rule.threshold, without.rule.min_delta) == (
+        "memorization/score", CALIBRATED_RULES["score"].threshold, CALIBRATED_RULES["score"].min_delta)
+    assert with_heldout.stop.monitor == "auto"  # the configured value stays as given (checkpoint state keys)
+    named = watch(stop=StopConfig(monitor="memorization/loss_gap", patience=2))
+    named.setup(model, train_data=train, heldout_data=heldout)
+    assert (named.rule.threshold, named.rule.patience) == (CALIBRATED_RULES["loss_gap"].threshold, 2)

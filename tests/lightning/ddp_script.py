@@ -19,7 +19,7 @@ from memcallback.app.models import DiffusionModule, ResidualMLP
 
 MONITOR_KWARGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5), sharpness=SharpnessConfig(k=4),
                       every_n_train_steps=2, save_plot=False, media="none",
-                      stop=StopConfig(threshold=0.3, min_delta=0.05, patience=1))
+                      stop=StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=1))
 #: per rank: the real baseline, then scripted scores; the reduced score is the mean of the two ranks' probes
 SERIES = {0: [None, 0.0, 0.0, 0.0, 0.0], 1: [None, 0.0, 0.9, 0.9, 0.9]}
 

@@ -9,6 +9,8 @@ from tiny_training import ScriptedMonitor, make_data, make_module, make_trainer
 
 from memcallback import MemorizationMonitor, ProbeConfig, StopConfig
 
+SCORE = "memorization/score"  # the rules of these tests watch the score, whatever the data
+
 
 def read_csv_metrics(path) -> list[dict[str, str]]:
     with open(path) as f:
@@ -82,7 +84,8 @@ def test_resumed_run_keeps_its_metrics_monitorable(tmp_path, fast_monitor_kwargs
     [([0.0, 0.1, 0.5, 0.6, 0.7, 0.8, 0.9], 6), ([0.0] * 7, None), ([0.6] * 7, None)],
 )
 def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, series, stop_step) -> None:
-    monitor = ScriptedMonitor(series, **fast_monitor_kwargs, stop=StopConfig(threshold=0.3, min_delta=0.05, patience=2))
+    stop = StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=2)
+    monitor = ScriptedMonitor(series, **fast_monitor_kwargs, stop=stop)
     trainer = make_trainer(tmp_path, [monitor], max_steps=12)
     trainer.fit(make_module(), datamodule=make_data())
     assert monitor.stopped_step == stop_step
@@ -93,7 +96,7 @@ def test_stops_on_a_rising_series_only(tmp_path, fast_monitor_kwargs, series, st
 
 def test_warn_only(tmp_path, fast_monitor_kwargs) -> None:
     monitor = ScriptedMonitor([0.0, 0.5, 0.6, 0.7], **fast_monitor_kwargs,
-                              stop=StopConfig(threshold=0.3, patience=1, stop_training=False))
+                              stop=StopConfig(monitor=SCORE, threshold=0.3, patience=1, stop_training=False))
     trainer = make_trainer(tmp_path, [monitor], max_steps=6)
     with pytest.warns(UserWarning, match="training goes on"):
         trainer.fit(make_module(), datamodule=make_data())
@@ -110,7 +113,7 @@ def weights_after(tmp_path, steps: int) -> dict[str, torch.Tensor]:
 def test_a_memorizing_run_ends_with_the_weights_of_its_last_safe_check(tmp_path, fast_monitor_kwargs) -> None:
     """Checks at 0 and 2 are quiet (safe), 4 alarms (0.5 > 0.3 and risen), 6 alarms again and fires (patience 2):
     the model ends with the weights of step 2, and safe.ckpt beside last.ckpt holds them."""
-    stop = StopConfig(threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
+    stop = StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=2, restore_safe_weights=True)
     monitor = ScriptedMonitor([0.0, 0.1, 0.5, 0.6], **fast_monitor_kwargs, stop=stop)
     last = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", every_n_train_steps=2)
     module = make_module()
@@ -130,7 +133,7 @@ def test_a_memorizing_run_ends_with_the_weights_of_its_last_safe_check(tmp_path,
 
 def test_without_restore_the_model_keeps_its_last_weights_and_no_copy_is_made(tmp_path, fast_monitor_kwargs) -> None:
     monitor = ScriptedMonitor([0.0, 0.1, 0.5, 0.6], **fast_monitor_kwargs,
-                              stop=StopConfig(threshold=0.3, min_delta=0.05, patience=2))
+                              stop=StopConfig(monitor=SCORE, threshold=0.3, min_delta=0.05, patience=2))
     module = make_module()
     make_trainer(tmp_path, [monitor], max_steps=12).fit(module, datamodule=make_data())
     assert (monitor.stopped_step, monitor.safe_step) == (6, 2)

@@ -39,7 +39,6 @@ from memcallback.app.models import DiffusionModule, ResidualMLP
 from memcallback.app.train import run
 
 PACKAGE = Path(memcallback.__file__).parent
-DEFAULT_MONITOR = "memorization/score"
 #: the grouped settings: constructor argument -> (dataclass, fields it needs besides the one tried)
 GROUPS: dict[str, tuple[type, dict[str, Any]]] = {
     "probes": (ProbeConfig, {}), "sharpness": (SharpnessConfig, {}), "stop": (StopConfig, {}),
@@ -89,6 +88,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
     "probes.reference_images": count(0),
     "probes.loss_gap_images": count(0),
+    "probes.null_images": lambda v: is_int(v) and (v == 0 or v >= 49),  # a conformal threshold at flag_fpr 0.02
     "probes.every_n_checks": count(1),
     "sharpness": never,
     "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)
@@ -104,12 +104,14 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "sharpness.jvp": one_of("double_backward", "forward"),
     "sharpness.score_statistic": one_of("mean_mu", "top_mu", "effective_dim", "flat_fraction"),
     "sharpness.flag_threshold": lambda v: is_real(v) and 0 <= v <= 1,
+    "sharpness.flag_fpr": lambda v: is_real(v) and 1 / 65 <= v < 1,  # 64 null images (default) suffice for it
     "sharpness.chunk_size": lambda v: v is None or count(1)(v),
     "stop": never,
-    "stop.monitor": lambda v: isinstance(v, str) and v.startswith("memorization/") and v != "memorization/",
-    "stop.mode": one_of("max", "min"),
-    "stop.threshold": lambda v: v is None or (is_real(v) and math.isfinite(v)),
-    "stop.min_delta": lambda v: is_real(v) and math.isfinite(v) and v >= 0,
+    # threshold and min_delta 'auto' (the defaults): 'auto' or a monitor with calibrated constants
+    "stop.monitor": one_of("auto", "memorization/score", "memorization/loss_gap"),
+    "stop.mode": one_of("max"),  # monitor 'auto' (the default) stops on a rise; a named monitor may take 'min'
+    "stop.threshold": one_of("auto"),  # with monitor 'auto' (the default), a number needs a named monitor
+    "stop.min_delta": one_of("auto"),
     "stop.patience": count(1),
     "stop.stop_training": flag,
     "stop.restore_safe_weights": flag,
@@ -125,13 +127,14 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "media": one_of("none", "charts", "images"),
     "num_media_samples": count(1),
     "save_plot": flag,
-    # the default monitor 'memorization/score' must start with the prefix and be longer
-    "prefix": lambda v: isinstance(v, str) and 0 < len(v) < len(DEFAULT_MONITOR) and DEFAULT_MONITOR.startswith(v),
+    "prefix": lambda v: isinstance(v, str) and len(v) > 0,  # the default monitor 'auto' takes any prefix
+    "weights": one_of("ema", "raw"),
 }
 
 WORDS = ["auto", "dense", "lanczos", "power", "eig", "mean_mu", "top_mu", "effective_dim", "flat_fraction", "max",
-         "min", "up", "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem", "Dense",
-         "true", "0.1", "none", "charts", "images", "hutchinson", "deflated", "forward", "double_backward", "S", "JT"]
+         "min", "up", "", "memorization/", "memorization/score", "memorization/mu_max", "val/loss", "mem",
+         "memorization/loss_gap", "Dense", "true", "0.1", "none", "charts", "images", "hutchinson", "deflated",
+         "forward", "double_backward", "S", "JT", "ema", "raw"]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 300), st.integers(2**62, 2**64), st.floats(),
     st.floats(-0.5, 1.5), st.sampled_from(WORDS), st.text("abz/_.0", max_size=4),
@@ -210,7 +213,12 @@ def test_every_constructor_argument_is_validated(name: str, value: Any) -> None:
         (lambda: MemorizationMonitor(every_n_epochs=2), "exactly one"),
         (lambda: ProbeConfig(sigmas=[], timesteps=[]), "at least one"),
         (lambda: SharpnessConfig(k=8, lanczos_iters=8), "lanczos_iters"),
-        (lambda: MemorizationMonitor(prefix="mem/"), "monitor='memorization/score' is invalid.*prefix='mem/'"),
+        (lambda: MemorizationMonitor(prefix="mem/", stop=StopConfig(monitor="memorization/score")),
+         "monitor='memorization/score' is invalid.*prefix='mem/'"),
+        (lambda: MemorizationMonitor(stop=StopConfig(monitor="memorization/mu_max")),
+         "threshold='auto' has no calibrated value"),
+        (lambda: StopConfig(threshold=0.3), "monitor='auto' picks the monitor"),
+        (lambda: MemorizationMonitor(probes=ProbeConfig(null_images=20)), "null_images=20 is too few"),
         (lambda: MemorizationMonitor(stop=StopConfig(monitor="val/loss")), "monitor"),
         (lambda: MemorizationMonitor(every_n_train_steps=0), "every_n_train_steps"),
         (lambda: ProbeConfig(num_samples=0), "num_samples"),
@@ -354,9 +362,9 @@ def test_a_model_without_the_protocol_fails_at_setup(tmp_path, fast_monitor_kwar
          "num_sampling_steps=101 exceeds the model's 100 timesteps"),
         ({"probes": ProbeConfig(num_samples=8, timesteps=[100])},
          r"timesteps \[100\] are invalid: expected ints in \[0, 99\]"),
-        ({"stop": StopConfig(monitor="memorization/scor")},
+        ({"stop": StopConfig(monitor="memorization/scor", threshold=0.1, min_delta=0.0)},
          r"is not logged by this MemorizationMonitor.*memorization/score"),
-        ({"stop": StopConfig(monitor="memorization/auroc"), "ground_truth": False},
+        ({"stop": StopConfig(monitor="memorization/auroc", threshold=0.9, min_delta=0.0), "ground_truth": False},
          "monitor='memorization/auroc' is not logged"),
     ],
 )

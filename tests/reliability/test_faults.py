@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from reliability_helpers import StateSnapshots, same_state
 from tiny_training import make_data, make_module, make_trainer
 
-from memcallback import MemorizationMonitor, SharpnessConfig
+from memcallback import MemorizationMonitor, SharpnessConfig, StopConfig
 from memcallback.app.models import DiffusionModule
 
 FAIL_FROM_STEP = 2  # the baseline check at step 0 succeeds, every later one (2, 4, 6, 8) fails
@@ -118,7 +118,8 @@ def test_a_failing_check_is_skipped_logged_and_reported_once(tmp_path, fast_moni
 def test_time_budget(tmp_path, fast_monitor_kwargs, recwarn) -> None:
     """A real budget nothing can meet: every check, the baseline included, is cut short, kept and marked partial;
     nothing is counted as failed and the values it did not reach are NaN (so they never move the stop rule)."""
-    monitor = MemorizationMonitor(**fast_monitor_kwargs, time_budget_s=1e-6)
+    stop = StopConfig(monitor="memorization/score")  # the loss gap, measured first, is never cut short
+    monitor = MemorizationMonitor(**fast_monitor_kwargs, time_budget_s=1e-6, stop=stop)
     logger = CSVLogger(tmp_path, name="csv")
     trainer = make_trainer(tmp_path, [monitor], max_steps=2, logger=logger)
     trainer.fit(make_module(), datamodule=make_data())

@@ -25,7 +25,7 @@ from reliability_helpers import (
 )
 from tiny_training import ScriptedMonitor, make_data, make_module, make_trainer
 
-from memcallback import MemorizationMonitor, StopConfig
+from memcallback import GovernorConfig, MemorizationMonitor, StopConfig
 from memcallback.app.train import run
 
 # patience 3: the rule alarms at steps 2, 4 and 6 and fires at 6; the process dies after step 4 (wait count 2)
@@ -74,7 +74,8 @@ def test_a_killed_run_resumes_half_way_through_its_patience(tmp_path) -> None:
 
 
 def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs) -> None:
-    kwargs = fast_monitor_kwargs | {"stop": StopConfig(threshold=0.3, min_delta=0.05, patience=3)}
+    stop = StopConfig(monitor="memorization/score", threshold=0.3, min_delta=0.05, patience=3)
+    kwargs = fast_monitor_kwargs | {"stop": stop}
     first = ScriptedMonitor([0.0, 0.5, 0.6], **kwargs)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),
@@ -93,7 +94,8 @@ def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs) -> 
 def test_the_cost_governor_resumes_with_its_accounts(tmp_path, fast_monitor_kwargs) -> None:
     """The governor's running sums, measured costs and cut travel in the checkpoint: the resumed callback goes on
     from them (checks far dearer than these tiny training steps: light ones, the loss gap alone, after the baseline)."""
-    kwargs = fast_monitor_kwargs | {"stop": StopConfig(monitor="memorization/loss_gap", stop_training=False)}
+    kwargs = fast_monitor_kwargs | {"stop": StopConfig(monitor="memorization/loss_gap", stop_training=False),
+                                    "governor": GovernorConfig()}
     first = MemorizationMonitor(**kwargs)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),

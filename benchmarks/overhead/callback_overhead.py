@@ -5,11 +5,11 @@ measured side by side: real Lightning runs, alternating.
 
 Cases:
 
-* ``digits``: the digits demo model (ResidualMLP 256x3 on 16 digits, 8x8, batch 128; dense Hessian), its default
-  stop rule on the score: the governor cuts probes.
+* ``digits``: the digits demo model (ResidualMLP 256x3 on 16 digits, 8x8, batch 128; dense Hessian), the default
+  stop rule (``monitor="auto"``: the loss gap, the data module having held-out images).
 * ``patches16``: ``experiment=patches_memorize`` (SmallUNet base 32 on 32 RGB 16x16 patches, batch 32) with its stop
   rule on the loss gap: light checks between full ones.
-* ``unet32``: SmallUNet 3x32x32 (base 32, mults [1, 2]) on 32 RGB 32x32 patches, batch 128, stop rule on the score.
+* ``unet32``: SmallUNet 3x32x32 (base 32, mults [1, 2]) on 32 RGB 32x32 patches, batch 128, the default stop rule.
 
 Each repeat trains ``--steps`` steps (default 2000 for digits, 1000 for patches16, 250 for unet32) without the
 callback, with it (defaults: a check every ``--every`` steps plus the baseline, 64 probes, DDIM-50, the loss gap on

@@ -9,9 +9,10 @@ governor, both with the run's training and held-out images (the callback's ``gro
 clock is the wall clock plus the run's own training time between checkpoints (``train_s`` of its ``run.json``
 spread over its steps), so the governor decides on the check times measured here against the training time the
 run took. Monitors: ``loss_gap`` (the rule of ``experiment=patches_memorize``: threshold 0.25, min_delta 0) and
-``score`` (the default ``StopConfig``). Prints, per run and monitor, the step at which each watch's rule fired, how
-many full checks the governed watch made and how many of them lie between the two stops (the criterion: the
-governed stop is at most one full check later), and the governed overhead.
+``score`` (``StopConfig(monitor="memorization/score")``, the other settings calibrated for it). Prints, per run
+and monitor, the step at which each watch's rule fired, how many full checks the governed watch made and how many
+of them lie between the two stops (the criterion: the governed stop is at most one full check later), and the
+governed overhead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from memcallback.core import GovernorConfig, MemorizationWatch, StopConfig
 from memcallback.measure import names
 
 STOPS = {"loss_gap": StopConfig(monitor="memorization/loss_gap", threshold=0.25, min_delta=0.0),
-         "score": StopConfig()}
+         "score": StopConfig(monitor="memorization/score")}
 
 
 class ReplayClock:

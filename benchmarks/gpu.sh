@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The GPU checks, in two parts of under 8 minutes each on one GPU (H200-sized):
+# The GPU checks, in three parts of under 8 minutes each on one GPU (H200-sized):
 #
 #   bash benchmarks/gpu.sh cost    (issue 10, the default)
 #     (a) experiment=patches_memorize with the callback on CUDA in bf16-mixed, until the callback stops it;
 #     (b) benchmarks/cost/check_cost.py on the GPU: the 35.7 M DDPM-CIFAR10 UNet at 64 probes, full size;
 #     (c) one measurement on CUDA against the CPU on a fixed small model (benchmarks/cost/device_agreement.py).
+#   bash benchmarks/gpu.sh overhead  (issue 19: what the callback adds to training, with and without its cost governor)
+#     (e) benchmarks/overhead/governed.py on the GPU at full size (64 probes, 64 loss-gap images, each case's batch):
+#         digits, 16x16 patches, 3x32x32 UNet, the 35.7 M DDPM-CIFAR10 UNet, projected by the governor's policy;
+#     (f) benchmarks/overhead/callback_overhead.py: real runs without / governed / ungoverned, on the GPU trainer.
 #   bash benchmarks/gpu.sh scale   (issue 11: the realistic-scale test at 32x32, docs/scale/loss_gap.md test (e))
 #     (d) experiment=patches_memorize and patches_generalize at data.patch_size=32, bf16-mixed, at the committed
 #         settings (the loss-gap stop rule), each to its stop or its 4000 steps.
@@ -59,6 +63,13 @@ case "$part" in
     # (c) < 1 min: CPU vs CUDA (fp32, then TF32) on the fixed small model.
     step device_agreement 60 python -m benchmarks.cost.device_agreement
     ;;
+  overhead)
+    # (e) ~1-2 min: the four cases' costs at full size, alternating 3 times.
+    step overhead_governed 240 python -m benchmarks.overhead.governed --device cuda --full-size --repeats 3
+    # (f) ~2-3 min: 2000 digits steps and 1000 patch steps, each without / governed / ungoverned, twice.
+    step overhead_digits 150 python -m benchmarks.overhead.callback_overhead --case digits --accelerator gpu
+    step overhead_patches16 150 python -m benchmarks.overhead.callback_overhead --case patches16 --accelerator gpu
+    ;;
   scale)
     # (d) ~2 + ~4 min: the patch experiments at 32x32; every check logs the nn rate of its 64 probes, the score and
     # the loss gap (metrics.csv in each run folder), and the end-of-run lines give the copies among 64 samples.
@@ -66,7 +77,7 @@ case "$part" in
     experiment patches32_generalize 280 experiment=patches_generalize data.patch_size=32
     ;;
   *)
-    echo "usage: bash benchmarks/gpu.sh [cost|scale]" >&2
+    echo "usage: bash benchmarks/gpu.sh [cost|overhead|scale]" >&2
     exit 2
     ;;
 esac

@@ -31,6 +31,7 @@ _EXPORTS = {
     "CheckResult": "memcallback.core",
     "MemorizationWatch": "memcallback.core",
     "ProbeConfig": "memcallback.core",
+    "GovernorConfig": "memcallback.core",
     "StopConfig": "memcallback.core",
     "StopRule": "memcallback.core",
     "ConditionalConfig": "memcallback.measure",
@@ -46,6 +47,7 @@ __all__ = [
     "ConditionalConfig",
     "ConditionalReport",
     "DiffusionModel",
+    "GovernorConfig",
     "MemorizationLabels",
     "MemorizationMonitor",
     "MemorizationWatch",
@@ -67,7 +69,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from memcallback.core import CheckResult, MemorizationWatch, ProbeConfig, StopConfig, StopRule
+    from memcallback.core import CheckResult, GovernorConfig, MemorizationWatch, ProbeConfig, StopConfig, StopRule
     from memcallback.diffusion import DiffusionModel, NoiseSchedule, ddim_sample, ddpm_sample, score_function
     from memcallback.lightning import MemorizationMonitor
     from memcallback.measure import (

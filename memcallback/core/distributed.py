@@ -129,3 +129,11 @@ def gather_probes(reducer: Reducer, local: Tensor, rank: int, world_size: int, n
     buffer[rank] = local
     gathered = reducer.all_reduce_sum(buffer)  # [W, F, n]; global probe j * W + r sits at [r, :, j]
     return gathered.permute(1, 2, 0).reshape(local.shape[0], -1)[:, :num_probes]
+
+
+def max_over_ranks(reducer: Reducer, values: Tensor, rank: int, world_size: int) -> Tensor:
+    """The elementwise maximum of ``values [F]`` over every rank, identical on each (one ``all_reduce_sum`` of a
+    ``[W, F]`` buffer in which each rank fills its own row, as :func:`gather_probes`)."""
+    buffer = values.new_zeros((world_size, *values.shape))
+    buffer[rank] = values
+    return reducer.all_reduce_sum(buffer).amax(dim=0)

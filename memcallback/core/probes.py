@@ -38,9 +38,10 @@ class ProbeConfig:
             of them. 0 (the default): off. They cost as much as as many probes, without sampling. Opt-in: in the
             transfer study a generalizing model's sampler states scored above this null far more often than
             ``flag_fpr`` (docs/transfer/results.md).
-        every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at the
-            first check and every this many checks after it; the checks between measure the loss gap only, which
-            costs a fraction of a full check. 1 (the default): every check is full. Needs the loss gap when > 1.
+        every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at most
+            at the first check and every this many checks after it; the checks between measure the loss gap only,
+            which costs a fraction of a full check. 1 (the default): any check may be full, as the cost governor
+            (:class:`~memcallback.core.GovernorConfig`) allows. Needs the loss gap when > 1.
     """
 
     num_samples: int = 64

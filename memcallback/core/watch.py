@@ -15,6 +15,7 @@ The Lightning callback (:class:`memcallback.MemorizationMonitor`) is a thin laye
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -27,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from memcallback.arguments import is_int, is_real, require
-from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes
+from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes, max_over_ranks
+from memcallback.core.governor import CostGovernor, GovernorConfig, Tier, local_rows
 from memcallback.core.measurement import (
     MeasureFn,
     MeasureRequest,
@@ -65,7 +67,6 @@ class _Setup:
     reference: ReferenceImages | None = None  # this rank's share of the sharpness gap's images
     num_reference: int = 0
     loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
-    num_loss_reference: int = 0
     null: NullImages | None = None  # this rank's share of the flag's null images
     num_null: int = 0
     warm_start: dict[int, Tensor] | None = field(default=None)
@@ -81,9 +82,18 @@ class MemorizationWatch:
     *safe* check. Training is never perturbed: the measurement uses its own generator and restores train/eval
     flags, grad mode and RNG states.
 
-    **Light checks.** With ``probes.every_n_checks = n > 1`` only every ``n``-th check (the first included) samples
-    and measures the probes; the checks between measure the loss gap alone and log its keys with ``seconds``,
-    ``partial`` and ``check_failures``. The stop rule sees a value only at checks that measure its monitor.
+    **Cost.** The cost governor (:class:`~memcallback.core.GovernorConfig`, on by default at 5%) keeps what the
+    checks add to the training wall time under ``governor.max_overhead``: it times each check and the training between
+    checks (the maximum over ranks, so every rank decides alike) and picks, check by check, a light check (the loss
+    gap alone, when the stop rule monitors a loss-gap key), a reduced check (a prefix of the probes, when the
+    monitor needs them) or a full one; see :mod:`memcallback.core.governor`. Every check logs ``overhead`` (check
+    seconds over training seconds so far) and ``probes_measured``. The first check and checks outside training
+    (``can_stop=False``) measure every probe; the latter stay out of the accounts.
+
+    **Light checks.** Also with ``probes.every_n_checks = n > 1``, only every ``n``-th check (the first included)
+    may sample and measure the probes; the checks between measure the loss gap alone and log its keys with
+    ``seconds``, ``partial``, ``check_failures``, ``overhead`` and ``probes_measured``. The stop rule sees a value
+    only at checks that measure its monitor.
 
     **Safe check.** A successful check that measured the monitored value and at which the stop rule did not alarm:
     its monitored value is finite and
@@ -117,9 +127,10 @@ class MemorizationWatch:
         stop: the stop rule and what to do when it fires.
         conditions: conditional metrics to add (``None``: none).
         time_budget_s: seconds after which a check is cut short and marked partial (``None``: no budget).
+        governor: what the checks may add to the training wall time (default: ``GovernorConfig()``, 5%).
         prefix: namespace of every logged key; ``stop.monitor`` must start with it.
         measure_fn: the measurement function (default: :func:`~memcallback.core.measurement.measure`).
-        clock: the clock of the time budget, in seconds.
+        clock: the clock of the time budget and of the cost governor, in seconds.
         on_safe: called with the step of every new safe check (after the weights were copied).
         weights: ``"ema"``: measure the averaged copy given to :meth:`setup` when there is one, else the raw
             weights; ``"raw"``: always the raw weights (see :data:`~memcallback.core.weights.WEIGHTS`).
@@ -136,6 +147,7 @@ class MemorizationWatch:
         stop: StopConfig | None = None,
         conditions: ConditionalConfig | None = None,
         time_budget_s: float | None = None,
+        governor: GovernorConfig | None = None,
         prefix: str = names.PREFIX,
         measure_fn: MeasureFn = measure,
         clock: Callable[[], float] = time.perf_counter,
@@ -153,7 +165,8 @@ class MemorizationWatch:
         require(time_budget_s is None or (is_real(time_budget_s) and 0 < time_budget_s < math.inf), "time_budget_s",
                 time_budget_s, "a positive finite number of seconds or None")
         for name, value, kind in (("probes", probes, ProbeConfig), ("sharpness", sharpness, SharpnessConfig),
-                                  ("stop", stop, StopConfig), ("conditions", conditions, ConditionalConfig)):
+                                  ("stop", stop, StopConfig), ("conditions", conditions, ConditionalConfig),
+                                  ("governor", governor, GovernorConfig)):
             require(value is None or isinstance(value, kind), name, value, f"a {kind.__name__} or None")
         self.stop = stop or StopConfig()
         monitor = self.stop.monitor
@@ -169,6 +182,7 @@ class MemorizationWatch:
                              f"{self.sharpness.flag_fpr:g}: a conformal flag threshold needs at least {fewest} null "
                              "scores. Raise null_images or flag_fpr, or set null_images=0 (the fixed flag_threshold).")
         self.conditions, self.time_budget_s, self.prefix = conditions, time_budget_s, prefix
+        self.governor_config = governor or GovernorConfig()
         self.measure_fn, self.clock, self.on_safe, self.weights = measure_fn, clock, on_safe, weights
         self.rule = StopRule(resolved)
         self.monitor = resolved.monitor  # the logged key the rule watches (``stop.monitor`` resolved)
@@ -180,6 +194,9 @@ class MemorizationWatch:
         self.num_checks = 0  # training checks begun (failed ones too): every probes.every_n_checks-th one is full
         self.last_step: int | None = None
         self.setup_state: _Setup | None = None
+        self.governor: CostGovernor | None = None  # built at setup, for this probe set and monitor
+        self._governor_state: dict[str, Any] = {}  # loaded before setup: applied there
+        self._since = 0.0  # the clock at the end of the last check (or at setup): training time runs from here
         self._reported: set[str] = set()  # one-time warnings already given
         self._pending_warm_start: dict[int, Tensor] | None = None  # loaded before setup
 
@@ -303,8 +320,12 @@ class MemorizationWatch:
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
                                   reference=reference, num_reference=num_reference, loss_reference=loss_reference,
-                                  num_loss_reference=num_loss, null=null, num_null=num_null, averaged=averaged,
-                                  warm_start=self._pending_warm_start)
+                                  null=null, num_null=num_null, averaged=averaged, warm_start=self._pending_warm_start)
+        light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
+        self.governor = CostGovernor(self.governor_config, self.probes.num_samples, num_loss, world_size,
+                                     light_measures_monitor)
+        self.governor.load_state_dict(self._governor_state)
+        self._since = self.clock()
 
     def due(self, step: int) -> bool:
         """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
@@ -332,22 +353,32 @@ class MemorizationWatch:
         """
         if self.setup_state is None:
             raise RuntimeError("Call MemorizationWatch.setup(model, ...) before the first check.")
-        state = self.setup_state
+        state, governor = self.setup_state, self.governor
         self.last_step = step
-        full = not can_stop or self.num_checks % self.probes.every_n_checks == 0  # outside training: always full
-        if can_stop:  # checks outside training stay out of the cycle
+        device = _device(model)
+        entered = self.clock()
+        if can_stop and self.num_checks > 0:  # training since the last check (none before the first)
+            (train_seconds,) = self._max_over_ranks([entered - self._since], device)
+            governor.add_training(train_seconds)
+        tier = self._tier(can_stop)
+        if can_stop:
             self.num_checks += 1
-        request = MeasureRequest(noise=state.probes.noise, timesteps=state.timesteps,
+        full = tier.probes > 0
+        world_size = state.probes.world_size
+        rows = local_rows(tier.probes, world_size) if full else len(state.probes.noise)  # light: unused
+        loss_reference = None if state.loss_reference is None else _first_images(state.loss_reference,
+                                                                                 local_rows(tier.images, world_size))
+        request = MeasureRequest(noise=state.probes.noise[:rows], timesteps=state.timesteps,
                                  num_sampling_steps=self.probes.num_sampling_steps, seed=self.probes.seed,
-                                 sharpness=self.sharpness, train_data=state.train_data, warm_start=state.warm_start,
-                                 interrupt=self._interrupt(), conditions=self.conditions, reference=state.reference,
-                                 loss_reference=state.loss_reference, null=state.null, measure_probes=full)
+                                 sharpness=self.sharpness, train_data=state.train_data,
+                                 warm_start=_first_rows(state.warm_start, rows), interrupt=self._interrupt(),
+                                 conditions=self.conditions, reference=state.reference,
+                                 loss_reference=loss_reference, null=state.null, measure_probes=full)
         error = None
-        start = time.perf_counter()
+        start = self.clock()
         try:
             with self.measured_weights(model):
                 measured = self.measure_fn(model, request)
-            seconds = time.perf_counter() - start
             if full == (measured.report is None):
                 raise ValueError(f"the measurement function returned report={measured.report!r} for "
                                  f"measure_probes={full}: measure the probes exactly when asked to")
@@ -355,34 +386,74 @@ class MemorizationWatch:
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             state.warm_start, error = None, f"{type(err).__name__}: {err}"
-        if not state.reducer.all_true(error is None):
+        seconds = self.clock() - start
+        ok = state.reducer.all_true(error is None)
+        if can_stop:  # checks outside training stay out of the accounts, and out of the training time
+            (slowest,) = self._max_over_ranks([seconds], device)
+            governor.record(tier, slowest, measured=ok)
+            self._since = self.clock()
+        else:
+            self._since += self.clock() - entered
+        if not ok:
             return self._failed(step, error)
         report = measured.report
         gap_partial = False
+        cut: dict[str, float] = {}  # the values on the governor's cut (a prefix), when it cuts from the next check
         if report is None:  # a light check: the loss gap only
             scalars = {}
         else:
-            scalars = self._reduce(report, self._reduce_null(measured.null))
+            scalars, cut_probes = self._reduce(report, self._reduce_null(measured.null), tier.probes, tier.cut_probes)
             scalars |= {names.conditional(k): v for k, v in measured.conditional.items()}
+            cut |= cut_probes if tier.cut_probes < tier.probes else {}
             if state.reference is not None:
                 scalars |= self._reduce_reference(measured.reference)
                 gap_partial = measured.reference is not None and measured.reference.partial
         if state.loss_reference is not None:
-            scalars |= self._reduce_loss_gap(measured.loss_gap)
+            loss, cut_loss = self._reduce_loss_gap(measured.loss_gap, tier.images, tier.cut_images)
+            scalars |= loss
+            cut |= cut_loss if tier.cut_images < tier.images else {}
+            scalars[names.LOSS_GAP_IMAGES_MEASURED] = float(tier.images)
         partial = state.reducer.any_true((report is not None and report.partial) or gap_partial)
         scalars[names.SECONDS] = seconds  # the whole measurement, this rank
         scalars[names.PARTIAL] = float(partial)
         scalars[names.CHECK_FAILURES] = float(self.failures)
+        if math.isfinite(governor.overhead):  # from the first check after some training on
+            scalars[names.OVERHEAD] = governor.overhead
+        scalars[names.PROBES_MEASURED] = float(tier.probes)
         self.history.append({"step": float(step), **({} if epoch is None else {"epoch": float(epoch)}), **scalars})
         if report is not None:
-            state.warm_start = {t: s.eigenvectors for t, s in report.stats.items()
-                                if s.eigenvectors is not None} or None
+            state.warm_start = _merge_rows(state.warm_start, {t: s.eigenvectors for t, s in report.stats.items()
+                                                              if s.eigenvectors is not None})
             self._warn_unconverged(scalars[names.CONVERGED_FRACTION], step)
         result = CheckResult(step=step, scalars=scalars, prefix=self.prefix, report=report, partial=partial,
-                             message=self.summary_line(scalars, step))
+                             message=self.summary_line(scalars, step, governor.skipped(tier)))
         if can_stop:
             self._decide(model, result)
+            self._rebase(scalars, cut)
         return result
+
+    def _rebase(self, scalars: dict[str, float], cut: dict[str, float]) -> None:
+        """From the next check the monitor is measured on a prefix of its probes or images (the governor's cut):
+        shift the stop rule's best value by the difference the cut makes at this check (both estimates come from the
+        same weights), so that a rise is still measured against the best value on the same footing."""
+        key = self.monitor_key
+        if key in cut and math.isfinite(shift := cut[key] - scalars[key]) and math.isfinite(self.rule.best):
+            self.rule.best += shift
+
+    def _tier(self, can_stop: bool) -> Tier:
+        """What this check measures: everything at the first check and outside training, the loss gap alone off the
+        ``every_n_checks`` cycle, else the cost governor's choice."""
+        if not can_stop or self.num_checks == 0:
+            return self.governor.full
+        if self.num_checks % self.probes.every_n_checks:
+            return self.governor.light()
+        return self.governor.choose()
+
+    def _max_over_ranks(self, values: list[float], device: torch.device) -> list[float]:
+        """The maximum of each of ``values`` over ranks (the cost governor's inputs, so every rank decides alike)."""
+        probes = self.setup_state.probes
+        local = torch.tensor(values, dtype=torch.float64, device=device)
+        return max_over_ranks(self.setup_state.reducer, local, probes.rank, probes.world_size).tolist()
 
     def measured_weights(self, model: nn.Module) -> ExitStack:
         """The context of one measurement: float32, and the averaged weights swapped in when they are measured."""
@@ -422,27 +493,31 @@ class MemorizationWatch:
         return {names.FLAG_THRESHOLD: conformal_threshold(values, self.sharpness.flag_fpr),
                 names.SCORE_NULL_IMAGES: values.mean().item()}
 
-    def _reduce(self, report: SharpnessReport, null: dict[str, float]) -> dict[str, float]:
-        """The summary of every rank's probes together: per-probe values gathered in probe order, padding
-        dropped, then the one summary (:func:`~memcallback.measure.report.summarize`). Every key of the schema is
-        there on every rank: what a cut-short measurement did not reach is NaN. With a null threshold (``null``,
-        from :meth:`_reduce_null`) the primary timestep's flag is the score above it, here and in ``report``."""
+    def _reduce(self, report: SharpnessReport, null: dict[str, float], num_probes: int,
+                cut: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The summary of every rank's probes together (the first ``num_probes`` of the probe set): per-probe
+        values gathered in probe order, padding dropped, then the one summary
+        (:func:`~memcallback.measure.report.summarize`); and the same of the first ``cut`` probes only. Every key of
+        the schema is there on every rank: what a cut-short measurement did not reach is NaN. With a null threshold
+        (``null``, from :meth:`_reduce_null`) the primary timestep's flag is the score above it, here and in
+        ``report``."""
         state = self.setup_state
         probes = state.probes
         per_sample = report.per_sample()
         keys = sorted(names.per_sample_keys(state.timesteps, state.train_data is not None))
-        missing = torch.full((probes.noise.shape[0],), math.nan, dtype=torch.float64)
+        missing = torch.full((local_rows(num_probes, probes.world_size),), math.nan, dtype=torch.float64)
         local = torch.stack([per_sample[k].detach().to(torch.float64).reshape(-1) if k in per_sample
                              else missing.to(report.samples.device) for k in keys])
-        values = dict(zip(keys, gather_probes(state.reducer, local, probes.rank, probes.world_size,
-                                              probes.num_samples), strict=True))
+        values = dict(zip(keys, gather_probes(state.reducer, local, probes.rank, probes.world_size, num_probes),
+                          strict=True))
         threshold = null.get(names.FLAG_THRESHOLD, self.sharpness.flag_threshold)
         if null:
             flagged = (values[names.SCORE] > threshold).double()
             for key in (names.FLAGGED_FRACTION, names.at_timestep(state.timesteps[0], names.FLAGGED_FRACTION)):
                 values[key] = flagged
             report.primary.flagged = report.primary.memorization_score > threshold
-        return summarize(values, state.timesteps, report.seconds) | null | {names.FLAG_THRESHOLD: threshold}
+        return tuple(summarize({k: v[:n] for k, v in values.items()}, state.timesteps, report.seconds) | null
+                     | {names.FLAG_THRESHOLD: threshold} for n in (num_probes, cut))
 
     def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
         """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
@@ -457,18 +532,18 @@ class MemorizationWatch:
         return {names.SCORE_TRAIN_IMAGES: train, names.SCORE_HELDOUT_IMAGES: heldout,
                 names.SHARPNESS_GAP: train - heldout}
 
-    def _reduce_loss_gap(self, gap: LossGap | None) -> dict[str, float]:
-        """The loss gap of every rank's images together: per-image errors gathered, then ``LossGap.summary()``
-        (NaN when not measured)."""
+    def _reduce_loss_gap(self, gap: LossGap | None, num_images: int,
+                         cut: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The loss gap of every rank's images together (the first ``num_images`` of its set): per-image errors
+        gathered, then ``LossGap.summary()`` (NaN when not measured); and the same of the first ``cut`` images."""
         state = self.setup_state
         ref = state.loss_reference
-        n_local, num_levels = ref.noise.shape[:2]
+        n_local, num_levels = local_rows(num_images, state.probes.world_size), ref.noise.shape[1]
         local = torch.full((2 * num_levels, n_local), math.nan, dtype=torch.float64, device=ref.train.device)
         if gap is not None:
             local[:num_levels], local[num_levels:] = gap.train.T.to(local), gap.heldout.T.to(local)
-        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size,
-                               state.num_loss_reference).cpu()
-        return loss_gap_summary(values[:num_levels].T, values[num_levels:].T)
+        values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size, num_images).cpu()
+        return tuple(loss_gap_summary(v[:num_levels].T, v[num_levels:].T) for v in (values, values[:, :cut]))
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
         if self.monitor_key not in result.scalars:  # a light check does not measure the monitored value
@@ -529,9 +604,10 @@ class MemorizationWatch:
                       "looser tol, or use solver='dense' for small data. This warning is shown once.", stacklevel=3)
 
     @staticmethod
-    def summary_line(scalars: dict[str, float], step: int) -> str:
-        """The one-line summary of a check, e.g. ``[memorization] step 1250 | score 0.127 | flagged 0% | ...``."""
-        parts = [f"step {step}"]
+    def summary_line(scalars: dict[str, float], step: int, skipped: str = "") -> str:
+        """The one-line summary of a check, e.g. ``[memorization] step 1250 | score 0.127 | flagged 0% | ...``;
+        ``skipped``: what the check left out (the cost governor's tier), shown after the step."""
+        parts = [f"step {step}"] + ([skipped] if skipped else [])
         if names.SCORE in scalars:  # not at a light check
             parts += [f"score {scalars[names.SCORE]:.3f}", f"flagged {scalars[names.FLAGGED_FRACTION]:.0%}",
                       f"d_eff {scalars['effective_dim']:.1f}", f"mu_max {scalars['mu_max']:.3f}"]
@@ -544,6 +620,8 @@ class MemorizationWatch:
         if not math.isnan(scalars.get(names.LOSS_GAP, math.nan)):
             parts.append(f"loss gap {scalars[names.LOSS_GAP]:+.3f}")
         parts.append(f"{scalars[names.SECONDS]:.2f} s" + (" (partial)" if scalars.get(names.PARTIAL) else ""))
+        if names.OVERHEAD in scalars:
+            parts.append(f"overhead {scalars[names.OVERHEAD]:.1%}")
         return "[memorization] " + " | ".join(parts)
 
     # ------------------------------------------------------------------------------------------------------
@@ -555,6 +633,7 @@ class MemorizationWatch:
         return {"rule": self.rule.state_dict(), "history": self.history, "stopped_step": self.stopped_step,
                 "warm_start": warm_start, "safe_step": self.safe_step, "failures": self.failures,
                 "num_checks": self.num_checks, "last_step": self.last_step,
+                "governor": self._governor_state if self.governor is None else self.governor.state_dict(),
                 "probes": {"seed": self.probes.seed, "num_samples": self.probes.num_samples, "timesteps": timesteps}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -591,6 +670,40 @@ class MemorizationWatch:
         elif warm_start is not None:
             device = self.setup_state.probes.noise.device
             self.setup_state.warm_start = {int(t): v.to(device) for t, v in warm_start.items()}
+        self._governor_state = dict(state.get("governor", {}))
+        if self.governor is not None:
+            self.governor.load_state_dict(self._governor_state)
+
+
+def _device(model: object) -> torch.device:
+    """Where the model's tensors live (the CPU for a model without any): the device of the collectives."""
+    tensors = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, nn.Module) else iter(())
+    tensor = next(tensors, None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def _first_rows(warm_start: dict[int, Tensor] | None, rows: int) -> dict[int, Tensor] | None:
+    """The warm start of this rank's first ``rows`` probes (``None`` where it covers fewer)."""
+    if warm_start is None:
+        return None
+    return {t: v[:rows] for t, v in warm_start.items() if v.shape[0] >= rows} or None
+
+
+def _first_images(images: ReferenceImages, rows: int) -> ReferenceImages:
+    """The first ``rows`` of this rank's share of a gap's images, with their noise."""
+    return ReferenceImages(images.train[:rows], images.heldout[:rows], images.noise[:rows])
+
+
+def _merge_rows(old: dict[int, Tensor] | None, new: dict[int, Tensor]) -> dict[int, Tensor] | None:
+    """The warm start after a check that measured the first rows of the probes: its vectors there, the older
+    vectors of the rows it did not measure."""
+    merged = {}
+    for t, vectors in new.items():
+        previous = None if old is None else old.get(t)
+        if previous is not None and previous.shape[0] > vectors.shape[0] and previous.shape[1:] == vectors.shape[1:]:
+            vectors = torch.cat([vectors, previous[vectors.shape[0]:].to(vectors)])
+        merged[t] = vectors
+    return merged or None
 
 
 def _reference_share(train_data: Tensor, heldout_data: Tensor, noise: Tensor, seed: int, rank: int,

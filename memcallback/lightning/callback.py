@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from memcallback.arguments import is_int, require
+from memcallback.core.governor import GovernorConfig
 from memcallback.core.measurement import Measurement, MeasureRequest, measure
 from memcallback.core.probes import ProbeConfig
 from memcallback.core.result import CheckResult
@@ -69,6 +70,8 @@ class MemorizationMonitor(Callback):
             the sharpness gap (``probes.reference_images`` of each) and the loss gap (``probes.loss_gap_images``);
             only scalars are logged.
         time_budget_s: a check running longer is cut short and kept as partial (``None``: no budget).
+        governor: what the checks may add to the training wall time, and what they may skip to keep it
+            (:class:`~memcallback.core.GovernorConfig`; on by default at 5%, ``max_overhead=None``: off).
         media: W&B media with a ``WandbLogger``: ``"none"``, ``"charts"`` or ``"images"`` (see ``MEDIA``).
         num_media_samples: most memorized samples shown with ``media="images"``.
         save_plot: write ``memorization.png`` with the curves over training into the run directory at the end.
@@ -89,6 +92,7 @@ class MemorizationMonitor(Callback):
         conditions: ConditionalConfig | None = None,
         ground_truth: bool = True,
         time_budget_s: float | None = None,
+        governor: GovernorConfig = GovernorConfig(),  # noqa: B008
         media: str = "charts",
         num_media_samples: int = 16,
         save_plot: bool = True,
@@ -97,7 +101,7 @@ class MemorizationMonitor(Callback):
     ) -> None:
         super().__init__()
         for name, value, kind in (("probes", probes, ProbeConfig), ("sharpness", sharpness, SharpnessConfig),
-                                  ("stop", stop, StopConfig)):
+                                  ("stop", stop, StopConfig), ("governor", governor, GovernorConfig)):
             require(isinstance(value, kind), name, value, f"a {kind.__name__}, e.g. {kind.__name__}()")
         for name, value in (("ground_truth", ground_truth), ("save_plot", save_plot)):
             require(isinstance(value, bool), name, value, "True or False")
@@ -107,7 +111,8 @@ class MemorizationMonitor(Callback):
         self.watch = MemorizationWatch(
             every_n_steps=every_n_train_steps, every_n_epochs=every_n_epochs, check_at_start=check_on_train_start,
             probes=probes, sharpness=sharpness, stop=stop, conditions=conditions, time_budget_s=time_budget_s,
-            prefix=prefix, measure_fn=self.measure, on_safe=self._write_safe_checkpoint, weights=weights)
+            governor=governor, prefix=prefix, measure_fn=self.measure, on_safe=self._write_safe_checkpoint,
+            weights=weights)
         self.ground_truth, self.media, self.num_media_samples = ground_truth, media, num_media_samples
         self.save_plot = save_plot
         self._trainer: pl.Trainer | None = None
@@ -129,6 +134,10 @@ class MemorizationMonitor(Callback):
     @property
     def stop(self) -> StopConfig:
         return self.watch.stop
+
+    @property
+    def governor(self) -> GovernorConfig:
+        return self.watch.governor_config
 
     @property
     def conditions(self) -> ConditionalConfig | None:

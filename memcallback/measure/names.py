@@ -22,11 +22,17 @@ memorization score is ``"memorization/score"``. One check logs:
 ``seconds``                    wall time of the whole measurement (per rank)
 ``partial``                    1.0 when the measurement was cut short by the time budget, else 0.0
 ``check_failures``             failed checks so far
+``overhead``                   check seconds / training seconds so far (``GovernorConfig``), from the first check
+                               after some training on (not in ``check_keys``: the first check has none)
+``probes_measured``            probes this check measured: all of them, a prefix (a reduced check) or 0
+                               (a light check, the loss gap only), as the cost governor chose
+``loss_gap_images_measured``   training (and as many held-out) images of the loss gap this check measured
 =============================  =====================================================================
 
-A light check (``ProbeConfig.every_n_checks > 1``) logs the loss gap's keys with ``seconds``, ``partial`` and
-``check_failures`` only. Outside the per-check values come ``stopped`` (1.0 at the step the stop rule fired) and
-``safe_step`` (the last check at which the model was not memorizing, in the run summary).
+A light check (chosen by the cost governor, or ``ProbeConfig.every_n_checks > 1``) logs the loss gap's keys with
+``loss_gap_images_measured``, ``seconds``, ``partial``, ``check_failures``, ``overhead`` and ``probes_measured``
+only. Outside the per-check values come ``stopped`` (1.0 at the step the stop rule fired) and ``safe_step`` (the
+last check at which the model was not memorizing, in the run summary).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ AUROC = "auroc"
 SECONDS = "seconds"
 PARTIAL = "partial"
 CHECK_FAILURES = "check_failures"
+OVERHEAD = "overhead"
+PROBES_MEASURED = "probes_measured"
+LOSS_GAP_IMAGES_MEASURED = "loss_gap_images_measured"
 STOPPED = "stopped"
 SAFE_STEP = "safe_step"
 #: The sharpness gap and its two halves (``SharpnessGap.summary()``).
@@ -106,9 +115,9 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
 def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
                reference: bool = False, loss_gap: bool = False, null: bool = False) -> set[str]:
     """Every key (without prefix) that one successful check of the monitoring core logs."""
-    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, FLAG_THRESHOLD}
+    keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, FLAG_THRESHOLD, PROBES_MEASURED}
     keys |= set(REFERENCE) if reference else set()
-    keys |= set(LOSS_REFERENCE) if loss_gap else set()
+    keys |= {*LOSS_REFERENCE, LOSS_GAP_IMAGES_MEASURED} if loss_gap else set()
     keys |= {SCORE_NULL_IMAGES} if null else set()
     if num_conditions is not None:
         keys |= {conditional(name) for name in conditional_summary_keys(num_conditions)}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tiny_training import make_trainer
 from torch import Tensor, nn
 
-from memcallback import MemorizationMonitor, NoiseSchedule, ProbeConfig, SharpnessConfig, analyze
+from memcallback import GovernorConfig, MemorizationMonitor, NoiseSchedule, ProbeConfig, SharpnessConfig, analyze
 from memcallback.adapters import (
     DiffusersModel,
     DiffusersProtocolMixin,
@@ -308,7 +308,8 @@ class LitUNet(DiffusersProtocolMixin, pl.LightningModule):
 def test_callback_monitors_a_diffusers_unet_while_it_trains(tmp_path):
     module = LitUNet()
     monitor = MemorizationMonitor(probes=ProbeConfig(num_samples=4, num_sampling_steps=5),
-                                  sharpness=SharpnessConfig(k=2), every_n_train_steps=2, save_plot=False)
+                                  sharpness=SharpnessConfig(k=2), every_n_train_steps=2, save_plot=False,
+                                  governor=GovernorConfig(max_overhead=None))  # every check full
     data = DigitsDataModule(num_train=16, batch_size=16, samples_per_epoch=64)
     make_trainer(tmp_path, [monitor], max_steps=4).fit(module, datamodule=data)
     assert len(monitor.history) == 3  # at train start, after steps 2 and 4

@@ -31,7 +31,7 @@ from accelerate.state import AcceleratorState  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 from test_accelerate import PROBES, SHARPNESS, MemoryTracker, instance_images, tiny_unet  # noqa: E402
 
-from memcallback import MemorizationWatch, StopConfig  # noqa: E402
+from memcallback import GovernorConfig, MemorizationWatch, StopConfig  # noqa: E402
 from memcallback.adapters import AcceleratedWatch, DiffusersModel  # noqa: E402
 from memcallback.adapters.checkpointing import SafeFolder  # noqa: E402
 from memcallback.core import measure  # noqa: E402
@@ -51,8 +51,8 @@ def fresh_accelerator_state():
 def scripted_watch(series: dict[int, float] | None = SERIES, **kwargs) -> MemorizationWatch:
     """A watch checking every 2 optimizer steps whose measured score at step ``s`` is set to ``series[s]`` (the
     real measurement otherwise, ``series=None``: unchanged)."""
-    watch = MemorizationWatch(**({"every_n_steps": 2, "probes": PROBES, "sharpness": SHARPNESS, "stop": STOP}
-                                 | kwargs))
+    watch = MemorizationWatch(**({"every_n_steps": 2, "probes": PROBES, "sharpness": SHARPNESS, "stop": STOP,
+                                  "governor": GovernorConfig(max_overhead=None)} | kwargs))  # every check full
     if series is not None:
         def measure_fn(model, request):
             measured = measure(model, request)
@@ -147,7 +147,8 @@ def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[st
 
 def without_seconds(history: list[dict[str, float]]) -> list[dict[str, float | None]]:
     """The rows without their timing, NaN as None (so that equal rows compare equal)."""
-    return [{k: None if math.isnan(v) else v for k, v in row.items() if k != "seconds"} for row in history]
+    return [{k: None if math.isnan(v) else v for k, v in row.items() if k not in ("seconds", "overhead")}
+            for row in history]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ SETTINGS = dict(probes=ProbeConfig(num_samples=8, num_sampling_steps=5, referenc
                 stop=StopConfig(monitor="memorization/effective_dim", mode="min", threshold=63.945, min_delta=0.0,
                                 restore_safe_weights=True))
 #: keys that differ between loops by design: wall-clock time, and the epoch only Lightning records.
-NOT_COMPARED = ("seconds", "epoch")
+NOT_COMPARED = ("seconds", "overhead", "epoch")
 
 
 def loss(module: DiffusionModule, network: nn.Module, x0: Tensor) -> Tensor:

@@ -90,7 +90,8 @@ def test_a_check_in_a_plain_loop_equals_analyze() -> None:
     expected = analyze(model, noise=probe_noise(8, (4,), seed=0), sigmas=(0.1,), num_sampling_steps=5,
                        config=DENSE).summary()
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, False, None)
-    assert {k: v for k, v in result.scalars.items() if k not in ("seconds", "partial", "check_failures")} == {
+    assert {k: v for k, v in result.scalars.items()
+            if k not in ("seconds", "partial", "check_failures", "probes_measured")} == {
         k: v for k, v in expected.items() if k != "seconds"} | {"flag_threshold": DENSE.flag_threshold}
     assert (result.scalars["partial"], result.scalars["check_failures"]) == (0.0, 0.0)
     assert result.metrics()["memorization/score"] == result.scalars["score"]
@@ -159,7 +160,7 @@ def test_three_ranks_with_padded_shards_reduce_to_the_one_process_values() -> No
     assert [w[0].report.samples.shape[0] for w in ranks] == [3, 3, 3]  # every rank makes the same calls
     for (result,) in ranks:
         assert result.scalars.keys() == expected.keys()
-        for key in expected.keys() - {"seconds"}:
+        for key in expected.keys() - {"seconds", "overhead"}:
             assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9), key
 
 
@@ -249,15 +250,17 @@ def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
     results = [w.check(model, step) for step in range(6)]
     assert [r.report is not None for r in results] == [True, False, False, True, False, False]
     light = results[1]
-    assert set(light.scalars) == {*names.LOSS_REFERENCE, names.SECONDS, names.PARTIAL, names.CHECK_FAILURES}
+    assert set(light.scalars) == {*names.LOSS_REFERENCE, names.SECONDS, names.PARTIAL, names.CHECK_FAILURES,
+                                  names.OVERHEAD, names.PROBES_MEASURED, names.LOSS_GAP_IMAGES_MEASURED}
+    assert light.scalars[names.PROBES_MEASURED] == 0.0 and results[0].scalars[names.PROBES_MEASURED] == 8.0
     assert light.scalars["loss_gap"] == results[0].scalars["loss_gap"]  # same model, images and noise
-    assert light.message.startswith("[memorization] step 1 | loss gap ")
+    assert light.message.startswith("[memorization] step 1 | light (loss gap only) | loss gap ")
     assert [r.safe for r in results] == [True, False, False, True, False, False]  # the score's rule, full checks
     assert w.check(model, 6, can_stop=False).report is not None  # outside training: always full, not counted
     state = w.state_dict()
     state["history"], state["num_checks"] = state["history"][:5], 5  # as if saved after the 5th training check
     for saved in (state, {k: v for k, v in state.items() if k != "num_checks"}):  # the count, or older checkpoints
-        resumed = watch(probes=w.probes)
+        resumed = watch(probes=w.probes, stop=w.stop)
         resumed.setup(model, train_data=train, heldout_data=heldout)
         resumed.load_state_dict(saved)
         assert [resumed.check(model, step).report is not None for step in (7, 8)] == [False, True]

@@ -33,7 +33,7 @@ from reliability_helpers import ROOT, TINY_APP
 from tiny_training import make_data, make_module, make_trainer
 
 import memcallback
-from memcallback import ConditionalConfig, MemorizationMonitor, ProbeConfig, SharpnessConfig, StopConfig
+from memcallback import ConditionalConfig, GovernorConfig, MemorizationMonitor, ProbeConfig, SharpnessConfig, StopConfig
 from memcallback.app.data import ToyMixtureDataModule
 from memcallback.app.models import DiffusionModule, ResidualMLP
 from memcallback.app.train import run
@@ -42,7 +42,7 @@ PACKAGE = Path(memcallback.__file__).parent
 #: the grouped settings: constructor argument -> (dataclass, fields it needs besides the one tried)
 GROUPS: dict[str, tuple[type, dict[str, Any]]] = {
     "probes": (ProbeConfig, {}), "sharpness": (SharpnessConfig, {}), "stop": (StopConfig, {}),
-    "conditions": (ConditionalConfig, {"labels": [0]}),
+    "conditions": (ConditionalConfig, {"labels": [0]}), "governor": (GovernorConfig, {}),
 }
 
 
@@ -121,6 +121,9 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "conditions.num_generations": count(1),
     "ground_truth": flag,
     "time_budget_s": lambda v: v is None or (is_real(v) and math.isfinite(v) and v > 0),
+    "governor": never,
+    "governor.max_overhead": lambda v: v is None or (is_real(v) and 0 < v < 1),
+    "governor.min_fraction": lambda v: is_real(v) and 0 < v <= 1,
     "media": one_of("none", "charts", "images"),
     "num_media_samples": count(1),
     "save_plot": flag,

@@ -25,7 +25,7 @@ from reliability_helpers import (
 )
 from tiny_training import ScriptedMonitor, make_data, make_module, make_trainer
 
-from memcallback import StopConfig
+from memcallback import GovernorConfig, MemorizationMonitor, StopConfig
 from memcallback.app.train import run
 
 # patience 3: the rule alarms at steps 2, 4 and 6 and fires at 6; the process dies after step 4 (wait count 2)
@@ -89,3 +89,24 @@ def test_resume_continues_with_the_same_state(tmp_path, fast_monitor_kwargs) -> 
     assert [h["step"] for h in resumed.history] == [0, 2, 4, 6]
     assert resumed.watch.probe_set.digest() == first.watch.probe_set.digest()  # the same probe set
     assert resumed.safe_step == 0  # the last check where the rule did not alarm, carried across the resume
+
+
+def test_the_cost_governor_resumes_with_its_accounts(tmp_path, fast_monitor_kwargs) -> None:
+    """The governor's running sums, measured costs and cut travel in the checkpoint: the resumed callback goes on
+    from them (checks far dearer than these tiny training steps: light ones, the loss gap alone, after the baseline)."""
+    kwargs = fast_monitor_kwargs | {"stop": StopConfig(monitor="memorization/loss_gap", stop_training=False),
+                                    "governor": GovernorConfig()}
+    first = MemorizationMonitor(**kwargs)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    make_trainer(tmp_path, [first, ckpt], max_steps=4, enable_checkpointing=True).fit(make_module(),
+                                                                                     datamodule=make_data())
+    path = tmp_path / "ckpt" / "epoch=0-step=4.ckpt"
+    saved = torch.load(path, weights_only=False)["callbacks"][first.state_key]["governor"]
+    assert saved == first.watch.governor.state_dict() and saved["train_seconds"] > 0
+    assert [h["probes_measured"] for h in first.history] == [8.0, 0.0, 0.0]
+    resumed = MemorizationMonitor(**kwargs)
+    make_trainer(tmp_path, [resumed], max_steps=6).fit(make_module(), datamodule=make_data(), ckpt_path=str(path))
+    governor = resumed.watch.governor
+    assert governor.check_seconds > saved["check_seconds"] and governor.train_seconds > saved["train_seconds"]
+    assert governor.costs.keys() >= saved["costs"].keys() and governor.ceiling <= saved["ceiling"]  # the ratchet
+    assert resumed.history[-1]["probes_measured"] == 0.0 and resumed.history[-1]["step"] == 6.0

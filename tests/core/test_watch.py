@@ -441,17 +441,18 @@ def test_setup_errors_name_what_to_change() -> None:
         watch(sharpness=SharpnessConfig(k=2, solver="lanczos")).setup(model, sharded=True)
     watch(sharpness=SharpnessConfig(k=2, solver="lanczos", jvp="forward")).setup(model, sharded=True)  # fine
     with pytest.raises(ValueError, match=r"monitor='memorization/auroc' is not logged"):
-        watch(stop=StopConfig(monitor="memorization/auroc")).setup(model)
+        watch(stop=StopConfig(monitor="memorization/auroc", threshold=0.9, min_delta=0.0)).setup(model)
     with pytest.raises(ValueError, match="at least 2 distinct training samples"):
         watch().setup(model, train_data=torch.zeros(1, 4))
     with pytest.raises(ValueError, match=r"sharpness_gap' is not logged .*needs training and held-out data"):
-        watch(stop=StopConfig(monitor="memorization/sharpness_gap")).setup(model, train_data=torch.zeros(3, 4))
+        watch(stop=StopConfig(monitor="memorization/sharpness_gap", threshold=0.025, min_delta=0.0)).setup(
+            model, train_data=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"loss_gap' is not logged .*probes.loss_gap_images > 0"):
         watch(stop=StopConfig(monitor="memorization/loss_gap")).setup(model, train_data=torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"heldout_data must have shape \[M, \*\(4,\)\]"):
         watch().setup(model, train_data=torch.zeros(3, 4), heldout_data=torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"monitor='memorization/score' is invalid.*prefix='mem/'"):
-        watch(prefix="mem/")
+        watch(prefix="mem/", stop=StopConfig(monitor=SCORE))
     with pytest.raises(RuntimeError, match="setup"):
         watch().check(model, 0)
 

@@ -18,7 +18,8 @@ def conditional_module() -> DiffusionModule:
 
 def test_conditional_metrics_are_logged_and_monitorable(tmp_path, fast_monitor_kwargs) -> None:
     monitor = MemorizationMonitor(**fast_monitor_kwargs, conditions=ConditionalConfig([0, 9], num_samples_per_cond=4),
-                                  stop=StopConfig(monitor="memorization/cond/hds", threshold=None, stop_training=False))
+                                  stop=StopConfig(monitor="memorization/cond/hds", threshold=None, min_delta=0.0,
+                                                    stop_training=False))
     trainer = make_trainer(tmp_path, [monitor], max_steps=4)
     trainer.fit(conditional_module(), datamodule=make_data())
     assert [h["step"] for h in monitor.history] == [0, 2, 4] and monitor.failures == 0

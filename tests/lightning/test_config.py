@@ -9,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from memcallback import MemorizationMonitor, ProbeConfig, SharpnessConfig, StopConfig
+from memcallback.core import CALIBRATED_RULES
 from memcallback.core.stopping import StopRule
 
 CONFIG = Path(__file__).parents[2] / "configs" / "callbacks" / "memorization.yaml"
@@ -51,8 +52,11 @@ def test_calibrated_defaults_are_pinned() -> None:
     assert (monitor.watch.every_n_steps, monitor.probes.sigmas, monitor.probes.num_samples) == (250, (0.1,), 64)
     assert (monitor.sharpness.k, monitor.sharpness.score_statistic, monitor.sharpness.solver) == (4, "mean_mu", "auto")
     assert monitor.sharpness.flag_threshold == 0.25
-    assert (monitor.stop.monitor, monitor.rule.mode, monitor.rule.threshold) == ("memorization/score", "max", 0.05)
-    assert (monitor.rule.min_delta, monitor.rule.patience) == (0.05, 1)
-    rule = StopRule()  # the rule alone has the monitor's defaults: they are written once, in StopConfig
+    assert (monitor.stop.monitor, monitor.stop.threshold, monitor.stop.min_delta) == ("auto", "auto", "auto")
+    assert CALIBRATED_RULES["loss_gap"].threshold == 0.25 and CALIBRATED_RULES["loss_gap"].min_delta == 0.0
+    assert (CALIBRATED_RULES["score"].threshold, CALIBRATED_RULES["score"].min_delta) == (0.05, 0.05)
+    assert (monitor.rule.mode, monitor.rule.threshold, monitor.rule.min_delta, monitor.rule.patience) == (
+        "max", 0.05, 0.05, 1)  # before setup: the score's rule, until held-out data make it the loss gap's
+    rule = StopRule()  # the rule alone has the monitor's defaults: they are written once, in calibration.py
     assert (rule.mode, rule.threshold, rule.min_delta, rule.patience) == ("max", 0.05, 0.05, 1)
     assert monitor.media == "charts"  # private by default: no image of a sample or of training data

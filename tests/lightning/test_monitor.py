@@ -147,7 +147,7 @@ def test_light_checks_log_the_loss_gap_between_full_checks(tmp_path, fast_monito
     """every_n_checks=2: the baseline and every second check measure the probes, the others the loss gap alone;
     the plot and the console line cope with rows that lack the probe statistics."""
     kwargs = fast_monitor_kwargs | {"probes": ProbeConfig(num_samples=8, num_sampling_steps=5, every_n_checks=2),
-                                    "save_plot": True}
+                                    "save_plot": True, "stop": StopConfig(monitor=SCORE)}
     monitor = MemorizationMonitor(**kwargs)
     trainer = make_trainer(tmp_path, [monitor])
     trainer.fit(make_module(), datamodule=make_data())

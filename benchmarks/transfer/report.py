@@ -103,16 +103,18 @@ def run_summary(spec: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write(summaries: list[dict[str, Any]], out: Path) -> None:
     lines = ["# Transfer study: results", "", "Made by `python -m benchmarks.transfer.report` from the cached "
              "measurements (`python -m benchmarks.transfer.measure`); protocol in [protocol.md](protocol.md).", ""]
-    lines += ["## Stopping", "", "| run | role | deadline (nn lower bound > 10%) | rule | stop step | nn-rate at stop "
-              "[95%] | verdict | points prevented | held-out loss at stop | PCA-Frechet at stop |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Stopping", "", "| run | role | measured to | nn-rate there [95%] | deadline (nn lower bound > 10%) | "
+              "rule | stop step | nn-rate at stop [95%] | verdict | points prevented | held-out loss at stop | "
+              "PCA-Frechet at stop |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         spec = s["spec"]
         role = FAMILIES[spec.family].role
         for rule, index in (("default (loss gap, held-out data)", s["default"]), ("score (no held-out data)",
                                                                                    s["score"])):
             cells = stop_row(s["rows"], index, s["deadline"], spec.memorize)
-            lines.append(f"| {spec.label} | {role} | {s['deadline'] or 'never'} | {rule} | " + " | ".join(cells) + " |")
+            end = f"{s['rows'][-1]['step']} | {fmt_rate(s['rates'][-1])}"
+            lines.append(f"| {spec.label} | {role} | {end} | {s['deadline'] or 'never'} | {rule} | "
+                         + " | ".join(cells) + " |")
     lines += ["", "## The flag", "", "The shipped flag (a fixed score threshold, `flag_threshold`). Realized FPR / "
               "TPR: among the callback's probes that are not copies / that are (their own nearest-neighbour labels), "
               "pooled over the run's checks.", "",

@@ -1,7 +1,7 @@
 """Measure every checkpoint of a transfer-study run with the callback's defaults as shipped, and cache it.
 
 The checkpoints of a run go, in order, through one ``MemorizationWatch`` built with nothing but the data
-(``MemorizationWatch(stop=StopConfig(stop_training=False))``, set up like ``MemorizationMonitor`` sets it up:
+(``MemorizationWatch(stop=StopConfig(stop_training=False))``, ungoverned, set up like ``MemorizationMonitor`` sets it up:
 ``train_data=unique_train_data()``, ``heldout_data=heldout_data()``), so every logged value, flag and stop decision
 is the callback's own. A measurement function around the default one (the ``measure_fn`` seam) keeps the per-probe
 scores, copy labels and null scores. Beside it, per checkpoint:
@@ -29,7 +29,7 @@ from scipy import linalg
 from torch import Tensor
 
 from benchmarks.transfer.runs import CACHE, RunSpec, checkpoint, datamodule, parse_spec, run_dir
-from memcallback.core import MemorizationWatch, StopConfig
+from memcallback.core import GovernorConfig, MemorizationWatch, StopConfig
 from memcallback.core.measurement import Measurement, MeasureRequest, measure
 from memcallback.diffusion import DiffusionModel, ddim_sample
 from memcallback.measure.analysis import probe_noise
@@ -102,7 +102,10 @@ def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES
     shape = tuple(train.shape[1:])
     features = Features(torch.cat([dm.train_data, heldout]) if not spec.memorize else dm.load()[0])
     recorder = Recorder()
-    watch = MemorizationWatch(stop=StopConfig(stop_training=False), measure_fn=recorder)
+    # ungoverned: a replay has no training time between its checks (benchmarks/overhead/stop_replay.py runs the
+    # governor on these runs)
+    watch = MemorizationWatch(stop=StopConfig(stop_training=False), measure_fn=recorder,
+                              governor=GovernorConfig(max_overhead=None))
     watch.setup(checkpoint(spec, 0, shape, cache), train_data=train, heldout_data=heldout)
     if rows:  # replay the decisions so far: the watch's state is what the checks left
         watch.load_state_dict(rows[-1]["watch_state"])

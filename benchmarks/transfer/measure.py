@@ -1,7 +1,7 @@
 """Measure every checkpoint of a transfer-study run with the callback's defaults as shipped, and cache it.
 
 The checkpoints of a run go, in order, through one ``MemorizationWatch`` built with nothing but the data
-(``MemorizationWatch(stop=StopConfig(stop_training=False))``, ungoverned, set up like ``MemorizationMonitor`` sets it up:
+(``MemorizationWatch(stop=StopConfig(stop_training=False))``, ungoverned, set up as ``MemorizationMonitor`` does:
 ``train_data=unique_train_data()``, ``heldout_data=heldout_data()``), so every logged value, flag and stop decision
 is the callback's own. A measurement function around the default one (the ``measure_fn`` seam) keeps the per-probe
 scores, copy labels and null scores. Beside it, per checkpoint:

@@ -145,6 +145,34 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def compact(summaries: list[dict[str, Any]]) -> str:
+    """The README's table: per family, where each run's default and score stops fell against its deadline."""
+    by_run = {(s["spec"].family, s["spec"].memorize): s for s in summaries}
+
+    def stop(s: dict[str, Any] | None, index_key: str) -> str:
+        if s is None:
+            return "not measured"
+        index = s[index_key]
+        if index is None:
+            return "never"
+        rate = s["rates"][index]
+        return f"{s['rows'][index]['step']} ({rate[0]:.0%} copies)"
+
+    lines = ["| family | role | memorizing: copies at the end | deadline | stop, held-out data | stop, none | "
+             "generalizing: stop, held-out data | stop, none |", "|---|---|---|---|---|---|---|---|"]
+    for name, family in FAMILIES.items():
+        mem, gen = by_run.get((name, True)), by_run.get((name, False))
+        if mem is None and gen is None:
+            continue
+        end = "-" if mem is None else f"{mem['rates'][-1][0]:.0%} at {mem['rows'][-1]['step']}"
+        deadline = "-" if mem is None else str(mem["deadline"] or "never")
+        measured = "" if gen is None or gen["rows"][-1]["step"] == gen["spec"].steps else (
+            f" (to step {gen['rows'][-1]['step']})")
+        lines.append(f"| {name} | {family.role} | {end} | {deadline} | {stop(mem, 'default')} | {stop(mem, 'score')} | "
+                     f"{stop(gen, 'default')}{measured} | {stop(gen, 'score')}{measured} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=CACHE)
@@ -160,6 +188,7 @@ def main() -> None:
                 summaries.append(run_summary(spec, rows))
     write(summaries, args.out)
     print(args.out.read_text())
+    print(compact(summaries))
 
 
 if __name__ == "__main__":

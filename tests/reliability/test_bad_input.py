@@ -104,7 +104,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "sharpness.jvp": one_of("double_backward", "forward"),
     "sharpness.score_statistic": one_of("mean_mu", "top_mu", "effective_dim", "flat_fraction"),
     "sharpness.flag_threshold": lambda v: is_real(v) and 0 <= v <= 1,
-    "sharpness.flag_fpr": lambda v: is_real(v) and 1 / 65 <= v < 1,  # 64 null images (default) suffice for it
+    "sharpness.flag_fpr": lambda v: is_real(v) and 0 < v < 1,  # no null images by default: any rate is accepted
     "sharpness.chunk_size": lambda v: v is None or count(1)(v),
     "stop": never,
     # threshold and min_delta 'auto' (the defaults): 'auto' or a monitor with calibrated constants

@@ -12,7 +12,7 @@ with ``s_(1) <= ... <= s_(n)`` the ``n`` null scores. When a probe's state is ex
 ``P(flagged) <= fpr`` (split conformal prediction; Vovk et al. 2005, Angelopoulos & Bates 2021).
 
 That premise is the weak point, and it failed where it was tested: the sampler's own states at the measurement
-noise level are not noised data points, and on a generalizing textures model they scored above the null on 27-59%
+noise level are not noised data points, and on a generalizing textures model they scored above the null on 8-59%
 of the probes at a nominal 2% (docs/transfer/constants.md). The null is therefore opt-in
 (``ProbeConfig.null_images``); the stated rate holds for states that *are* noised images (the sharpness gap's).
 """

@@ -230,16 +230,22 @@ def test_the_loss_gap_is_measured_on_seeded_random_images_with_one_noise_draw() 
     assert f"loss gap {result.scalars['loss_gap']:+.3f}" in result.message
 
 
-def test_three_ranks_reduce_the_loss_gap_to_the_one_process_value() -> None:
+@pytest.mark.parametrize(
+    ("images", "keys", "rel"),
+    [({"loss_gap_images": 7}, names.LOSS_REFERENCE, 1e-6),  # 7 images: shards of 3, 2 + 1 padding, 2 + 1 padding
+     ({"null_images": 50}, ("flag_threshold", "score_null_images", "flagged_fraction"), 1e-9)],  # 17, 17, 16 + 1
+)
+def test_three_ranks_reduce_the_reference_images_to_the_one_process_value(images, keys, rel) -> None:
+    """The loss gap and the flag's null, their images sharded with padding over 3 ranks: the one-process values."""
     model, train, heldout = memorized_mixture()
-    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), loss_gap_images=7)
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), **images)
     single = watch(probes=probes)
     single.setup(model, train_data=train, heldout_data=heldout)
     expected = single.check(model, 0).scalars
-    ranks = run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train, heldout_data=heldout)
-    for (result,) in ranks:  # 7 images: shards of 3, 2 + 1 padding, 2 + 1 padding
-        for key in names.LOSS_REFERENCE:
-            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-6), key
+    for (result,) in run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train,
+                               heldout_data=heldout):
+        for key in keys:
+            assert result.scalars[key] == pytest.approx(expected[key], rel=rel), key
 
 
 def test_light_checks_between_full_ones_measure_the_loss_gap_only() -> None:
@@ -497,26 +503,15 @@ def test_the_flag_is_calibrated_on_noised_heldout_images_at_every_check() -> Non
     assert result.scalars["flagged_fraction"] == pytest.approx(result.scalars["nn_rate"])
 
 
-def test_without_heldout_data_the_flag_keeps_its_fixed_threshold() -> None:
-    model, train, _ = memorized_mixture()
-    for w, data in ((watch(), {"train_data": train}),
-                    (watch(probes=dataclasses.replace(PROBES, null_images=0)), {"train_data": train})):
+def test_without_null_images_the_flag_keeps_its_fixed_threshold() -> None:
+    """Null images are opt-in (off by default, even with held-out data) and need held-out data."""
+    model, train, heldout = memorized_mixture()
+    for w, data in ((watch(), {"train_data": train, "heldout_data": heldout}),
+                    (watch(probes=dataclasses.replace(PROBES, null_images=50)), {"train_data": train})):
         w.setup(model, **data)
         result = w.check(model, 0)
         assert result.scalars["flag_threshold"] == DENSE.flag_threshold
         assert "score_null_images" not in result.scalars
-
-
-def test_three_ranks_reduce_the_flag_threshold_to_the_one_process_value() -> None:
-    model, train, heldout = memorized_mixture()
-    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), null_images=50)
-    single = watch(probes=probes)
-    single.setup(model, train_data=train, heldout_data=heldout)
-    expected = single.check(model, 0).scalars
-    for (result,) in run_ranks(3, lambda rank: watch(probes=probes), model=model, train_data=train,
-                               heldout_data=heldout):  # 50 null images: shards of 17, 17 and 16 + 1 padding
-        for key in ("flag_threshold", "score_null_images", "flagged_fraction"):
-            assert result.scalars[key] == pytest.approx(expected[key], rel=1e-9), key
 
 
 def test_the_default_stop_is_the_loss_gap_with_heldout_data_and_the_score_without() -> None:

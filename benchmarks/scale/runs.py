@@ -98,7 +98,8 @@ def checkpoint(cache: Path, spec: RunSpec, step: int) -> DiffusionModule:
 
 @torch.no_grad()
 def denoising_loss(module: DiffusionModule, data: Tensor, seed: int = 0) -> float:
-    """``val/loss`` of ``DiffusionModule`` (MSE to the network's target) over ``data`` on fixed noise and timesteps.
+    """``val/loss`` of ``DiffusionModule`` (MSE of ``model_output``, the EMA weights where the module has them, to the
+    network's target) over ``data`` on fixed noise and timesteps.
 
     ``LOSS_TIMESTEPS`` timesteps ``t_i = int((i + 1/2) T / LOSS_TIMESTEPS)``; the noise of timestep ``i``
     is drawn from a generator seeded ``seed + i``, so every checkpoint is scored on the same noisy inputs.
@@ -109,8 +110,22 @@ def denoising_loss(module: DiffusionModule, data: Tensor, seed: int = 0) -> floa
         t = torch.full((len(data),), int((i + 0.5) * num_t / LOSS_TIMESTEPS), dtype=torch.long)
         noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(seed + i))
         x_t = module.schedule.add_noise(data, noise, t)
-        losses.append(F.mse_loss(module.network(x_t, t), module.target(data, noise, t)))
+        losses.append(F.mse_loss(module.model_output(x_t, t), module.target(data, noise, t)))
     return torch.stack(losses).mean().item()
+
+
+def train_step(module: DiffusionModule, optimizer: torch.optim.Optimizer, train_x: Tensor,
+               generator: torch.Generator, batch: int) -> None:
+    """One optimizer step of ``DiffusionModule``'s loss on ``batch`` rows of ``train_x``, every random draw (rows,
+    timesteps, noise) from ``generator`` (so a run resumed with the generator's state continues bit for bit)."""
+    idx = torch.randint(len(train_x), (batch,), generator=generator)
+    t = torch.randint(0, module.schedule.num_timesteps, (batch,), generator=generator)
+    x0 = train_x[idx]
+    noise = torch.randn(x0.shape, generator=generator)
+    loss = F.mse_loss(module.network(module.schedule.add_noise(x0, noise, t), t), module.target(x0, noise, t))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def _evaluate(module: DiffusionModule, train: Tensor, val: Tensor, step: int) -> dict[str, float]:
@@ -163,12 +178,5 @@ def train(cache: Path, spec: RunSpec) -> dict[str, Any]:
                   f"quick nn rate {e['quick_nn_rate']:.2f} ({record['wall_s']:.0f} s)", flush=True)
         if step >= spec.steps:
             return record
-        idx = torch.randint(len(train_x), (BATCH,), generator=generator)
-        t = torch.randint(0, module.schedule.num_timesteps, (BATCH,), generator=generator)
-        x0 = train_x[idx]
-        noise = torch.randn(x0.shape, generator=generator)
-        loss = F.mse_loss(module.network(module.schedule.add_noise(x0, noise, t), t), module.target(x0, noise, t))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(module, optimizer, train_x, generator, BATCH)
         step += 1

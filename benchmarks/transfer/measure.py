@@ -17,7 +17,6 @@ scores, copy labels and null scores. Beside it, per checkpoint:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 from scipy import linalg
 from torch import Tensor
 
-from benchmarks.transfer.runs import CACHE, RunSpec, checkpoint, datamodule, parse_spec, run_dir
+from benchmarks.scale.runs import denoising_loss
+from benchmarks.transfer.runs import CACHE, RunSpec, checkpoint, datamodule, parse_spec, run_arguments, run_dir
 from memcallback.core import GovernorConfig, MemorizationWatch, StopConfig
 from memcallback.core.measurement import Measurement, MeasureRequest, measure
 from memcallback.diffusion import DiffusionModel, ddim_sample
@@ -38,7 +38,6 @@ from memcallback.measure.ground_truth import memorization_labels
 GT_SAMPLES = 256
 GT_SEED = 1
 PCA_DIMS = 16
-LOSS_TIMESTEPS = 10
 
 
 class Recorder:
@@ -71,19 +70,6 @@ class Features:
         mu, cov = self.stats(images)
         root = linalg.sqrtm(cov @ self.cov).real
         return float(((mu - self.mu) ** 2).sum() + np.trace(cov + self.cov - 2 * root))
-
-
-@torch.no_grad()
-def heldout_loss(module: Any, data: Tensor) -> float:
-    """The app's ``val/loss`` over ``data``: the denoising loss at ``LOSS_TIMESTEPS`` fixed timesteps, fixed noise."""
-    num_t = module.schedule.num_timesteps
-    losses = []
-    for i in range(LOSS_TIMESTEPS):
-        t = torch.full((len(data),), int((i + 0.5) * num_t / LOSS_TIMESTEPS), dtype=torch.long)
-        noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(i))
-        x_t = module.schedule.add_noise(data, noise, t)
-        losses.append(torch.mean((module.model_output(x_t, t) - module.target(data, noise, t)) ** 2))
-    return torch.stack(losses).mean().item()
 
 
 def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES) -> list[dict[str, Any]]:
@@ -125,7 +111,7 @@ def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES
             "probe_copied": report.labels.copied.cpu(),
             "null_score": None if measured.null is None else measured.null.memorization_score.double().cpu(),
             "gt_copied": labels.copied.cpu(), "gt_ratio": labels.distance_ratio.cpu(),
-            "heldout_loss": heldout_loss(module, heldout), "frechet": features.frechet(samples),
+            "heldout_loss": denoising_loss(module, heldout), "frechet": features.frechet(samples),
             "watch_state": watch.state_dict(),
         })
         torch.save(rows, path)
@@ -137,11 +123,7 @@ def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="FAMILY:mem|gen[:SEED]")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser = run_arguments(__doc__)
     parser.add_argument("--gt-samples", type=int, default=GT_SAMPLES, help="ground-truth samples per checkpoint")
     args = parser.parse_args()
     for text in args.runs:

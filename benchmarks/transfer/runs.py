@@ -1,8 +1,9 @@
 """Training runs of the transfer study, cached and resumable: the app's ``model=unet`` trained on one family.
 
-A run trains ``DiffusionModule(SmallUNet(shape, X
-``model=unet`` defaults otherwise (epsilon prediction, linear schedule, EMA 0.999) at lr 1e-3 and batch 32 (as
-``experiment=patches_memorize``), for ``steps`` steps, one torch thread. It keeps the network and EMA weights
+A run trains ``DiffusionModule(SmallUNet(shape, base_channels=16, channel_mults=(1, 2)))`` (125k parameters, a
+quarter of a step's time at 32 channels on these CPUs) with the app's ``model=unet`` defaults otherwise (epsilon
+prediction, linear schedule, EMA 0.999) at lr 1e-3 and batch 32, for ``steps`` steps, one torch thread
+(``benchmarks.scale.runs.train_step``, then the EMA update). It keeps the network and EMA weights
 every ``every`` steps (``step{step:06d}.pt``, step 0 included) and resumes bit for bit from ``resume.pt``: every
 random draw (batch indices, timesteps, noise) comes from one generator seeded by the run seed.
 
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from benchmarks.scale.runs import train_step
 from benchmarks.transfer.families import BATCH, FAMILIES, Family
 from memcallback.app.data import ArrayDataModule
 from memcallback.app.models import DiffusionModule, SmallUNet
@@ -127,25 +128,23 @@ def train(spec: RunSpec, cache: Path = CACHE) -> dict[str, Any]:
             start = time.perf_counter()
         if step >= spec.steps:
             return record
-        idx = torch.randint(len(train_x), (BATCH,), generator=generator)
-        t = torch.randint(0, module.schedule.num_timesteps, (BATCH,), generator=generator)
-        x0 = train_x[idx]
-        noise = torch.randn(x0.shape, generator=generator)
-        loss = F.mse_loss(module.network(module.schedule.add_noise(x0, noise, t), t), module.target(x0, noise, t))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(module, optimizer, train_x, generator, BATCH)
         module.ema.update(module.network)
         step += 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arguments(doc: str) -> argparse.ArgumentParser:
+    """The command line of the study's scripts: runs as ``FAMILY:mem|gen[:SEED]``, their steps, grid and cache."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="FAMILY:mem|gen[:SEED]")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=RunSpec.steps)
+    parser.add_argument("--every", type=int, default=RunSpec.every)
     parser.add_argument("--cache", type=Path, default=CACHE)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = run_arguments(__doc__).parse_args()
     for text in args.runs:
         record = train(parse_spec(text, args.steps, args.every), args.cache)
         print(f"{record['label']}: {record['train_s']:.0f} s of training", flush=True)

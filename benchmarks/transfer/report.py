@@ -28,7 +28,7 @@ from memcallback.measure.null import conformal_threshold
 BOOTSTRAP = 2000
 DEADLINE_RATE = 0.10
 TRACK_FACTOR = 1.5
-FPR = 0.02
+FPR = SharpnessConfig().flag_fpr  # the opt-in null flag's stated rate
 SCORE_RULE = StopConfig(monitor=names.PREFIX + names.SCORE).resolve(names.PREFIX, ())
 FIXED_FLAG = SharpnessConfig().flag_threshold  # the flag without held-out data
 

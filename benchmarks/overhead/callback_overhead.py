@@ -2,23 +2,27 @@
 measured side by side: real Lightning runs, alternating.
 
     python -m benchmarks.overhead.callback_overhead [--case digits|patches16|unet32] [--steps N] [--repeats 2]
+                                                    [--no-ungoverned]
 
 Cases:
 
-* ``digits``: the digits demo model (ResidualMLP 256x3 on 16 digits, 8x8, batch 128; dense Hessian), the default
-  stop rule (``monitor="auto"``: the loss gap, the data module having held-out images).
-* ``patches16``: ``experiment=patches_memorize`` (SmallUNet base 32 on 32 RGB 16x16 patches, batch 32) with its stop
-  rule on the loss gap: light checks between full ones.
-* ``unet32``: SmallUNet 3x32x32 (base 32, mults [1, 2]) on 32 RGB 32x32 patches, batch 128, the default stop rule.
+* ``digits``: the digits demo model (ResidualMLP 256x3 on 16 digits, 8x8, batch 128; dense Hessian).
+* ``patches16``: ``experiment=patches_memorize`` (SmallUNet base 32 on 32 RGB 16x16 patches, batch 32).
+* ``unet32``: SmallUNet 3x32x32 (base 32, mults [1, 2]) on 32 RGB 32x32 patches, batch 128.
+
+Every case runs the default stop rule (``monitor="auto"``: the loss gap, the data modules having held-out images), so
+the governed baseline is light and full checks come between light ones as the budget allows.
 
 Each repeat trains ``--steps`` steps (default 2000 for digits, 1000 for patches16, 250 for unet32) without the
 callback, with it (defaults: a check every ``--every`` steps plus the baseline, 64 probes, DDIM-50, the loss gap on
 the data module's held-out images), and with ``GovernorConfig(max_overhead=None)``, in that order, after one
-untimed warm-up run. The callback never stops training here (``stop_training=False``), so all runs cover the same
-steps; plots and media are off (no logger). Prints the median wall time of each variant with every run, the added
-time ``with / without - 1`` from the medians and its spread over the repeats (each repeat's own pair), and what
-the governed callback measured. A short run pays the baseline check over few intervals, so its governed overhead
-is above the long-run one (``benchmarks/overhead/governed.py`` projects that from the same policy).
+untimed warm-up run (``--no-ungoverned`` leaves the third variant out). The callback never stops training here
+(``stop_training=False``), so all runs cover the same steps; plots and media are off (no logger). Prints the median
+wall time of each variant with every run, the added time ``with / without - 1`` from the medians and its spread over
+the repeats (each repeat's own pair), the same from the process's CPU time (less sensitive to other jobs on a shared
+machine: one torch thread), and what the governed callback measured. A short run pays its first checks over few
+intervals, so its governed overhead can be above the long-run one (``benchmarks/overhead/governed.py`` projects that
+from the same policy).
 """
 
 from __future__ import annotations
@@ -42,9 +46,7 @@ from memcallback.measure import names
 DEFAULT_STEPS = {"digits": 2000, "patches16": 1000, "unet32": 250}
 SCHEDULE = 250  # the callback's default every_n_train_steps
 VARIANTS = ("without callback", "with MemorizationMonitor (defaults)", "with MemorizationMonitor, ungoverned")
-#: the stop rule of each case (the patch experiments stop on the loss gap, configs/experiment/patches_memorize.yaml)
-STOPS = {"digits": StopConfig(stop_training=False), "unet32": StopConfig(stop_training=False),
-         "patches16": StopConfig(monitor="memorization/loss_gap", threshold=0.25, min_delta=0.0, stop_training=False)}
+STOP = StopConfig(stop_training=False)  # the default rule (monitor="auto"), warning only: every run covers all steps
 
 
 def build(case: str, steps: int) -> tuple[DiffusionModule, pl.LightningDataModule]:
@@ -59,13 +61,14 @@ def build(case: str, steps: int) -> tuple[DiffusionModule, pl.LightningDataModul
 
 
 def train_once(case: str, steps: int, every: int, variant: int,
-               accelerator: str) -> tuple[float, MemorizationMonitor | None]:
+               accelerator: str) -> tuple[float, float, MemorizationMonitor | None]:
+    """Wall and CPU seconds of one ``trainer.fit``, and its monitor (``None`` without the callback)."""
     pl.seed_everything(0, verbose=False)
     module, data = build(case, steps)
     monitor = None
     if variant > 0:
         governor = GovernorConfig() if variant == 1 else GovernorConfig(max_overhead=None)
-        monitor = MemorizationMonitor(every_n_train_steps=every, stop=STOPS[case], governor=governor,
+        monitor = MemorizationMonitor(every_n_train_steps=every, stop=STOP, governor=governor,
                                       save_plot=False, media="none")
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(accelerator=accelerator, devices=1, max_steps=steps, logger=False,
@@ -73,9 +76,9 @@ def train_once(case: str, steps: int, every: int, variant: int,
                              limit_val_batches=0,
                              num_sanity_val_steps=0, default_root_dir=root,
                              callbacks=[monitor] if monitor is not None else [])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         trainer.fit(module, datamodule=data)
-        return time.perf_counter() - start, monitor
+        return time.perf_counter() - start, time.process_time() - cpu, monitor
 
 
 def describe(history: list[dict[str, float]]) -> str:
@@ -98,34 +101,42 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=SCHEDULE, help="check schedule (the callback's default)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu", help="the Trainer's accelerator (gpu: benchmarks/gpu.sh)")
+    parser.add_argument("--no-ungoverned", action="store_true", help="time only without and with the defaults")
     args = parser.parse_args()
     steps = args.steps or DEFAULT_STEPS[args.case]
     torch.set_num_threads(args.threads)
-    times: list[list[float]] = [[] for _ in VARIANTS]
+    variants = VARIANTS[:2] if args.no_ungoverned else VARIANTS
+    times: list[list[float]] = [[] for _ in variants]
+    cpu_times: list[list[float]] = [[] for _ in variants]
     governed_history: list[dict[str, float]] = []
     train_once(args.case, min(steps, 20), args.every, 1, args.accelerator)  # warm-up (imports, first calls), untimed
     for _ in range(args.repeats):
-        for variant in range(len(VARIANTS)):
-            seconds, monitor = train_once(args.case, steps, args.every, variant, args.accelerator)
+        for variant in range(len(variants)):
+            seconds, cpu, monitor = train_once(args.case, steps, args.every, variant, args.accelerator)
             times[variant].append(seconds)
+            cpu_times[variant].append(cpu)
+            print(f"  {variants[variant]}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
             if variant == 1:
                 governed_history = monitor.history
     print(f"case {args.case} on {args.accelerator}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, "
           f"{steps} steps, {args.repeats} repeats (in the order of the table), a check every {args.every} steps "
           "plus the baseline")
-    print("| run | median wall time (s) | all runs (s) | added to training: from the medians [per-repeat spread] |")
-    print("|---|---|---|---|")
-    base = statistics.median(times[0])
-    for variant, name in enumerate(VARIANTS):
-        median = statistics.median(times[variant])
+    print("| run | median wall time (s) | all runs (s) | added to training: from the medians [per-repeat spread] | "
+          "median CPU time (s) | added, CPU time [spread] |")
+    print("|---|---|---|---|---|---|")
+    for variant, name in enumerate(variants):
         runs = ", ".join(f"{t:.1f}" for t in times[variant])
-        if variant == 0:
-            print(f"| {name} | {median:.1f} | {runs} | - |")
-            continue
-        paired = [w / b - 1 for w, b in zip(times[variant], times[0], strict=True)]
-        print(f"| {name} | {median:.1f} | {runs} | **{median / base - 1:+.1%}** [{min(paired):+.1%} - "
-              f"{max(paired):+.1%}] |")
+        cells = []
+        for series in (times, cpu_times):
+            median = statistics.median(series[variant])
+            if variant == 0:
+                cells += [f"{median:.1f}", "-"]
+                continue
+            paired = [w / b - 1 for w, b in zip(series[variant], series[0], strict=True)]
+            cells += [f"{median:.1f}", f"**{median / statistics.median(series[0]) - 1:+.1%}** [{min(paired):+.1%} - "
+                                       f"{max(paired):+.1%}]"]
+        print(f"| {name} | {cells[0]} | {runs} | {cells[1]} | {cells[2]} | {cells[3]} |")
     print(f"\ngoverned, last repeat: {describe(governed_history)}")
 
 

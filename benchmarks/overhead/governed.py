@@ -12,13 +12,14 @@ with the rows they process, so a check of ``m`` probes and ``l`` images is model
 per-probe and per-image medians (stated as an extrapolation when fewer than 64 were timed). It then runs
 :class:`~memcallback.core.governor.CostGovernor` (the same object the callback uses) over the case's run, a check
 every 250 steps plus the baseline, and reports what the checks add to the training time (check seconds /
-training seconds) ungoverned and governed, with the spread over the repeats (min - max of the projection from each
-repeat's costs) and what the governor cut.
+training seconds) ungoverned and governed (with a loss-gap monitor the baseline is light and the first full check
+waits for its predicted cost, :func:`~memcallback.core.governor.predicted_probe_cost`), with the spread over the
+repeats (min - max of the projection from each repeat's costs) and what the governor cut.
 
 Cases (weights untrained: with a fixed Krylov budget and fixed DDIM steps a check's cost does not depend on them):
 
-* ``digits``: the digits demo (``ResidualMLP`` 256x3, 8x8, batch 128, dense Hessian path), 8000 steps, the stop
-  rule on the score (the default monitor): cut probes.
+* ``digits``: the digits demo (``ResidualMLP`` 256x3, 8x8, batch 128, dense Hessian path), 8000 steps, both
+  monitors (the loss gap is the default with held-out data).
 * ``patches16``: ``experiment=patches_memorize`` (``SmallUNet`` base 32, 3x16x16, batch 32), 4000 steps, the stop
   rule on the loss gap: light checks between full ones.
 * ``unet32``: ``SmallUNet`` 3x32x32 (base 32, mults [1, 2]), batch 128, 4000 steps, both monitors.
@@ -32,6 +33,7 @@ images and its own batch.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -44,7 +46,7 @@ from torch import nn
 from benchmarks.cost import models
 from benchmarks.cost.units import synchronizer, train_step_seconds
 from memcallback.core import GovernorConfig, MeasureRequest, ProbeConfig, ReferenceImages, measure
-from memcallback.core.governor import CostGovernor, Tier
+from memcallback.core.governor import CostGovernor, Tier, predicted_probe_cost
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.loss_gap import NUM_LEVELS, loss_noise
 from memcallback.measure.sharpness import SharpnessConfig
@@ -110,22 +112,32 @@ class Projection:
     """What the checks add over one run, and what the governor measured."""
 
     overhead: float  # check seconds / training seconds
-    full: int  # checks that measured every probe (the baseline included)
+    full: int  # checks that measured every probe (the baseline included when it did)
     light: int  # checks of the loss gap alone
     last: Tier  # what the last check measured
 
 
+def predicted(model: nn.Module) -> float:
+    """The cost of a probe in loss-gap images that the watch predicts for ``model`` at the defaults."""
+    shape = tuple(model.data_shape)
+    products = SharpnessConfig().products_per_sample(math.prod(shape))
+    timesteps = resolve_timesteps(model, DEFAULTS.sigmas, DEFAULTS.timesteps)
+    return predicted_probe_cost(DEFAULTS.num_samples, DEFAULTS.num_sampling_steps, len(timesteps), products, 0,
+                                NUM_LEVELS)
+
+
 def project(config: GovernorConfig, light_monitor: bool, step_seconds: float, per_probe: float, per_image: float,
-            steps: int) -> Projection:
-    """The governor's checks over ``steps`` steps (a check every ``EVERY`` plus the baseline) at these costs."""
-    governor = CostGovernor(config, DEFAULTS.num_samples, DEFAULTS.loss_gap_images, 1, light_monitor)
+            steps: int, probe_cost: float) -> Projection:
+    """The governor's checks over ``steps`` steps (a check every ``EVERY`` plus the baseline) at these costs, the
+    first full one predicted at ``probe_cost`` loss-gap images a probe, as the watch does."""
+    governor = CostGovernor(config, DEFAULTS.num_samples, DEFAULTS.loss_gap_images, 1, light_monitor, probe_cost)
 
     def cost(tier: Tier) -> float:
         return tier.probes * per_probe + tier.images * per_image
 
-    tier = governor.full
+    tier = governor.first()
     governor.record(tier, cost(tier))
-    full, light = 1, 0
+    full, light = int(tier.probes == DEFAULTS.num_samples), int(tier.probes == 0)
     for _ in range(steps // EVERY):
         governor.add_training(EVERY * step_seconds)
         tier = governor.choose()
@@ -172,12 +184,13 @@ def main() -> None:
         step, per_probe, per_image = (statistics.median(v) for v in (step_s, probe_s, image_s))
         full = DEFAULTS.num_samples * per_probe + DEFAULTS.loss_gap_images * per_image
         light = DEFAULTS.loss_gap_images * per_image
+        probe_cost = predicted(model)
         for monitor in case.monitors:
             light_monitor = monitor == "loss_gap"
             ungoverned = project(GovernorConfig(max_overhead=None), light_monitor, step, per_probe, per_image,
-                                 case.steps)
-            governed = project(GovernorConfig(), light_monitor, step, per_probe, per_image, case.steps)
-            spread = [project(GovernorConfig(), light_monitor, s, p, g, case.steps).overhead
+                                 case.steps, probe_cost)
+            governed = project(GovernorConfig(), light_monitor, step, per_probe, per_image, case.steps, probe_cost)
+            spread = [project(GovernorConfig(), light_monitor, s, p, g, case.steps, probe_cost).overhead
                       for s, p, g in zip(step_s, probe_s, image_s, strict=True)]
             last = governed.last
             print(f"| {name} | {monitor} | {case.batch} | {case.steps} | {step:.3f} | {full:.2f} ({full / step:.1f}) "
@@ -188,7 +201,9 @@ def main() -> None:
                  f"{case.images} images" + ("" if case.images >= DEFAULTS.loss_gap_images else " (linear to 64)")]
         if case.batch_timed != case.batch:
             timed.append(f"train step at batch {case.batch_timed} (linear to {case.batch})")
-        print(f"|  | timed: {', '.join(timed)}; per probe {per_probe:.3f} s, per image {per_image:.4f} s |||||||||")
+        print(f"|  | timed: {', '.join(timed)}; per probe {per_probe:.3f} s, per image {per_image:.4f} s: a probe "
+              f"costs {per_probe / per_image:.2f} images (predicted before the first full check: {probe_cost:.2f}) "
+              "|||||||||")
     print(f"\n_{time.perf_counter() - started:.0f} s wall._")
 
 

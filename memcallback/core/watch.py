@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from memcallback.arguments import is_int, is_real, require
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes, max_over_ranks
-from memcallback.core.governor import CostGovernor, GovernorConfig, Tier, local_rows
+from memcallback.core.governor import CostGovernor, GovernorConfig, Tier, local_rows, predicted_probe_cost
 from memcallback.core.measurement import (
     MeasureFn,
     MeasureRequest,
@@ -87,8 +87,9 @@ class MemorizationWatch:
     checks (the maximum over ranks, so every rank decides alike) and picks, check by check, a light check (the loss
     gap alone, when the stop rule monitors a loss-gap key), a reduced check (a prefix of the probes, when the
     monitor needs them) or a full one; see :mod:`memcallback.core.governor`. Every check logs ``overhead`` (check
-    seconds over training seconds so far) and ``probes_measured``. The first check and checks outside training
-    (``can_stop=False``) measure every probe; the latter stay out of the accounts.
+    seconds over training seconds so far) and ``probes_measured``. Checks outside training (``can_stop=False``)
+    measure every probe and stay out of the accounts; the first check does too, unless the monitor is a loss-gap key
+    and the governor can predict a full check's cost, when it is light (the baseline of the loss gap).
 
     **Light checks.** Also with ``probes.every_n_checks = n > 1``, only every ``n``-th check (the first included)
     may sample and measure the probes; the checks between measure the loss gap alone and log its keys with
@@ -322,8 +323,12 @@ class MemorizationWatch:
                                   reference=reference, num_reference=num_reference, loss_reference=loss_reference,
                                   null=null, num_null=num_null, averaged=averaged, warm_start=self._pending_warm_start)
         light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
+        products = self.sharpness.products_per_sample(math.prod(shape))
+        probe_cost = None if products is None or self.conditions is not None else predicted_probe_cost(
+            self.probes.num_samples, self.probes.num_sampling_steps, len(timesteps), products,
+            2 * num_reference + num_null, NUM_LEVELS)  # the conditional metrics' cost is not predicted: timed first
         self.governor = CostGovernor(self.governor_config, self.probes.num_samples, num_loss, world_size,
-                                     light_measures_monitor)
+                                     light_measures_monitor, probe_cost)
         self.governor.load_state_dict(self._governor_state)
         self._since = self.clock()
 
@@ -441,10 +446,12 @@ class MemorizationWatch:
             self.rule.best += shift
 
     def _tier(self, can_stop: bool) -> Tier:
-        """What this check measures: everything at the first check and outside training, the loss gap alone off the
-        ``every_n_checks`` cycle, else the cost governor's choice."""
-        if not can_stop or self.num_checks == 0:
+        """What this check measures: everything outside training, the cost governor's first tier at the first check,
+        the loss gap alone off the ``every_n_checks`` cycle, else the cost governor's choice."""
+        if not can_stop:
             return self.governor.full
+        if self.num_checks == 0:
+            return self.governor.first()
         if self.num_checks % self.probes.every_n_checks:
             return self.governor.light()
         return self.governor.choose()

@@ -140,6 +140,20 @@ class SharpnessConfig:
         """Whether the exact dense path is used for data of dimension ``dim``."""
         return self.solver == "dense" or (self.solver == "auto" and dim <= DENSE_MAX_DIM)
 
+    def products_per_sample(self, dim: int) -> int | None:
+        """The Jacobian products one sample costs at one noise level (the unit of the class docstring, as
+        ``SharpnessStats.num_matvecs`` counts them): ``dim`` on the dense path (one row of the Jacobian each), else
+        ``1 + 2 n + trace_probes + 2 asymmetry_probes`` with ``n = min(krylov_steps, dim)`` Lanczos steps (``n + k + 1``
+        for the spectrum with ``krylov_product="JT"``); ``None`` for the power solver and a solver run to ``tol``
+        (``krylov_steps=None``), whose counts are not written down here."""
+        if self.use_dense(dim):
+            return dim
+        if self.krylov_steps is None or self.solver == "power":
+            return None
+        steps = min(self.krylov_steps, dim)
+        spectrum = 2 * steps if self.krylov_product == "S" else steps + self.k + 1
+        return 1 + spectrum + self.trace_probes + 2 * self.asymmetry_probes
+
 
 @dataclass
 class SharpnessStats:

@@ -11,7 +11,7 @@ import torch
 from test_watch import DENSE, PROBES, TrainableGaussian, memorized_mixture, run_ranks, watch
 
 from memcallback.core import GovernorConfig, MeasureRequest, MemorizationWatch, StopConfig, measure, sample_rows
-from memcallback.core.governor import CostGovernor, Tier
+from memcallback.core.governor import CostGovernor, Tier, predicted_probe_cost
 from memcallback.measure import loss_gap, names
 from memcallback.measure.loss_gap import NUM_LEVELS, loss_noise
 
@@ -99,48 +99,74 @@ def test_bad_settings_say_what_to_change(kwargs, message) -> None:
         MemorizationWatch(governor=0.05)
 
 
-def test_light_checks_keep_the_overhead_under_the_target_and_full_ones_come_when_it_allows() -> None:
-    """A full check costs 20 s, a light one 1 s, 100 s of training between checks, target 5%: the baseline alone is
-    all the budget of the first checks, then one full check whenever the running overhead leaves room for it."""
+def test_the_baseline_is_light_and_a_full_check_waits_until_its_predicted_cost_fits_the_target() -> None:
+    """Costs as the governor counts network passes (a loss-gap image 0.2 s, a probe ``probe_cost`` images): the
+    baseline is the loss gap alone, a full check (32 probes: 6.48 s, more than 5% of one interval) comes whenever
+    the running overhead leaves room for its predicted cost, and the overhead stays under the target at every
+    check."""
+    model, train, heldout = memorized_mixture()
+    clock, per_image = FakeClock(), 0.2
+    cost = predicted_probe_cost(32, PROBES.num_sampling_steps, 1, DENSE.products_per_sample(4), 0, NUM_LEVELS)
+    w = governed(clock, costed(clock, per_probe=per_image * cost, light=0.0, per_image=per_image), stop=LOSS_MONITOR,
+                 probes=dataclasses.replace(PROBES, num_samples=32))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    assert w.governor.probe_cost == pytest.approx(cost) == pytest.approx((5 + 1 + 2 * 4) / 20)  # S + L (1 + 2P)
+    full_seconds = per_image * (10 + cost * 32)
+    results = [w.check(model, step) for step in range(0, 40, 2)]
+    measured = probes_measured(results)
+    assert measured[:5] == [0, 0, 0, 32, 32] and set(measured) == {0, 32}  # 2 + 6.48 > 5, 4 + 6.48 > 10, 12.48 <= 15
+    assert all(r.scalars[names.OVERHEAD] <= 0.05 for r in results[1:])
+    fulls = measured.count(32)
+    assert results[-1].scalars[names.OVERHEAD] == pytest.approx(
+        (fulls * full_seconds + (20 - fulls) * 10 * per_image) / (19 * TRAIN_SECONDS))
+    assert all(r.scalars["loss_gap"] == results[0].scalars["loss_gap"] for r in results)  # the monitor, every check
+    assert "light (loss gap only)" in results[1].message and f"overhead {4 / TRAIN_SECONDS:.1%}" in results[1].message
+
+
+def test_a_full_check_dearer_than_predicted_is_paid_back_before_the_next_one() -> None:
+    """A full check costs 20 s where its passes predict 2.6 s (light checks 1 s, 100 s of training between checks,
+    target 5%): the first full check comes at the second check and overshoots the target once; from then on the
+    timed cost decides, and a full check comes only when the running overhead leaves room for it."""
     model, train, heldout = memorized_mixture()
     clock = FakeClock()
     w = governed(clock, costed(clock, per_probe=19 / 8, light=1.0), stop=LOSS_MONITOR)
     w.setup(model, train_data=train, heldout_data=heldout)
     results = [w.check(model, step) for step in range(0, 60, 2)]
     measured = probes_measured(results)
-    assert measured[0] == 8 and set(measured) == {8, 0}
+    assert measured[:2] == [0, 8] and set(measured) == {8, 0}
     fulls = [i for i, m in enumerate(measured) if m == 8]
-    assert fulls[1] > 5 and len(fulls) >= 3  # the baseline's 20 s are paid back before the next full check
+    assert fulls[1] > 5 and len(fulls) >= 3  # the first full check's 20 s are paid back before the next one
     assert names.OVERHEAD not in results[0].scalars  # no training yet to compare with
     overheads = [math.nan] + [r.scalars[names.OVERHEAD] for r in results[1:]]
+    assert overheads[1] == pytest.approx(21 / TRAIN_SECONDS)
     assert all(overhead <= 0.05 for overhead in overheads[fulls[1]:])  # once paid back, always within the target
     assert overheads[-1] == pytest.approx((20 * len(fulls) + 30 - len(fulls)) / (29 * TRAIN_SECONDS))
-    assert all(r.scalars["loss_gap"] == results[0].scalars["loss_gap"] for r in results)  # the monitor, every check
-    assert "light (loss gap only)" in results[1].message and f"overhead {overheads[1]:.1%}" in results[1].message
 
 
 def test_a_light_check_too_dear_for_one_interval_measures_the_loss_gap_on_fewer_images_from_then_on() -> None:
-    """The loss gap of 10 images costs 4.5 s, more than half of 5% of 100 s of training, the budget of a check while
-    the baseline's 12.5 s are paid back: the check after the first light one decides to cut, and from the next on
-    the loss gap measures 5 images (2.25 s), a prefix of the same fixed set, at light and full checks alike."""
+    """The loss gap of 10 images costs 6 s, more than 5% of 100 s of training: after the light baseline the running
+    overhead is above the target, where a check may cost only half of that (2.5 s), so the second check decides to
+    cut, and from the next on the loss gap measures 3 images (1.8 s; 5 would cost 3 s), a prefix of the same fixed
+    set, at light and full checks alike."""
     model, train, heldout = memorized_mixture()
     clock = FakeClock()
-    w = governed(clock, costed(clock, per_probe=1.0, light=0.0, per_image=0.45), stop=LOSS_MONITOR)
+    w = governed(clock, costed(clock, per_probe=1.0, light=0.0, per_image=0.6), stop=LOSS_MONITOR)
     w.setup(model, train_data=train, heldout_data=heldout)
+    assert w.governor.cuts == [10, 5, 3]
     results = [w.check(model, step) for step in range(0, 200, 2)]
     images = [int(r.scalars[names.LOSS_GAP_IMAGES_MEASURED]) for r in results]
-    assert images[:4] == [10, 10, 10, 5] and set(images[3:]) == {5}
-    assert 8 in probes_measured(results[4:])  # full checks still come, on the same 5 images
-    noise = loss_noise(10, (4,), NUM_LEVELS, PROBES.seed)[:5]  # the first 5 of the 10 images, and their noise
-    expected = loss_gap(model, train[sample_rows(3, 5, PROBES.seed)], heldout[sample_rows(10, 5, PROBES.seed + 1)],
+    assert images[:3] == [10, 10, 3] and set(images[2:]) == {3}
+    assert 8 in probes_measured(results[3:])  # full checks still come, on the same 3 images
+    noise = loss_noise(10, (4,), NUM_LEVELS, PROBES.seed)[:3]  # the first 3 of the 10 images, and their noise
+    expected = loss_gap(model, train[sample_rows(3, 3, PROBES.seed)], heldout[sample_rows(10, 3, PROBES.seed + 1)],
                         noise=noise).summary()
-    assert {k: results[3].scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
-    assert "light (loss gap only), next checks' loss gap on 5 images" in results[2].message
-    assert "light (loss gap only), loss gap on 5/10 images" in results[3].message
-    # the same weights throughout: 5 images give a larger gap than 10 (the memorized image weighs more), by more than
+    assert {k: results[2].scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
+    assert "light (loss gap only), next checks' loss gap on 3 images" in results[1].message
+    assert "light (loss gap only), loss gap on 3/10 images" in results[2].message
+    # the same weights throughout: 3 images give a larger gap than 10 (the memorized image weighs more), by more than
     # min_delta, yet the rule never fires: its best value moved with the cut
-    assert results[3].scalars["loss_gap"] - results[2].scalars["loss_gap"] > w.rule.min_delta
-    assert not any(r.fired for r in results) and w.rule.best == pytest.approx(results[3].scalars["loss_gap"])
+    assert results[2].scalars["loss_gap"] - results[1].scalars["loss_gap"] > w.rule.min_delta
+    assert not any(r.fired for r in results) and w.rule.best == pytest.approx(results[2].scalars["loss_gap"])
 
 
 def test_ungoverned_every_check_is_full_and_the_share_is_still_logged() -> None:
@@ -259,6 +285,18 @@ def test_the_baseline_and_checks_outside_training_measure_every_probe_and_stay_o
     assert w.check(model, 2).scalars[names.PROBES_MEASURED] == 32 and w.governor.ceiling == 8
     assert w.governor.train_seconds == 2 * TRAIN_SECONDS  # the outside check's 16 s are neither
     assert w.governor.check_seconds == 16.0 + 16.0
+
+
+def test_a_loss_gap_baseline_measures_every_probe_when_a_full_check_cannot_be_predicted() -> None:
+    """The power solver's products are not counted ahead (nor a solver run to ``tol``): the first check is full,
+    and its timed cost decides the next ones, as without a prediction."""
+    model, train, heldout = memorized_mixture()
+    clock = FakeClock()
+    w = governed(clock, costed(clock, per_probe=1.0, light=1.0), stop=LOSS_MONITOR,
+                 sharpness=dataclasses.replace(DENSE, solver="power"))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    assert w.governor.probe_cost is None
+    assert probes_measured([w.check(model, 0), w.check(model, 2)]) == [8, 0]  # 9 s paid back first
 
 
 def test_with_the_probes_cut_the_loss_gap_is_cut_alike() -> None:

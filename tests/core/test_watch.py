@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from memcallback.core import (
     CALIBRATED_RULES,
+    GovernorConfig,
     MeasureRequest,
     MemorizationWatch,
     NoDistribution,
@@ -66,7 +67,10 @@ def scripted(series: list[float | None]):
 
 
 def watch(**kwargs) -> MemorizationWatch:
-    return MemorizationWatch(**({"every_n_steps": 2, "probes": PROBES, "sharpness": DENSE} | kwargs))
+    """A watch on the test's probes, ungoverned: every check measures everything (the cost governor, which reads the
+    wall clock, is tested on an injected one in test_governor.py)."""
+    settings = {"every_n_steps": 2, "probes": PROBES, "sharpness": DENSE, "governor": GovernorConfig(max_overhead=None)}
+    return MemorizationWatch(**(settings | kwargs))
 
 
 def test_schedule() -> None:

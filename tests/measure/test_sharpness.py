@@ -297,3 +297,23 @@ def test_transpose_krylov_budget_on_a_non_symmetric_network() -> None:
     assert short.products["spectrum"] == 10 + k + 1 and short.products["min_eigenvalue"] == 0
     assert _within(short.mu, dense.mu, short.ritz_residual)
     assert _within(short.min_mu[:, None], dense.mu, short.min_mu_residual)
+
+
+@pytest.mark.parametrize(("dim", "config"), [
+    (300, SharpnessConfig()),  # the default budget
+    (300, SharpnessConfig(krylov_product="JT", asymmetry_probes=2)),
+    (300, SharpnessConfig(trace_estimator="deflated", min_eigenvalue=False)),
+    (12, SharpnessConfig(solver="lanczos")),  # fewer dimensions than Krylov steps
+    (12, SharpnessConfig(solver="dense")),
+])
+def test_the_predicted_products_are_those_a_measurement_makes(dim: int, config: SharpnessConfig) -> None:
+    """``products_per_sample`` (what the cost governor predicts a check from) against the products counted."""
+    fn, _ = gaussian_score(torch.logspace(-3, 0, dim, dtype=torch.float64), 0.3)
+    stats = measure_sharpness(fn, torch.randn(2, dim, dtype=torch.float64), 10, 0.3, config,
+                              generator=torch.Generator().manual_seed(0))
+    assert config.products_per_sample(dim) == stats.num_matvecs
+
+
+def test_no_products_are_predicted_where_the_count_depends_on_the_data() -> None:
+    assert SharpnessConfig(krylov_steps=None).products_per_sample(300) is None
+    assert SharpnessConfig(solver="power").products_per_sample(300) is None

@@ -21,9 +21,9 @@ monitored value and the checks of that value stay ``every_n_steps`` apart (the s
 The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet). A cut is
 decided one check ahead: that check measures the old count, the watch computes the monitored value on both from the
 same weights and moves the stop rule's best value by their difference, so a rise is still measured on one footing.
-The cut is decided on one training interval (the steady state; while the running overhead is above the target, as
-after the baseline check, a check may cost half of that), the choice between full and light on the running
-overhead (which pays back the baseline check too). When even the smallest tier does not fit, it is taken anyway and
+The cut is decided on one training interval (the steady state; while a check at the current count would leave the
+running overhead above the target, as after the baseline check, a check may cost half of that), the choice between
+full and light on the running overhead (which pays back the baseline check too). When even the smallest tier does not fit, it is taken anyway and
 the logged ``overhead`` shows how far above the target it is. The governor is arithmetic on numbers every rank holds
 identically (the caller reduces the measured times over ranks first, taking their maximum), so every rank picks the
 same tier; its state is a plain dict that survives a resume.
@@ -172,9 +172,10 @@ class CostGovernor:
         target = self.config.max_overhead
         if target is None:
             return self.full
-        # the cost a check at every interval may have; half of it while the overhead is above the target (the
-        # baseline check being paid back)
-        steady = target * self.last_interval * (0.5 if self.overhead > target else 1.0)
+        # the cost a check at every interval may have; half of it while a check at the current count would leave
+        # the running overhead above the target (the first checks, paid before any training, being paid back)
+        behind = self.check_seconds + self.estimate(self._cut(self.ceiling)) > target * self.train_seconds
+        steady = target * self.last_interval * (0.5 if behind else 1.0)
         cuts = [c for c in self.cuts if c <= self.ceiling]
         cut = next((c for c in cuts if self.estimate(self._cut(c)) <= steady), cuts[-1])
         if not self.light_measures_monitor:  # the cut applies from the next check: this one measures both

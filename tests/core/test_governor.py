@@ -169,6 +169,22 @@ def test_a_light_check_too_dear_for_one_interval_measures_the_loss_gap_on_fewer_
     assert not any(r.fired for r in results) and w.rule.best == pytest.approx(results[2].scalars["loss_gap"])
 
 
+def test_light_checks_within_one_intervals_share_are_cut_while_the_baseline_keeps_the_overhead_above_it() -> None:
+    """The loss gap of 10 images costs 4.8 s, within 5% of one 100 s interval, but after the light baseline a second
+    one would make 9.6 s over 100 s: that check decides the cut (to 5 images, 2.4 s, within half the share), and the
+    running overhead comes back under the target and stays there (full checks cost what their passes predict)."""
+    model, train, heldout = memorized_mixture()
+    clock, per_image = FakeClock(), 0.48
+    cost = predicted_probe_cost(8, PROBES.num_sampling_steps, 1, DENSE.products_per_sample(4), 0, NUM_LEVELS)
+    w = governed(clock, costed(clock, per_probe=per_image * cost, light=0.0, per_image=per_image), stop=LOSS_MONITOR)
+    w.setup(model, train_data=train, heldout_data=heldout)
+    results = [w.check(model, step) for step in range(0, 40, 2)]
+    images = [int(r.scalars[names.LOSS_GAP_IMAGES_MEASURED]) for r in results]
+    assert images[:3] == [10, 10, 5] and set(images[2:]) == {5}
+    assert 8 in probes_measured(results)
+    assert all(r.scalars[names.OVERHEAD] <= 0.05 + 1e-12 for r in results[3:])
+
+
 def test_ungoverned_every_check_is_full_and_the_share_is_still_logged() -> None:
     model, train, heldout = memorized_mixture()
     clock = FakeClock()

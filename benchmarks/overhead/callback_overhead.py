@@ -81,15 +81,15 @@ def train_once(case: str, steps: int, every: int, variant: int,
         return time.perf_counter() - start, time.process_time() - cpu, monitor
 
 
-def describe(history: list[dict[str, float]]) -> str:
+def describe(history: list[dict[str, float]], num_probes: int) -> str:
     """What the governed checks measured: counts of full, cut and light checks, and the last logged overhead."""
     probes = [row.get(names.PROBES_MEASURED) for row in history]
-    full = sum(p == max(probes) for p in probes)
+    full = sum(p == num_probes for p in probes)
     light = sum(p == 0 for p in probes)
     images = sorted({int(row[names.LOSS_GAP_IMAGES_MEASURED]) for row in history
                      if names.LOSS_GAP_IMAGES_MEASURED in row})
     return (f"{len(history)} checks: {full} with every probe, {len(history) - full - light} on fewer probes "
-            f"({sorted({int(p) for p in probes if 0 < p < max(probes)})}), {light} light; loss-gap images "
+            f"({sorted({int(p) for p in probes if 0 < p < num_probes})}), {light} light; loss-gap images "
             f"{images}; logged overhead at the end {history[-1].get(names.OVERHEAD, math.nan):.1%}")
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     variants = VARIANTS[:2] if args.no_ungoverned else VARIANTS
     times: list[list[float]] = [[] for _ in variants]
     cpu_times: list[list[float]] = [[] for _ in variants]
-    governed_history: list[dict[str, float]] = []
+    governed: MemorizationMonitor | None = None
     train_once(args.case, min(steps, 20), args.every, 1, args.accelerator)  # warm-up (imports, first calls), untimed
     for _ in range(args.repeats):
         for variant in range(len(variants)):
@@ -117,7 +117,7 @@ def main() -> None:
             cpu_times[variant].append(cpu)
             print(f"  {variants[variant]}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
             if variant == 1:
-                governed_history = monitor.history
+                governed = monitor
     print(f"case {args.case} on {args.accelerator}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, "
           f"{steps} steps, {args.repeats} repeats (in the order of the table), a check every {args.every} steps "
@@ -137,7 +137,7 @@ def main() -> None:
             cells += [f"{median:.1f}", f"**{median / statistics.median(series[0]) - 1:+.1%}** [{min(paired):+.1%} - "
                                        f"{max(paired):+.1%}]"]
         print(f"| {name} | {cells[0]} | {runs} | {cells[1]} | {cells[2]} | {cells[3]} |")
-    print(f"\ngoverned, last repeat: {describe(governed_history)}")
+    print(f"\ngoverned, last repeat: {describe(governed.history, governed.probes.num_samples)}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ monitored value and the checks of that value stay ``every_n_steps`` apart (the s
   ``check seconds / training seconds``, stays at or under ``max_overhead`` with it, else a light one; since both measure
   the monitor, the stop is decided at the same check as without the governor. The first check (the baseline, before
   any training has paid for it) is light too, and until a full check has been timed its cost is predicted from the
-  light checks' cost per image and the network passes of the two (:func:`predicted_probe_cost`, an overestimate), so
-  a full check is never taken on a guess that it is cheap. When even a light check costs more
+  light checks' cost per image and the network passes of the two (:func:`predicted_probe_cost`, counted to err
+  high), so that a full check is not started on a guess that it is cheap. When even a light check costs more
   than ``max_overhead`` times one training interval, the loss gap measures half its images (a prefix of the fixed
   set), and so on down to ``min_fraction`` of them.
 * **The monitor needs the probes** (the score; no held-out data): every check measures a prefix of the fixed probes,
@@ -23,10 +23,10 @@ decided one check ahead: that check measures the old count, the watch computes t
 same weights and moves the stop rule's best value by their difference, so a rise is still measured on one footing.
 The cut is decided on one training interval (the steady state; while a check at the current count would leave the
 running overhead above the target, as after the baseline check, a check may cost half of that), the choice between
-full and light on the running overhead (which pays back the baseline check too). When even the smallest tier does not fit, it is taken anyway and
-the logged ``overhead`` shows how far above the target it is. The governor is arithmetic on numbers every rank holds
-identically (the caller reduces the measured times over ranks first, taking their maximum), so every rank picks the
-same tier; its state is a plain dict that survives a resume.
+full and light on the running overhead (which pays back the baseline check too). When even the smallest tier does
+not fit, it is taken anyway and the logged ``overhead`` shows how far above the target it is. The governor is
+arithmetic on numbers every rank holds identically (the caller reduces the measured times over ranks first, taking
+their maximum), so every rank picks the same tier; its state is a plain dict that survives a resume.
 """
 
 from __future__ import annotations
@@ -252,8 +252,10 @@ def predicted_probe_cost(num_probes: int, num_sampling_steps: int, num_timesteps
 
         probe_cost = (N_p (S + L (1 + 2P)) + N_m (1 + 2P)) / (2 K N_p)
 
-    At the defaults (S = 50, L = 1, P = 61, no sharpness gap or null, K = 10) it is 8.65; timed, the ratio was
-    6.4 - 7.0 on four models from 8x8 digits to the 35.7M-parameter CIFAR UNet (docs/benchmarks.md).
+    At the defaults (S = 50, L = 1, P = 61, no sharpness gap or null, K = 10) it is 8.65 (8.95 on the dense path of
+    8x8 digits, P = 64); timed, a probe cost 4.5 - 7.8 loss-gap images on models from 8x8 digits to the
+    35.7M-parameter CIFAR UNet (docs/benchmarks.md). A prediction that is low lets one full check overshoot; its
+    timed cost decides from then on.
     """
     per_level = 1 + 2 * products
     passes = num_probes * (num_sampling_steps + num_timesteps * per_level) + measured_images * per_level

@@ -10,8 +10,8 @@ monitored value and the checks of that value stay ``every_n_steps`` apart (the s
   ``check seconds / training seconds``, stays at or under ``max_overhead`` with it, else a light one; since both measure
   the monitor, the stop is decided at the same check as without the governor. The first check (the baseline, before
   any training has paid for it) is light too, and until a full check has been timed its cost is predicted from the
-  light checks' cost per image and the network passes of the two (:func:`predicted_probe_cost`, counted to err
-  high), so that a full check is not started on a guess that it is cheap. When even a light check costs more
+  light checks' cost per image and the network passes of the two (:func:`predicted_probe_cost`), so that a full
+  check is not started on a guess. When even a light check costs more
   than ``max_overhead`` times one training interval, the loss gap measures half its images (a prefix of the fixed
   set), and so on down to ``min_fraction`` of them.
 * **The monitor needs the probes** (the score; no held-out data): every check measures a prefix of the fixed probes,
@@ -246,16 +246,16 @@ def predicted_probe_cost(num_probes: int, num_sampling_steps: int, num_timesteps
 
     A probe takes ``S = num_sampling_steps`` forward passes to sample, then at each of its ``L = num_timesteps``
     measurement levels one forward pass and ``P = products`` Jacobian products (each counted as two passes, a
-    forward and a backward: more than a batched product costs, so the prediction errs high); the sharpness gap's
+    forward and a backward); the sharpness gap's
     and the null's images (``measured_images`` of them, at the primary level) cost ``1 + 2P`` each. An image of the
     loss gap is a training and a held-out image at ``K = num_levels`` levels, ``2K`` forward passes:
 
         probe_cost = (N_p (S + L (1 + 2P)) + N_m (1 + 2P)) / (2 K N_p)
 
     At the defaults (S = 50, L = 1, P = 61, no sharpness gap or null, K = 10) it is 8.65 (8.95 on the dense path of
-    8x8 digits, P = 64); timed, a probe cost 4.5 - 7.8 loss-gap images on models from 8x8 digits to the
-    35.7M-parameter CIFAR UNet (docs/benchmarks.md). A prediction that is low lets one full check overshoot; its
-    timed cost decides from then on.
+    8x8 digits, P = 64); timed, a probe cost 4.5 - 9.2 loss-gap images on models from 8x8 digits to the
+    35.7M-parameter CIFAR UNet (docs/benchmarks.md): at most 6% above the prediction. A prediction that is low lets
+    the first full check overshoot by as much; its timed cost decides from then on.
     """
     per_level = 1 + 2 * products
     passes = num_probes * (num_sampling_steps + num_timesteps * per_level) + measured_images * per_level

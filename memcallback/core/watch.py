@@ -409,14 +409,14 @@ class MemorizationWatch:
         else:
             scalars, cut_probes = self._reduce(report, self._reduce_null(measured.null), tier.probes, tier.cut_probes)
             scalars |= {names.conditional(k): v for k, v in measured.conditional.items()}
-            cut |= cut_probes if tier.cut_probes < tier.probes else {}
+            cut |= cut_probes
             if state.reference is not None:
                 scalars |= self._reduce_reference(measured.reference)
                 gap_partial = measured.reference is not None and measured.reference.partial
         if state.loss_reference is not None:
             loss, cut_loss = self._reduce_loss_gap(measured.loss_gap, tier.images, tier.cut_images)
             scalars |= loss
-            cut |= cut_loss if tier.cut_images < tier.images else {}
+            cut |= cut_loss
             scalars[names.LOSS_GAP_IMAGES_MEASURED] = float(tier.images)
         partial = state.reducer.any_true((report is not None and report.partial) or gap_partial)
         scalars[names.SECONDS] = seconds  # the whole measurement, this rank
@@ -504,10 +504,10 @@ class MemorizationWatch:
                 cut: int) -> tuple[dict[str, float], dict[str, float]]:
         """The summary of every rank's probes together (the first ``num_probes`` of the probe set): per-probe
         values gathered in probe order, padding dropped, then the one summary
-        (:func:`~memcallback.measure.report.summarize`); and the same of the first ``cut`` probes only. Every key of
-        the schema is there on every rank: what a cut-short measurement did not reach is NaN. With a null threshold
-        (``null``, from :meth:`_reduce_null`) the primary timestep's flag is the score above it, here and in
-        ``report``."""
+        (:func:`~memcallback.measure.report.summarize`); and the same of the first ``cut`` probes only (empty when
+        ``cut`` is all of them). Every key of the schema is there on every rank: what a cut-short measurement did
+        not reach is NaN. With a null threshold (``null``, from :meth:`_reduce_null`) the primary timestep's flag is
+        the score above it, here and in ``report``."""
         state = self.setup_state
         probes = state.probes
         per_sample = report.per_sample()
@@ -523,8 +523,11 @@ class MemorizationWatch:
             for key in (names.FLAGGED_FRACTION, names.at_timestep(state.timesteps[0], names.FLAGGED_FRACTION)):
                 values[key] = flagged
             report.primary.flagged = report.primary.memorization_score > threshold
-        return tuple(summarize({k: v[:n] for k, v in values.items()}, state.timesteps, report.seconds) | null
-                     | {names.FLAG_THRESHOLD: threshold} for n in (num_probes, cut))
+        def summary(n: int) -> dict[str, float]:
+            return (summarize({k: v[:n] for k, v in values.items()}, state.timesteps, report.seconds) | null
+                    | {names.FLAG_THRESHOLD: threshold})
+
+        return summary(num_probes), summary(cut) if cut < num_probes else {}
 
     def _reduce_reference(self, gap: SharpnessGap | None) -> dict[str, float]:
         """Mean scores at every rank's reference images together and their difference (NaN where not measured)."""
@@ -542,7 +545,8 @@ class MemorizationWatch:
     def _reduce_loss_gap(self, gap: LossGap | None, num_images: int,
                          cut: int) -> tuple[dict[str, float], dict[str, float]]:
         """The loss gap of every rank's images together (the first ``num_images`` of its set): per-image errors
-        gathered, then ``LossGap.summary()`` (NaN when not measured); and the same of the first ``cut`` images."""
+        gathered, then ``LossGap.summary()`` (NaN when not measured); and the same of the first ``cut`` images (empty
+        when ``cut`` is all of them)."""
         state = self.setup_state
         ref = state.loss_reference
         n_local, num_levels = local_rows(num_images, state.probes.world_size), ref.noise.shape[1]
@@ -550,7 +554,10 @@ class MemorizationWatch:
         if gap is not None:
             local[:num_levels], local[num_levels:] = gap.train.T.to(local), gap.heldout.T.to(local)
         values = gather_probes(state.reducer, local, state.probes.rank, state.probes.world_size, num_images).cpu()
-        return tuple(loss_gap_summary(v[:num_levels].T, v[num_levels:].T) for v in (values, values[:, :cut]))
+        def summary(v: Tensor) -> dict[str, float]:
+            return loss_gap_summary(v[:num_levels].T, v[num_levels:].T)
+
+        return summary(values), summary(values[:, :cut]) if cut < num_images else {}
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
         if self.monitor_key not in result.scalars:  # a light check does not measure the monitored value

@@ -8,11 +8,10 @@ Each run's checkpoints (every 250 steps, ``benchmarks/transfer/runs.py``) are me
 governor, both with the run's training and held-out images (the callback's ``ground_truth=True``). The watches'
 clock is the wall clock plus the run's own training time between checkpoints (``train_s`` of its ``run.json``
 spread over its steps), so the governor decides on the check times measured here against the training time the
-run took. Monitors: ``loss_gap`` (the rule of ``experiment=patches_memorize``: threshold 0.25, min_delta 0) and
-``score`` (``StopConfig(monitor="memorization/score")``, the other settings calibrated for it). Prints, per run
-and monitor, the step at which each watch's rule fired, how many full checks the governed watch made and how many
-of them lie between the two stops (the criterion: the governed stop is at most one full check later), and the
-governed overhead.
+run took. Monitors: ``loss_gap`` and ``score`` (``StopConfig(monitor=...)``, threshold and min_delta as calibrated
+for each, ``memcallback.core.CALIBRATED_RULES``). Prints, per run and monitor, the step at which each watch's rule
+fired, how many full checks the governed watch made and how many of them lie between the two stops (the criterion:
+the governed stop is at most one full check later), and the governed overhead.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ from benchmarks.transfer.runs import CACHE, checkpoint, datamodule, parse_spec, 
 from memcallback.core import GovernorConfig, MemorizationWatch, StopConfig
 from memcallback.measure import names
 
-STOPS = {"loss_gap": StopConfig(monitor="memorization/loss_gap", threshold=0.25, min_delta=0.0),
-         "score": StopConfig(monitor="memorization/score")}
+#: the calibrated rule of each monitor (``memcallback.core.CALIBRATED_RULES``)
+STOPS = {"loss_gap": StopConfig(monitor="memorization/loss_gap"), "score": StopConfig(monitor="memorization/score")}
 
 
 class ReplayClock:

@@ -38,6 +38,12 @@ class ProbeConfig:
             of them. 0 (the default): off. They cost as much as as many probes, without sampling. Opt-in: in the
             transfer study a generalizing model's sampler states scored above this null far more often than
             ``flag_fpr`` (docs/transfer/results.md).
+        copy_null_images: held-out images (a seeded random selection of at most this many) whose nearest-neighbour
+            distance ratios against the training images are the null of the default per-sample flag
+            (:mod:`~memcallback.measure.copy_flag`), when both are given at setup: a probe is flagged when its
+            ratio is below their conformal quantile at ``SharpnessConfig.flag_fpr``. Measured once at setup (a
+            nearest-neighbour search of these images in the training set). 0: off (the score flag,
+            ``flag_threshold``).
         every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at most
             at the first check and every this many checks after it; the checks between measure the loss gap only,
             which costs a fraction of a full check. 1 (the default): any check may be full, as the cost governor
@@ -52,6 +58,7 @@ class ProbeConfig:
     reference_images: int = 0
     loss_gap_images: int = 64
     null_images: int = 0
+    copy_null_images: int = 1000
     every_n_checks: int = 1
 
     def __post_init__(self) -> None:
@@ -63,6 +70,8 @@ class ProbeConfig:
                 self.loss_gap_images, "an int >= 0 (0: no loss gap)")
         require(is_int(self.null_images) and self.null_images >= 0, "null_images", self.null_images,
                 "an int >= 0 (0: the fixed flag_threshold)")
+        require(is_int(self.copy_null_images) and self.copy_null_images >= 0, "copy_null_images",
+                self.copy_null_images, "an int >= 0 (0: no copy flag, the score flag)")
         require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
         for name, example in (("sigmas", "[0.1]"), ("timesteps", "[27]")):
             value = getattr(self, name)

@@ -48,6 +48,7 @@ from memcallback.diffusion import DiffusionModel, check_model
 from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
+from memcallback.measure.copy_flag import CopyFlag, copy_flag
 from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_gap_summary, loss_noise
 from memcallback.measure.null import conformal_threshold, min_null_size
 from memcallback.measure.reference import SharpnessGap
@@ -69,6 +70,7 @@ class _Setup:
     loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
     null: NullImages | None = None  # this rank's share of the flag's null images
     num_null: int = 0
+    copy_flag: CopyFlag | None = None  # the default per-sample flag (training and held-out data given)
     warm_start: dict[int, Tensor] | None = field(default=None)
     averaged: AveragedWeights | None = None  # the model's averaged (EMA) copy, when setup was given one
 
@@ -292,6 +294,9 @@ class MemorizationWatch:
             images = heldout_data[sample_rows(len(heldout_data), num_null, seed + 2).to(heldout_data.device)]
             null = NullImages(*(shard(x, rank, world_size)  # the noise stays on the CPU, like the probes'
                                 for x in (images, probe_noise(num_null, shape, seed + 3))))
+        flag = None
+        if null is None and train_data is not None and heldout_data is not None and self.probes.copy_null_images > 0:
+            flag = self._copy_flag(train_data, heldout_data)
         if self.probes.every_n_checks > 1 and loss_reference is None:
             raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
                              "full checks, but there is no loss gap: give training and held-out data at setup (with "
@@ -300,7 +305,7 @@ class MemorizationWatch:
                              "often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
-                                 loss_reference is not None, null is not None)
+                                 loss_reference is not None, null is not None, flag is not None)
         resolved = self.stop.resolve(self.prefix, known)
         self.monitor = resolved.monitor
         if self.monitor_key not in known:
@@ -321,7 +326,8 @@ class MemorizationWatch:
         self.setup_state = _Setup(probes=ProbeSet.build(self.probes, shape, rank, world_size), timesteps=timesteps,
                                   train_data=train_data, reducer=reducer, collective_interrupt=fixed,
                                   reference=reference, num_reference=num_reference, loss_reference=loss_reference,
-                                  null=null, num_null=num_null, averaged=averaged, warm_start=self._pending_warm_start)
+                                  null=null, num_null=num_null, copy_flag=flag, averaged=averaged,
+                                  warm_start=self._pending_warm_start)
         light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
         products = self.sharpness.products_per_sample(math.prod(shape))
         probe_cost = None if products is None or self.conditions is not None else predicted_probe_cost(
@@ -331,6 +337,20 @@ class MemorizationWatch:
                                      light_measures_monitor, probe_cost)
         self.governor.load_state_dict(self._governor_state)
         self._since = self.clock()
+
+    def _copy_flag(self, train_data: Tensor, heldout_data: Tensor) -> CopyFlag:
+        """The copy flag from at most ``probes.copy_null_images`` held-out images (a seeded random selection), with a
+        warning when they are too few for ``sharpness.flag_fpr``."""
+        count = min(self.probes.copy_null_images, len(heldout_data))
+        images = heldout_data[sample_rows(len(heldout_data), count, self.probes.seed + 4).to(heldout_data.device)]
+        fpr = self.sharpness.flag_fpr
+        flag = copy_flag(images, train_data.to(images.device), fpr)
+        if flag.fpr > fpr:
+            warnings.warn(f"The per-sample flag is calibrated on {count} held-out images, too few for "
+                          f"sharpness.flag_fpr={fpr:g} (that needs {min_null_size(fpr)}): "
+                          f"it holds a false-positive rate of {flag.fpr:.3f} instead (logged as flag_fpr). Give more "
+                          "held-out data, or raise flag_fpr.", stacklevel=3)
+        return flag
 
     def due(self, step: int) -> bool:
         """Whether a check is due after training step ``step`` (a step schedule, or step 0 with
@@ -506,10 +526,13 @@ class MemorizationWatch:
         values gathered in probe order, padding dropped, then the one summary
         (:func:`~memcallback.measure.report.summarize`); and the same of the first ``cut`` probes only (empty when
         ``cut`` is all of them). Every key of the schema is there on every rank: what a cut-short measurement did
-        not reach is NaN. With a null threshold (``null``, from :meth:`_reduce_null`) the primary timestep's flag is
-        the score above it, here and in ``report``."""
+        not reach is NaN. The primary timestep's flag, here and in ``report``: with a null threshold (``null``, from
+        :meth:`_reduce_null`) the score above it; with the copy flag (set up only without score null) the probes'
+        distance ratio below its threshold; else the score above ``flag_threshold``."""
         state = self.setup_state
         probes = state.probes
+        if state.copy_flag is not None and report.labels is not None:
+            report.primary.flagged = state.copy_flag(report.labels.distance_ratio)
         per_sample = report.per_sample()
         keys = sorted(names.per_sample_keys(state.timesteps, state.train_data is not None))
         missing = torch.full((local_rows(num_probes, probes.world_size),), math.nan, dtype=torch.float64)
@@ -523,9 +546,12 @@ class MemorizationWatch:
             for key in (names.FLAGGED_FRACTION, names.at_timestep(state.timesteps[0], names.FLAGGED_FRACTION)):
                 values[key] = flagged
             report.primary.flagged = report.primary.memorization_score > threshold
+        flag = {} if state.copy_flag is None else {names.FLAG_RATIO: state.copy_flag.ratio,
+                                                  names.FLAG_FPR: state.copy_flag.fpr}
+
         def summary(n: int) -> dict[str, float]:
             return (summarize({k: v[:n] for k, v in values.items()}, state.timesteps, report.seconds) | null
-                    | {names.FLAG_THRESHOLD: threshold})
+                    | {names.FLAG_THRESHOLD: threshold} | flag)
 
         return summary(num_probes), summary(cut) if cut < num_probes else {}
 

@@ -5,10 +5,14 @@ memorization score is ``"memorization/score"``. One check logs:
 
 =============================  =====================================================================
 ``{name}`` for ``SHARPNESS``   mean over the probes of a per-sample statistic at the primary timestep
-``flagged_fraction``           fraction of probes whose memorization score exceeds ``flag_threshold``
-``flag_threshold``             the threshold of the flag at the primary timestep: the conformal quantile of the
-                               scores at noised held-out images (``score_null_images``, their mean) when null
-                               images are given, else ``SharpnessConfig.flag_threshold``
+``flagged_fraction``           fraction of probes flagged as likely copies: at the primary timestep, with the
+                               copy flag, those whose nearest-neighbour distance ratio is below ``flag_ratio``;
+                               else (and at later timesteps) those whose score exceeds ``flag_threshold``
+``flag_ratio``, ``flag_fpr``   the copy flag (training and held-out data given): the held-out images' conformal
+                               quantile of the distance ratio, and the false-positive rate it holds
+``flag_threshold``             the score level of the score flag: the conformal quantile of the scores at
+                               noised held-out images (``score_null_images``, their mean) when null images are
+                               given (the primary timestep's flag then), else ``SharpnessConfig.flag_threshold``
 ``converged_fraction``         fraction of probes whose eigenvalue solves met ``tol``
 ``t{t}/{name}``                each of the above at measurement timestep ``t`` (the primary one too)
 ``nn_rate``                    fraction of probes whose sample copies a training image (ground truth)
@@ -74,6 +78,10 @@ LOSS_REFERENCE = (LOSS_TRAIN_IMAGES, LOSS_HELDOUT_IMAGES, LOSS_GAP)
 FLAG_THRESHOLD = "flag_threshold"
 SCORE_NULL_IMAGES = "score_null_images"
 NULL = (FLAG_THRESHOLD, SCORE_NULL_IMAGES)
+#: The copy flag's threshold on the distance ratio and its false-positive rate (``memcallback.measure.copy_flag``).
+FLAG_RATIO = "flag_ratio"
+FLAG_FPR = "flag_fpr"
+COPY_FLAG = (FLAG_RATIO, FLAG_FPR)
 #: Per-sample conditional metrics (``ConditionalReport.per_sample()`` without ground truth).
 CONDITIONAL = ("hds", "sd_norm", "hds_normalized", "sd_norm_normalized")
 SHARPEST_CONDITION = "sharpest_condition"
@@ -113,9 +121,11 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
 
 
 def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
-               reference: bool = False, loss_gap: bool = False, null: bool = False) -> set[str]:
+               reference: bool = False, loss_gap: bool = False, null: bool = False,
+               copy_flag: bool = False) -> set[str]:
     """Every key (without prefix) that one successful check of the monitoring core logs."""
     keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, FLAG_THRESHOLD, PROBES_MEASURED}
+    keys |= set(COPY_FLAG) if copy_flag else set()
     keys |= set(REFERENCE) if reference else set()
     keys |= {*LOSS_REFERENCE, LOSS_GAP_IMAGES_MEASURED} if loss_gap else set()
     keys |= {SCORE_NULL_IMAGES} if null else set()

@@ -75,14 +75,15 @@ class SharpnessConfig:
             ``"top_mu"``: ``1 - mean_i clamp(mu_i, 0, 1)`` (each ``mu`` clamped first);
             ``"effective_dim"``: ``1 - clamp(d_eff / d, 0, 1)``;
             ``"flat_fraction"``: ``1 - flat_count / k``.
-        flag_threshold: a sample is flagged as memorized when its score exceeds this, where no null distribution is
-            measured (no held-out data, or ``ProbeConfig.null_images=0``): a level that does not carry over from
-            one data set to another (docs/transfer/results.md).
-        flag_fpr: where a null distribution is measured (scores at noised held-out images,
-            ``ProbeConfig.null_images > 0``, opt-in), the flag's nominal false-positive rate: the threshold is the
-            null's conformal quantile (:mod:`~memcallback.measure.null`). The rate holds for probes whose states are
-            exchangeable with noised held-out images, which the sampler's own states were not in the transfer study
-            (docs/transfer/results.md).
+        flag_threshold: a sample is flagged as memorized when its score exceeds this, where neither the copy flag
+            (training and held-out data at setup, ``ProbeConfig.copy_null_images > 0``) nor a score null
+            (``ProbeConfig.null_images > 0``) applies, and at the measurement timesteps after the primary one: a
+            level that does not carry over from one data set to another (docs/transfer/results.md).
+        flag_fpr: the per-sample flag's false-positive rate where it is calibrated: the copy flag
+            (:mod:`~memcallback.measure.copy_flag`, the default with training and held-out data) flags a probe
+            whose nearest-neighbour distance ratio is below the held-out images' conformal quantile at this rate;
+            the opt-in score null (:mod:`~memcallback.measure.null`) flags a score above the noised held-out
+            images' quantile. 0.01: at most one sample in a hundred that is as novel as held-out data is flagged.
         chunk_size: most vectors sent through the network at once (``None``: all).
     """
 
@@ -99,7 +100,7 @@ class SharpnessConfig:
     jvp: str = "double_backward"
     score_statistic: str = "mean_mu"
     flag_threshold: float = 0.25
-    flag_fpr: float = 0.02
+    flag_fpr: float = 0.01
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -132,7 +133,7 @@ class SharpnessConfig:
         require(is_real(self.flag_threshold) and 0 <= self.flag_threshold <= 1,
                 "flag_threshold", self.flag_threshold, "a float in [0, 1]")
         require(is_real(self.flag_fpr) and 0 < self.flag_fpr < 1, "flag_fpr", self.flag_fpr,
-                "a false-positive rate in (0, 1), e.g. 0.02")
+                "a false-positive rate in (0, 1), e.g. 0.01")
         require(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
                 "chunk_size", self.chunk_size, "None or an int >= 1")
 

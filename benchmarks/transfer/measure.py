@@ -8,6 +8,7 @@ scores, copy labels and null scores. Beside it, per checkpoint:
 
 - ground truth: ``--gt-samples`` (default ``GT_SAMPLES``) DDIM-50 samples from probe seed 1 (not the callback's
   seed 0), each labelled a copy when ``d1 / d2 < 1/3`` against the run's distinct training images;
+- the flag's test (the watch's own copy flag) applied to those samples too, a larger sample of its rate;
 - quality: the held-out denoising loss (``val/loss`` of the app's module on fixed noise and timesteps) and a
   Frechet distance between those samples and the whole family in the space of its first ``PCA_DIMS`` principal
   components (a pixel-space FID: no network weights to download).
@@ -93,6 +94,7 @@ def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES
     watch = MemorizationWatch(stop=StopConfig(stop_training=False), measure_fn=recorder,
                               governor=GovernorConfig(max_overhead=None))
     watch.setup(checkpoint(spec, 0, shape, cache), train_data=train, heldout_data=heldout)
+    copies = watch.setup_state.copy_flag  # the flag's test, applied to the ground-truth samples too
     if rows:  # replay the decisions so far: the watch's state is what the checks left
         watch.load_state_dict(rows[-1]["watch_state"])
     for step in todo:
@@ -108,16 +110,18 @@ def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES
             "check_s": check_s, "monitor": watch.monitor,
             "probe_score": report.primary.memorization_score.double().cpu(),
             "probe_flagged": report.primary.flagged.cpu(),
-            "probe_copied": report.labels.copied.cpu(),
+            "probe_copied": report.labels.copied.cpu(), "probe_ratio": report.labels.distance_ratio.cpu(),
             "null_score": None if measured.null is None else measured.null.memorization_score.double().cpu(),
             "gt_copied": labels.copied.cpu(), "gt_ratio": labels.distance_ratio.cpu(),
+            "gt_flagged": None if copies is None else copies(labels.distance_ratio).cpu(),
             "heldout_loss": denoising_loss(module, heldout), "frechet": features.frechet(samples),
             "watch_state": watch.state_dict(),
         })
         torch.save(rows, path)
         s = result.scalars
         print(f"{spec.label} step {step}: loss gap {s.get('loss_gap', float('nan')):+.3f} score {s['score']:.4f} "
-              f"flagged {s['flagged_fraction']:.2f} (thr {s['flag_threshold']:.4f}) gt nn {labels.rate:.3f} "
+              f"flagged {s['flagged_fraction']:.2f} (ratio < {s.get('flag_ratio', float('nan')):.3f}) "
+              f"gt nn {labels.rate:.3f} "
               f"fired {result.fired} ({check_s:.0f} s check)", flush=True)
     return rows
 

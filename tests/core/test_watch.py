@@ -28,6 +28,7 @@ from memcallback.core import (
 from memcallback.diffusion import NoiseSchedule
 from memcallback.measure import analyze, loss_gap, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
+from memcallback.measure.copy_flag import copy_flag
 from memcallback.measure.null import conformal_threshold
 from memcallback.measure.reference import noised_image_stats
 from memcallback.measure.sharpness import SharpnessConfig
@@ -191,7 +192,7 @@ def test_the_sharpness_gap_is_measured_on_seeded_random_training_and_heldout_ima
     assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True,
-                                                   loss_gap=True)  # the loss gap is on by default
+                                                   loss_gap=True, copy_flag=True)  # both on by default
     assert f"gap {result.scalars['sharpness_gap']:+.3f}" in result.message
 
 
@@ -230,17 +231,20 @@ def test_the_loss_gap_is_measured_on_seeded_random_images_with_one_noise_draw() 
                         seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["loss_gap"] > 0.2  # 2 of the 6 training images are the memorized one
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True)
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True,
+                                                   copy_flag=True)
     assert f"loss gap {result.scalars['loss_gap']:+.3f}" in result.message
 
 
 @pytest.mark.parametrize(
     ("images", "keys", "rel"),
     [({"loss_gap_images": 7}, names.LOSS_REFERENCE, 1e-6),  # 7 images: shards of 3, 2 + 1 padding, 2 + 1 padding
-     ({"null_images": 50}, ("flag_threshold", "score_null_images", "flagged_fraction"), 1e-9)],  # 17, 17, 16 + 1
+     ({"null_images": 100}, ("flag_threshold", "score_null_images", "flagged_fraction"), 1e-9),  # 34, 34, 32 + 2
+     ({}, ("flag_ratio", "flag_fpr", "flagged_fraction"), 1e-9)],  # the copy flag: set up alike on every rank
 )
 def test_three_ranks_reduce_the_reference_images_to_the_one_process_value(images, keys, rel) -> None:
-    """The loss gap and the flag's null, their images sharded with padding over 3 ranks: the one-process values."""
+    """The loss gap and the flag's null, their images sharded with padding over 3 ranks, and the copy flag of the
+    probes sharded over them: the one-process values."""
     model, train, heldout = memorized_mixture()
     probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), **images)
     single = watch(probes=probes)
@@ -489,13 +493,13 @@ def test_the_flag_is_calibrated_on_noised_heldout_images_at_every_check() -> Non
     """With held-out data the threshold is the conformal quantile of the scores at ``null_images`` noised held-out
     images (a seeded selection, cycled, with their own noise); probes on the memorized point score above it."""
     model, train, heldout = memorized_mixture()
-    probes = ProbeConfig(num_samples=16, num_sampling_steps=5, sigmas=(0.1,), null_images=50)
+    probes = ProbeConfig(num_samples=16, num_sampling_steps=5, sigmas=(0.1,), null_images=100)
     w = watch(probes=probes)
     w.setup(model, train_data=train, heldout_data=heldout)
     result = w.check(model, 0)
     t = w.setup_state.timesteps[0]
-    images = heldout[sample_rows(10, 50, probes.seed + 2)]
-    null = noised_image_stats(model, images, probe_noise(50, (4,), probes.seed + 3), t, DENSE, seed=probes.seed)
+    images = heldout[sample_rows(10, 100, probes.seed + 2)]
+    null = noised_image_stats(model, images, probe_noise(100, (4,), probes.seed + 3), t, DENSE, seed=probes.seed)
     threshold = conformal_threshold(null.memorization_score, DENSE.flag_fpr)
     assert result.scalars["flag_threshold"] == pytest.approx(threshold, rel=1e-9)
     assert result.scalars["score_null_images"] == pytest.approx(null.memorization_score.double().mean().item())
@@ -511,11 +515,50 @@ def test_without_null_images_the_flag_keeps_its_fixed_threshold() -> None:
     """Null images are opt-in (off by default, even with held-out data) and need held-out data."""
     model, train, heldout = memorized_mixture()
     for w, data in ((watch(), {"train_data": train, "heldout_data": heldout}),
-                    (watch(probes=dataclasses.replace(PROBES, null_images=50)), {"train_data": train})):
+                    (watch(probes=dataclasses.replace(PROBES, null_images=100)), {"train_data": train})):
         w.setup(model, **data)
         result = w.check(model, 0)
         assert result.scalars["flag_threshold"] == DENSE.flag_threshold
         assert "score_null_images" not in result.scalars
+
+
+def test_with_heldout_data_the_flag_is_the_copy_test_at_the_stated_rate() -> None:
+    """Training and held-out data: a probe is flagged when its nearest-neighbour distance ratio is below the held-out
+    images' conformal quantile at flag_fpr (copy_flag on a seeded selection of them); the copies of the memorized
+    image are flagged; the score flag's level stays logged."""
+    model, train, _ = memorized_mixture()
+    heldout = 0.5 * torch.randn(300, 4, generator=torch.Generator().manual_seed(5))
+    w = watch(probes=dataclasses.replace(PROBES, num_samples=16))
+    w.setup(model, train_data=train, heldout_data=heldout)
+    result = w.check(model, 0)
+    flag = copy_flag(heldout[sample_rows(300, 300, PROBES.seed + 4)], train, DENSE.flag_fpr)
+    assert (result.scalars["flag_ratio"], result.scalars["flag_fpr"]) == (flag.ratio, DENSE.flag_fpr)
+    flagged = flag(result.report.labels.distance_ratio)
+    assert torch.equal(result.report.primary.flagged, flagged)
+    assert result.scalars["flagged_fraction"] == pytest.approx(flagged.double().mean().item())
+    copies = result.report.labels.copied
+    assert copies.any() and bool(flagged[copies].all())
+    assert result.scalars["flag_threshold"] == DENSE.flag_threshold
+
+
+def test_few_heldout_images_flag_at_the_rate_they_support_and_say_so() -> None:
+    model, train, heldout = memorized_mixture()  # 10 held-out images: 1/11, not 0.01
+    w = watch()
+    with pytest.warns(UserWarning, match="calibrated on 10 held-out images, too few for sharpness.flag_fpr=0.01"):
+        w.setup(model, train_data=train, heldout_data=heldout)
+    assert w.check(model, 0).scalars["flag_fpr"] == pytest.approx(1 / 11)
+
+
+def test_the_copy_flag_gives_way_to_the_score_flag_when_asked() -> None:
+    """copy_null_images=0, or the opt-in score null: no copy flag, the score flag at the primary timestep."""
+    model, train, heldout = memorized_mixture()
+    for probes in (dataclasses.replace(PROBES, copy_null_images=0), dataclasses.replace(PROBES, null_images=100)):
+        w = watch(probes=probes)
+        w.setup(model, train_data=train, heldout_data=heldout)
+        result = w.check(model, 0)
+        assert "flag_ratio" not in result.scalars and "flag_fpr" not in result.scalars
+        primary = result.report.primary
+        assert torch.equal(primary.flagged, primary.memorization_score > result.scalars["flag_threshold"])
 
 
 def test_the_default_stop_is_the_loss_gap_with_heldout_data_and_the_score_without() -> None:

@@ -88,7 +88,8 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "probes.seed": lambda v: is_int(v) and 0 <= v < 2**63,
     "probes.reference_images": count(0),
     "probes.loss_gap_images": count(0),
-    "probes.null_images": lambda v: is_int(v) and (v == 0 or v >= 49),  # a conformal threshold at flag_fpr 0.02
+    "probes.null_images": lambda v: is_int(v) and (v == 0 or v >= 99),  # a conformal threshold at flag_fpr 0.01
+    "probes.copy_null_images": count(0),
     "probes.every_n_checks": count(1),
     "sharpness": never,
     "sharpness.k": lambda v: is_int(v) and 1 <= v < 26,  # below krylov_steps (default 26)

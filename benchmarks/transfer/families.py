@@ -3,7 +3,9 @@
 Every family is data that ships inside a pip package or that code generates, behind a ``data=`` option of the app
 (``configs/data/``; ``experiment=<family>_memorize|_generalize`` reproduces a run with the callback). The role
 says what the family may be used for: ``calibrate`` families may set constants (written to
-``docs/transfer/constants.md`` before any ``report`` family is measured), ``report`` families are only reported.
+``docs/transfer/constants.md`` before any ``report`` family is measured), ``report`` families are only reported,
+``recheck`` families are the project's own demo data (calibration data of earlier studies), re-checked with the
+defaults.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memcallback.app.data import ArrayDataModule, FacesDataModule, PatchesDataModule, TexturesDataModule
+from memcallback.app.data import (
+    ArrayDataModule,
+    DigitsDataModule,
+    FacesDataModule,
+    PatchesDataModule,
+    TexturesDataModule,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,7 @@ class Family:
         name: the family's name (``data=`` option of the app and folder of its runs).
         make: builds the family's data module for ``num_train`` distinct images (``None``: all) and a seed.
         memorize_n: distinct training images of the memorizing run.
-        role: ``"calibrate"`` or ``"report"``.
+        role: ``"calibrate"``, ``"report"`` or ``"recheck"``.
         description: one line for the tables.
     """
 
@@ -46,4 +54,8 @@ FAMILIES = {
     "gray": Family("gray", lambda n, seed: PatchesDataModule(source="gray", num_train=n, seed=seed, batch_size=BATCH),
                    24, "report", "patches of 8 gray photos (scikit-image), an MRI slice and 2 elevation maps "
                                  "(matplotlib), 1x16x16"),
+    "digits": Family("digits", lambda n, seed: DigitsDataModule(num_train=n, seed=seed, batch_size=BATCH),
+                     16, "recheck", "scikit-learn's 8x8 digits, 1x8x8 (the demo's data; 1,617 training digits)"),
+    "patches": Family("patches", lambda n, seed: PatchesDataModule(num_train=n, seed=seed, batch_size=BATCH),
+                      32, "recheck", "patches of scikit-learn's 2 photos, 3x16x16 (the patches demo's data)"),
 }

@@ -6,8 +6,10 @@ Per run: the default stop (the watch's own decision at every checkpoint, held-ou
 the stop a user without held-out data gets (the score's rule of ``memcallback.core.calibration`` replayed on the
 same checks), each with the nn-rate there and its 95% bootstrap interval, the step at which that interval's lower
 bound first passes 10% (the deadline), points of memorization prevented, and quality at the stop against the run's
-best; the flag: flagged fraction against the nn-rate, realized false-positive rate among the probes that are not
-copies and TPR among those that are.
+best; the flag (the copy flag, ``memcallback.measure.copy_flag``): its stated rate (``flag_fpr`` as logged), the
+flagged fraction on generalizing runs (its realized false-positive rate: none of their samples is a copy), TPR among
+the ground-truth copies, and flagged / nn-rate at the checks where the nn-rate passes 10%; each as the callback
+logged it (its 64 probes) and on the 256 ground-truth samples.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from benchmarks.transfer.families import FAMILIES
 from benchmarks.transfer.runs import CACHE, RunSpec, run_dir
 from memcallback.core import StopConfig, StopRule
 from memcallback.measure import SharpnessConfig, names
-from memcallback.measure.null import conformal_threshold
 
 BOOTSTRAP = 2000
 DEADLINE_RATE = 0.10
 TRACK_FACTOR = 1.5
-FPR = SharpnessConfig().flag_fpr  # the opt-in null flag's stated rate
 SCORE_RULE = StopConfig(monitor=names.PREFIX + names.SCORE).resolve(names.PREFIX, ())
-FIXED_FLAG = SharpnessConfig().flag_threshold  # the flag without held-out data
+FIXED_FLAG = SharpnessConfig().flag_threshold  # the score flag (without held-out data)
 
 
 def rate_interval(copied: torch.Tensor, seed: int = 0) -> tuple[float, float, float]:
@@ -83,21 +83,20 @@ def run_summary(spec: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
     deadline = next((r["step"] for r, (_, low, _) in zip(rows, rates, strict=True) if low > DEADLINE_RATE), None)
     default = next((i for i, r in enumerate(rows) if r["fired"]), None)
     score = replay([r["scalars"][names.SCORE] for r in rows], SCORE_RULE)
-    flagged = torch.tensor([r["scalars"][names.FLAGGED_FRACTION] for r in rows])
+    logged = torch.tensor([r["scalars"][names.FLAGGED_FRACTION] for r in rows])
+    gt_flagged = torch.stack([r["gt_flagged"].double().mean() for r in rows])
     fixed = torch.tensor([(r["probe_score"] > FIXED_FLAG).double().mean().item() for r in rows])
-    copied = torch.cat([r["probe_copied"] for r in rows])
-    probe_flags = torch.cat([r["probe_flagged"] for r in rows])
-    tracked = [(r["scalars"][names.FLAGGED_FRACTION], rate[0]) for r, rate in zip(rows, rates, strict=True)
-               if rate[0] > DEADLINE_RATE]
-    nulls = [(r["probe_score"], r["null_score"]) for r in rows if r["null_score"] is not None and r["step"] > 0]
-    null_flagged = [(p > conformal_threshold(n, FPR)).double().mean().item() for p, n in nulls]
+    copied, flags = torch.cat([r["gt_copied"] for r in rows]), torch.cat([r["gt_flagged"] for r in rows])
+    probe_copied, probe_flags = torch.cat([r["probe_copied"] for r in rows]), torch.cat([r["probe_flagged"]
+                                                                                          for r in rows])
+    tracked = [(r["step"], logged[i].item(), gt_flagged[i].item(), rates[i][0]) for i, r in enumerate(rows)
+               if rates[i][0] > DEADLINE_RATE]
     return {"spec": spec, "rows": rows, "rates": rates, "deadline": deadline, "default": default, "score": score,
-            "flagged_mean": flagged.mean().item(), "fixed_mean": fixed.mean().item(),
-            "fpr": probe_flags[~copied].double().mean().item() if (~copied).any() else math.nan,
-            "tpr": probe_flags[copied].double().mean().item() if copied.any() else math.nan,
-            "num_copies": int(copied.sum()), "tracked": tracked,
-            "null_flagged": null_flagged, "null_steps": [r["step"] for r in rows if r["null_score"] is not None
-                                                         and r["step"] > 0]}
+            "fpr_stated": rows[-1]["scalars"][names.FLAG_FPR], "ratio": rows[-1]["scalars"][names.FLAG_RATIO],
+            "logged": logged, "gt_flagged": gt_flagged, "fixed_mean": fixed.mean().item(),
+            "tpr": flags[copied].double().mean().item() if copied.any() else math.nan, "num_copies": int(copied.sum()),
+            "probe_tpr": probe_flags[probe_copied].double().mean().item() if probe_copied.any() else math.nan,
+            "num_probe_copies": int(probe_copied.sum()), "tracked": tracked}
 
 
 def write(summaries: list[dict[str, Any]], out: Path) -> None:
@@ -115,30 +114,32 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
             end = f"{s['rows'][-1]['step']} | {fmt_rate(s['rates'][-1])}"
             lines.append(f"| {spec.label} | {role} | {end} | {s['deadline'] or 'never'} | {rule} | "
                          + " | ".join(cells) + " |")
-    lines += ["", "## The flag", "", "The shipped flag (a fixed score threshold, `flag_threshold`). Realized FPR / "
-              "TPR: among the callback's probes that are not copies / that are (their own nearest-neighbour labels), "
-              "pooled over the run's checks.", "",
-              "| run | mean flagged (as logged) | mean flagged (fixed 0.25) | realized FPR | TPR (copies) | "
-              "flagged / nn-rate where nn-rate > 10% |", "|---|---|---|---|---|---|"]
+    lines += ["", "## The flag", "", "The shipped flag: a probe is flagged when its nearest-neighbour distance ratio "
+              "is below the held-out images' conformal quantile at `flag_fpr` (`flag ratio`; the stated rate is the "
+              "one logged, above 0.01 only where the held-out images are too few). *Logged*: the callback's 64 "
+              "probes at each check; *samples*: the same test on the 256 ground-truth samples. On a generalizing run "
+              "every flag is a false positive (criterion: mean <= 2x the stated rate); TPR: flagged among the "
+              "ground-truth copies (d1/d2 < 1/3), pooled over checks; tracking: flagged / nn-rate at the checks "
+              "where the nn-rate passes 10% (criterion: within [0.67, 1.5]). The score flag (score > "
+              f"{FIXED_FLAG}) is shown for comparison.", "",
+              "| run | role | stated FPR | flag ratio | mean flagged, logged (max) | mean flagged, samples (max) | "
+              "TPR samples (copies) | TPR logged (copies) | flagged / nn-rate where nn-rate > 10%: step logged / "
+              "samples | mean flagged by score > 0.25 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        ratios = ", ".join(f"{f / r:.2f}" for f, r in s["tracked"]) or "-"
-        lines.append(f"| {s['spec'].label} | {s['flagged_mean']:.3f} | {s['fixed_mean']:.3f} | {s['fpr']:.3f} | "
-                     f"{s['tpr']:.2f} ({s['num_copies']}) | {ratios} |")
-    lines += ["", "The held-out null (opt-in, `probes.null_images=64`), where it was measured (the first checks of "
-              "textures_gen, before it became opt-in): flagged fraction of the probes at each check at a nominal "
-              f"{FPR:.0%} on a model whose samples have no copy.", ""]
-    for s in summaries:
-        if s["null_flagged"]:
-            cells = ", ".join(f"{step}: {f:.2f}" for step, f in zip(s["null_steps"], s["null_flagged"], strict=True))
-            lines.append(f"- {s['spec'].label}: {cells}")
+        ratios = "; ".join(f"{step}: {f / r:.2f} / {g / r:.2f}" for step, f, g, r in s["tracked"]) or "-"
+        lines.append(f"| {s['spec'].label} | {FAMILIES[s['spec'].family].role} | {s['fpr_stated']:.3f} | "
+                     f"{s['ratio']:.3f} | {s['logged'].mean():.3f} ({s['logged'].max():.3f}) | "
+                     f"{s['gt_flagged'].mean():.3f} ({s['gt_flagged'].max():.3f}) | {s['tpr']:.2f} "
+                     f"({s['num_copies']}) | {s['probe_tpr']:.2f} ({s['num_probe_copies']}) | {ratios} | "
+                     f"{s['fixed_mean']:.3f} |")
     lines += ["", "## Per check", ""]
     for s in summaries:
-        lines += [f"### {s['spec'].label}", "", "| step | loss gap | score | flag thr | flagged | nn-rate [95%] | "
-                  "held-out loss | PCA-Frechet | fired |", "|---|---|---|---|---|---|---|---|---|"]
-        for r, rate in zip(s["rows"], s["rates"], strict=True):
+        lines += [f"### {s['spec'].label}", "", "| step | loss gap | score | flagged, logged | flagged, samples | "
+                  "nn-rate [95%] | held-out loss | PCA-Frechet | fired |", "|---|---|---|---|---|---|---|---|---|"]
+        for i, (r, rate) in enumerate(zip(s["rows"], s["rates"], strict=True)):
             sc = r["scalars"]
             lines.append(f"| {r['step']} | {sc.get(names.LOSS_GAP, math.nan):+.3f} | {sc[names.SCORE]:.4f} | "
-                         f"{sc[names.FLAG_THRESHOLD]:.4f} | {sc[names.FLAGGED_FRACTION]:.2f} | {fmt_rate(rate)} | "
+                         f"{sc[names.FLAGGED_FRACTION]:.2f} | {s['gt_flagged'][i]:.2f} | {fmt_rate(rate)} | "
                          f"{r['heldout_loss']:.4f} | {r['frechet']:.1f} | {'yes' if r['fired'] else ''} |")
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)

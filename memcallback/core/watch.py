@@ -93,6 +93,12 @@ class MemorizationWatch:
     measure every probe and stay out of the accounts; the first check does too, unless the monitor is a loss-gap key
     and the governor can predict a full check's cost, when it is light (the baseline of the loss gap).
 
+    **Flag.** With training and held-out data at :meth:`setup` a probe is flagged (``flagged_fraction``) when its
+    nearest-neighbour distance ratio to the training images is below what all but ``sharpness.flag_fpr`` of the
+    held-out images reach (:mod:`~memcallback.measure.copy_flag`, measured once at setup): on a model that
+    generalizes, at most that fraction of the probes is flagged. Without held-out data the flag is the score above
+    ``sharpness.flag_threshold``, a level that does not carry over between data sets.
+
     **Light checks.** Also with ``probes.every_n_checks = n > 1``, only every ``n``-th check (the first included)
     may sample and measure the probes; the checks between measure the loss gap alone and log its keys with
     ``seconds``, ``partial``, ``check_failures``, ``overhead`` and ``probes_measured``. The stop rule sees a value

@@ -1,17 +1,18 @@
 """Does the cost governor keep the stop in time? The transfer study's cached runs replayed through two watches, one
 ungoverned and one at the defaults, checkpoint by checkpoint.
 
-    python -m benchmarks.overhead.stop_replay faces:mem textures:mem [--monitor loss_gap score] [--cache DIR]
+    python -m benchmarks.overhead.stop_replay faces:mem textures:mem [--monitor loss_gap nn_rate_lower score]
 
 Each run's checkpoints (every 250 steps, ``benchmarks/transfer/runs.py``) are measured in order by a
 :class:`~memcallback.core.MemorizationWatch` with ``GovernorConfig(max_overhead=None)`` and by one with the default
-governor, both with the run's training and held-out images (the callback's ``ground_truth=True``). The watches'
-clock is the wall clock plus the run's own training time between checkpoints (``train_s`` of its ``run.json``
-spread over its steps), so the governor decides on the check times measured here against the training time the
-run took. Monitors: ``loss_gap`` and ``score`` (``StopConfig(monitor=...)``, threshold and min_delta as calibrated
-for each, ``memcallback.core.CALIBRATED_RULES``). Prints, per run and monitor, the step at which each watch's rule
-fired, how many full checks the governed watch made and how many of them lie between the two stops (the criterion:
-the governed stop is at most one full check later), and the governed overhead.
+governor, both with the run's training and held-out images (the callback's ``ground_truth=True``), or with its
+training images only for ``nn_rate_lower`` (the default stop without held-out data, which then measures no loss gap
+either). The watches' clock is the wall clock plus the run's own training time between checkpoints (``train_s`` of
+its ``run.json`` spread over its steps), so the governor decides on the check times measured here against the
+training time the run took. Monitors: ``loss_gap``, ``nn_rate_lower`` and ``score`` (``StopConfig(monitor=...)``,
+threshold and min_delta as calibrated for each, ``memcallback.core.CALIBRATED_RULES``). Prints, per run and monitor,
+the step at which each watch's rule fired, how many full checks the governed watch made and how many of them lie
+between the two stops (the criterion: the governed stop is at most one full check later), and the governed overhead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from memcallback.core import GovernorConfig, MemorizationWatch, StopConfig
 from memcallback.measure import names
 
 #: the calibrated rule of each monitor (``memcallback.core.CALIBRATED_RULES``)
-STOPS = {"loss_gap": StopConfig(monitor="memorization/loss_gap"), "score": StopConfig(monitor="memorization/score")}
+STOPS = {key: StopConfig(monitor=names.PREFIX + key) for key in (names.LOSS_GAP, names.NN_RATE_LOWER, names.SCORE)}
+#: the monitor replayed as a user without held-out data has it
+WITHOUT_HELDOUT = names.NN_RATE_LOWER
 
 
 class ReplayClock:
@@ -56,7 +59,7 @@ def replay(text: str, monitor: str, cache: Path) -> str:
         watches[name] = MemorizationWatch(every_n_steps=spec.every, stop=STOPS[monitor], governor=governor,
                                           clock=clocks[name])
         watches[name].setup(checkpoint(spec, 0, shape, cache), train_data=data.unique_train_data(),
-                            heldout_data=data.heldout_data())
+                            heldout_data=None if monitor == WITHOUT_HELDOUT else data.heldout_data())
     for step in sorted(record["saved"]):
         model = checkpoint(spec, step, shape, cache)
         for name, watch in watches.items():
@@ -78,7 +81,7 @@ def replay(text: str, monitor: str, cache: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="FAMILY:mem|gen[:SEED] of the transfer study")
-    parser.add_argument("--monitor", nargs="+", choices=sorted(STOPS), default=["loss_gap", "score"])
+    parser.add_argument("--monitor", nargs="+", choices=sorted(STOPS), default=list(STOPS))
     parser.add_argument("--cache", type=Path, default=CACHE)
     args = parser.parse_args()
     torch.set_num_threads(1)

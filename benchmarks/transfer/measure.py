@@ -121,7 +121,7 @@ def measure_run(spec: RunSpec, cache: Path = CACHE, gt_samples: int = GT_SAMPLES
         s = result.scalars
         print(f"{spec.label} step {step}: loss gap {s.get('loss_gap', float('nan')):+.3f} score {s['score']:.4f} "
               f"flagged {s['flagged_fraction']:.2f} (ratio < {s.get('flag_ratio', float('nan')):.3f}) "
-              f"gt nn {labels.rate:.3f} "
+              f"probe nn {s['nn_rate']:.3f} (lower {s['nn_rate_lower']:.3f}) gt nn {labels.rate:.3f} "
               f"fired {result.fired} ({check_s:.0f} s check)", flush=True)
     return rows
 

@@ -2,14 +2,16 @@
 
     python -m benchmarks.transfer.report            # every measured run -> docs/transfer/results.md
 
-Per run: the default stop (the watch's own decision at every checkpoint, held-out data given: the loss gap) and
-the stop a user without held-out data gets (the score's rule of ``memcallback.core.calibration`` replayed on the
-same checks), each with the nn-rate there and its 95% bootstrap interval, the step at which that interval's lower
-bound first passes 10% (the deadline), points of memorization prevented, and quality at the stop against the run's
-best; the flag (the copy flag, ``memcallback.measure.copy_flag``): its stated rate (``flag_fpr`` as logged), the
-flagged fraction on generalizing runs (its realized false-positive rate: none of their samples is a copy), TPR among
-the ground-truth copies, and flagged / nn-rate at the checks where the nn-rate passes 10%; each as the callback
-logged it (its 64 probes) and on the 256 ground-truth samples.
+Per run: the default stop (the watch's own decision at every checkpoint, held-out data given: the loss gap), the
+default stop a user without held-out data gets (the probes' copy rate at 95% confidence, ``nn_rate_lower``, with its
+rule of ``memcallback.core.calibration`` replayed on the same checks) and the score's rule (the default only where
+the watch gets no training images either; replayed the same way), each with the nn-rate there and its 95% bootstrap
+interval, the step at which that interval's lower bound first passes 10% (the deadline), points of memorization
+prevented, and quality at the stop against the run's best; the flag (the copy flag,
+``memcallback.measure.copy_flag``): its stated rate (``flag_fpr`` as logged), the flagged fraction on generalizing
+runs (its realized false-positive rate: none of their samples is a copy), TPR among the ground-truth copies, and
+flagged / nn-rate at the checks where the nn-rate passes 10%; each as the callback logged it (its 64 probes) and on
+the 256 ground-truth samples.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ BOOTSTRAP = 2000
 DEADLINE_RATE = 0.10
 TRACK_FACTOR = 1.5
 SCORE_RULE = StopConfig(monitor=names.PREFIX + names.SCORE).resolve(names.PREFIX, ())
+COPY_RATE_RULE = StopConfig().resolve(names.PREFIX, (names.NN_RATE_LOWER,))  # the default without held-out data
 FIXED_FLAG = SharpnessConfig().flag_threshold  # the score flag (without held-out data)
 
 
@@ -83,6 +86,7 @@ def run_summary(spec: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
     deadline = next((r["step"] for r, (_, low, _) in zip(rows, rates, strict=True) if low > DEADLINE_RATE), None)
     default = next((i for i, r in enumerate(rows) if r["fired"]), None)
     score = replay([r["scalars"][names.SCORE] for r in rows], SCORE_RULE)
+    copy_rate = replay([r["scalars"][names.NN_RATE_LOWER] for r in rows], COPY_RATE_RULE)
     logged = torch.tensor([r["scalars"][names.FLAGGED_FRACTION] for r in rows])
     gt_flagged = torch.stack([r["gt_flagged"].double().mean() for r in rows])
     fixed = torch.tensor([(r["probe_score"] > FIXED_FLAG).double().mean().item() for r in rows])
@@ -92,6 +96,7 @@ def run_summary(spec: RunSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
     tracked = [(r["step"], logged[i].item(), gt_flagged[i].item(), rates[i][0]) for i, r in enumerate(rows)
                if rates[i][0] > DEADLINE_RATE]
     return {"spec": spec, "rows": rows, "rates": rates, "deadline": deadline, "default": default, "score": score,
+            "copy_rate": copy_rate,
             "fpr_stated": rows[-1]["scalars"][names.FLAG_FPR], "ratio": rows[-1]["scalars"][names.FLAG_RATIO],
             "logged": logged, "gt_flagged": gt_flagged, "fixed_mean": fixed.mean().item(),
             "tpr": flags[copied].double().mean().item() if copied.any() else math.nan, "num_copies": int(copied.sum()),
@@ -108,8 +113,9 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
     for s in summaries:
         spec = s["spec"]
         role = FAMILIES[spec.family].role
-        for rule, index in (("default (loss gap, held-out data)", s["default"]), ("score (no held-out data)",
-                                                                                   s["score"])):
+        for rule, index in (("default (loss gap, held-out data)", s["default"]),
+                            ("default (copy rate, no held-out data)", s["copy_rate"]),
+                            ("score (no training images either)", s["score"])):
             cells = stop_row(s["rows"], index, s["deadline"], spec.memorize)
             end = f"{s['rows'][-1]['step']} | {fmt_rate(s['rates'][-1])}"
             lines.append(f"| {spec.label} | {role} | {end} | {s['deadline'] or 'never'} | {rule} | "
@@ -135,11 +141,13 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
     lines += ["", "## Per check", ""]
     for s in summaries:
         lines += [f"### {s['spec'].label}", "", "| step | loss gap | score | flagged, logged | flagged, samples | "
-                  "nn-rate [95%] | held-out loss | PCA-Frechet | fired |", "|---|---|---|---|---|---|---|---|---|"]
+                  "copy rate, logged (95% lower bound) | nn-rate [95%] | held-out loss | PCA-Frechet | fired |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for i, (r, rate) in enumerate(zip(s["rows"], s["rates"], strict=True)):
             sc = r["scalars"]
             lines.append(f"| {r['step']} | {sc.get(names.LOSS_GAP, math.nan):+.3f} | {sc[names.SCORE]:.4f} | "
-                         f"{sc[names.FLAGGED_FRACTION]:.2f} | {s['gt_flagged'][i]:.2f} | {fmt_rate(rate)} | "
+                         f"{sc[names.FLAGGED_FRACTION]:.2f} | {s['gt_flagged'][i]:.2f} | {sc[names.NN_RATE]:.0%} "
+                         f"({sc[names.NN_RATE_LOWER]:.1%}) | {fmt_rate(rate)} | "
                          f"{r['heldout_loss']:.4f} | {r['frechet']:.1f} | {'yes' if r['fired'] else ''} |")
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +155,8 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
 
 
 def compact(summaries: list[dict[str, Any]]) -> str:
-    """The README's table: per family, where each run's default and score stops fell against its deadline."""
+    """The README's table: per family, where each run's default stops (with and without held-out data) fell against
+    its deadline."""
     by_run = {(s["spec"].family, s["spec"].memorize): s for s in summaries}
 
     def stop(s: dict[str, Any] | None, index_key: str) -> str:
@@ -159,8 +168,8 @@ def compact(summaries: list[dict[str, Any]]) -> str:
         rate = s["rates"][index]
         return f"{s['rows'][index]['step']} ({rate[0]:.0%} copies)"
 
-    lines = ["| family | role | memorizing: copies at the end | deadline | stop, held-out data | stop, none | "
-             "generalizing: stop, held-out data | stop, none |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | role | memorizing: copies at the end | deadline | stop, held-out data | stop, no held-out "
+             "data | generalizing: stop, held-out data | stop, no held-out data |", "|---|---|---|---|---|---|---|---|"]
     for name, family in FAMILIES.items():
         mem, gen = by_run.get((name, True)), by_run.get((name, False))
         if mem is None and gen is None:
@@ -169,8 +178,9 @@ def compact(summaries: list[dict[str, Any]]) -> str:
         deadline = "-" if mem is None else str(mem["deadline"] or "never")
         measured = "" if gen is None or gen["rows"][-1]["step"] == gen["spec"].steps else (
             f" (to step {gen['rows'][-1]['step']})")
-        lines.append(f"| {name} | {family.role} | {end} | {deadline} | {stop(mem, 'default')} | {stop(mem, 'score')} | "
-                     f"{stop(gen, 'default')}{measured} | {stop(gen, 'score')}{measured} |")
+        lines.append(f"| {name} | {family.role} | {end} | {deadline} | {stop(mem, 'default')} | "
+                     f"{stop(mem, 'copy_rate')} | "
+                     f"{stop(gen, 'default')}{measured} | {stop(gen, 'copy_rate')}{measured} |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """The calibrated constants of the default stop rule, frozen: each written once, with where it was measured.
 
-``StopConfig(monitor="auto")`` (the default) stops on the relative loss gap when held-out data are given and on
-the memorization score otherwise, each with the threshold and margin below; a monitor named by the user with
+``StopConfig(monitor="auto")`` (the default) stops on the relative loss gap when held-out data are given, else on
+the probes' copy rate (its lower confidence bound) when training data are given, else on the memorization score,
+each with the threshold and margin below; a monitor named by the user with
 ``threshold="auto"`` / ``min_delta="auto"`` takes its entry here too. A constant here is changed only by a new
 calibration on the calibration families, followed by a report on families it was not calibrated on
 (docs/transfer/protocol.md).
@@ -34,6 +35,12 @@ CALIBRATED_RULES: dict[str, CalibratedRule] = {
         threshold=0.25, min_delta=0.0,
         source="calibrated on the 16x16 photo-patch runs of seed 1 (docs/scale/loss_gap.md, pre-registered); "
                "reported on three other model families there and on the transfer families (docs/transfer/)"),
+    names.NN_RATE_LOWER: CalibratedRule(
+        threshold=0.01, min_delta=0.0,
+        source="not fitted to data: a model whose samples copy at a rate of 1% or less passes it with probability "
+               "at most 5% per check (the bound's confidence), and with 64 probes one copying at 10% passes it "
+               "with probability 0.96 (docs/transfer/constants.md, amendment 2); reported on the transfer "
+               "families (docs/transfer/results.md)"),
     names.SCORE: CalibratedRule(
         threshold=0.05, min_delta=0.05,
         source="calibrated on the 8x8 digits runs (docs/validation/stopping.md); does not carry over to other "

@@ -14,9 +14,9 @@ monitored value and the checks of that value stay ``every_n_steps`` apart (the s
   check is not started on a guess. When even a light check costs more
   than ``max_overhead`` times one training interval, the loss gap measures half its images (a prefix of the fixed
   set), and so on down to ``min_fraction`` of them.
-* **The monitor needs the probes** (the score; no held-out data): every check measures a prefix of the fixed probes,
-  halved from the full set while a check costs more than ``max_overhead`` times one training interval, down to
-  ``min_fraction`` of them; the loss gap, when there is one, is halved alike.
+* **The monitor needs the probes** (the copy rate or the score; no held-out data): every check measures a prefix
+  of the fixed probes, halved from the full set while a check costs more than ``max_overhead`` times one training
+  interval, down to ``min_fraction`` of them; the loss gap, when there is one, is halved alike.
 
 The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet). A cut is
 decided one check ahead: that check measures the old count, the watch computes the monitored value on both from the

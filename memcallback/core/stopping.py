@@ -20,12 +20,13 @@ AUTO = "auto"
 class StopConfig:
     """When a monitor stops training, and what it does then.
 
-    The default, ``monitor="auto"``, is decided at setup from what the monitor measures: the relative loss gap
-    (``memorization/loss_gap``) when held-out data are given, else the memorization score
-    (``memorization/score``), each with its calibrated ``threshold`` and ``min_delta``
-    (:mod:`~memcallback.core.calibration`). The loss gap's threshold carried over to every data set it was
-    tested on; the score's did not, so without held-out data the default stop is a fixed level on a scale that
-    differs between data sets (README, "When it stops").
+    The default, ``monitor="auto"``, is decided at setup from what the monitor measures, each with its calibrated
+    ``threshold`` and ``min_delta`` (:mod:`~memcallback.core.calibration`): the relative loss gap
+    (``memorization/loss_gap``) when held-out data are given; else, with training data, the copy rate the probes
+    show at 95% confidence (``memorization/nn_rate_lower``: stop once it passes 1%); else the memorization score
+    (``memorization/score``). The loss gap's threshold and the copy rate's bound carried over to every data set
+    they were tested on; the score's threshold did not, so with neither held-out nor training data the default
+    stop is a fixed level on a scale that differs between data sets (README, "When it stops").
 
     Args:
         monitor: logged key the stop rule watches (with the monitor's prefix), e.g. ``memorization/loss_gap``, or
@@ -69,13 +70,14 @@ class StopConfig:
 
     def resolve(self, prefix: str, logged: Collection[str]) -> StopConfig:
         """The concrete settings for a monitor that logs the keys ``logged`` (without ``prefix``): ``"auto"``
-        replaced by the loss gap when it is logged, else the score, and by their calibrated constants.
+        replaced by the loss gap when it is logged, else the copy rate's lower bound when it is logged, else the
+        score, and by their calibrated constants.
 
         Raises:
             ValueError: when ``threshold`` or ``min_delta`` is ``"auto"`` for a monitor with no calibrated rule.
         """
         if self.monitor == AUTO:
-            key = names.LOSS_GAP if names.LOSS_GAP in logged else names.SCORE
+            key = next((k for k in (names.LOSS_GAP, names.NN_RATE_LOWER) if k in logged), names.SCORE)
         else:
             key = self.monitor.removeprefix(prefix)
         rule = CALIBRATED_RULES.get(key)

@@ -133,7 +133,9 @@ class MemorizationWatch:
         check_at_start: check at step 0 (the baseline the stop rule compares to).
         probes: the probe set.
         sharpness: solver and score settings.
-        stop: the stop rule and what to do when it fires.
+        stop: the stop rule and what to do when it fires; by default (``monitor="auto"``) the loss gap with
+            held-out data, else the probes' copy rate at 95% confidence with training data, else the score
+            (:class:`~memcallback.core.StopConfig`).
         conditions: conditional metrics to add (``None``: none).
         time_budget_s: seconds after which a check is cut short and marked partial (``None``: no budget).
         governor: what the checks may add to the training wall time (default: ``GovernorConfig()``, 5%).
@@ -233,7 +235,8 @@ class MemorizationWatch:
         Args:
             model: any :class:`~memcallback.DiffusionModel`.
             train_data: ``[N, *data_shape]`` distinct training samples for the nearest-neighbour ground truth
-                (``nn_rate``, ``auroc``) and the sharpness gap, or ``None``.
+                (``nn_rate``, ``nn_rate_lower``, ``auroc``; without held-out data the default stop watches
+                ``nn_rate_lower``) and the sharpness gap, or ``None``.
             heldout_data: ``[M, *data_shape]`` samples never trained on: with ``train_data`` and
                 ``probes.reference_images > 0``, ``min(reference_images, M)`` of them and as many training samples
                 (each a seeded random selection, training samples cycled when ``N`` is smaller) give the sharpness

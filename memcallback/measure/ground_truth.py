@@ -17,12 +17,17 @@ identical reference images, a near copy of one of them has ``d1 == d2`` and is n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["MemorizationLabels", "memorization_labels", "nearest_neighbours"]
+__all__ = ["COPY_RATE_CONFIDENCE", "MemorizationLabels", "copy_rate_lower_bound", "memorization_labels",
+           "nearest_neighbours"]
+
+#: Confidence of the one-sided lower bound on the copy rate that ``nn_rate_lower`` logs.
+COPY_RATE_CONFIDENCE = 0.95
 
 # Candidates kept per sample beyond ``k`` before the exact re-ranking (see ``nearest_neighbours``).
 _EXTRA_CANDIDATES = 8
@@ -187,3 +192,43 @@ def memorization_labels(
         second_distance=d2,
         ratio=float(ratio),
     )
+
+
+def copy_rate_lower_bound(copies: int, n: int, confidence: float = COPY_RATE_CONFIDENCE) -> float:
+    r"""One-sided Clopper-Pearson lower confidence bound on a copy rate from ``copies`` copies among ``n`` samples.
+
+    The exact binomial bound: 0 when ``copies == 0``, else the rate ``p`` at which ``copies`` or more copies
+    would be seen with probability ``1 - confidence``::
+
+        P(X >= k | n, p_L) = 1 - confidence,   X ~ Binomial(n, p_L)      (i.e. p_L = Beta^{-1}(1 - c; k, n - k + 1))
+
+    so a model whose samples copy at a rate ``p`` or less gives a bound above ``p`` with probability at most
+    ``1 - confidence``, whatever ``n`` is. Solved by bisection on the binomial tail (log-space terms, float64).
+
+    Args:
+        copies: samples that copy a training image, ``0 <= copies <= n``.
+        n: samples, ``n >= 1``.
+        confidence: in ``(0, 1)``.
+
+    Raises:
+        ValueError: on counts or a confidence out of range.
+    """
+    if not (isinstance(n, int) and isinstance(copies, int) and n >= 1 and 0 <= copies <= n):
+        raise ValueError(f"need integer counts 0 <= copies <= n with n >= 1, got copies={copies!r}, n={n!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if copies == 0:
+        return 0.0
+    if copies == n:
+        return (1.0 - confidence) ** (1.0 / n)
+
+    def tail(p: float) -> float:  # P(X >= copies | n, p), increasing in p
+        log_p, log_q = math.log(p), math.log1p(-p)
+        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p
+                            + (n - j) * log_q) for j in range(copies, n + 1))
+
+    low, high = 0.0, copies / n
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if tail(mid) < 1.0 - confidence else (low, mid)
+    return (low + high) / 2

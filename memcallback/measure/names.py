@@ -16,6 +16,8 @@ memorization score is ``"memorization/score"``. One check logs:
 ``converged_fraction``         fraction of probes whose eigenvalue solves met ``tol``
 ``t{t}/{name}``                each of the above at measurement timestep ``t`` (the primary one too)
 ``nn_rate``                    fraction of probes whose sample copies a training image (ground truth)
+``nn_rate_lower``              its one-sided 95% Clopper-Pearson lower bound: the copy rate the probes show
+                               at 95% confidence (the default stop without held-out data)
 ``auroc``, ``t{t}/auroc``      AUROC of the memorization score against that ground truth
 ``sharpness_gap``              mean score at noised training images minus at noised held-out images, with
                                ``score_train_images`` and ``score_heldout_images`` (when a reference is given)
@@ -55,6 +57,7 @@ CONVERGED_FRACTION = "converged_fraction"
 #: Everything measured per probe at each timestep (means of these are the per-timestep scalars).
 PER_TIMESTEP = (*SHARPNESS, FLAGGED_FRACTION, CONVERGED_FRACTION)
 NN_RATE = "nn_rate"
+NN_RATE_LOWER = "nn_rate_lower"
 AUROC = "auroc"
 SECONDS = "seconds"
 PARTIAL = "partial"
@@ -111,7 +114,7 @@ def per_sample_keys(timesteps: Sequence[int], ground_truth: bool) -> set[str]:
 def summary_keys(timesteps: Sequence[int], ground_truth: bool) -> set[str]:
     """Keys of ``SharpnessReport.summary()`` (and of a check's reduced sharpness values)."""
     keys = per_sample_keys(timesteps, ground_truth) | {SECONDS}
-    return keys | ({AUROC} | {at_timestep(t, AUROC) for t in timesteps} if ground_truth else set())
+    return keys | ({AUROC, NN_RATE_LOWER} | {at_timestep(t, AUROC) for t in timesteps} if ground_truth else set())
 
 
 def conditional_summary_keys(num_conditions: int) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from memcallback.measure import names
-from memcallback.measure.ground_truth import MemorizationLabels
+from memcallback.measure.ground_truth import MemorizationLabels, copy_rate_lower_bound
 from memcallback.measure.sharpness import SharpnessStats
 
 
@@ -61,8 +62,10 @@ class SharpnessReport:
 def summarize(per_sample: dict[str, Tensor], timesteps: Sequence[int], seconds: float) -> dict[str, float]:
     """The scalar summary of a measurement, from its per-sample values (one rank's, or every rank's gathered).
 
-    The sample mean (in float64) of every entry, the AUROC of the memorization score against the copy label
-    when ``nn_rate`` is present (``auroc`` at the primary timestep, ``t{t}/auroc`` at each), and ``seconds``.
+    The sample mean (in float64) of every entry; when ``nn_rate`` is present, the AUROC of the memorization score
+    against the copy label (``auroc`` at the primary timestep, ``t{t}/auroc`` at each) and the lower confidence
+    bound of the copy rate (``nn_rate_lower``, :func:`~memcallback.measure.ground_truth.copy_rate_lower_bound`;
+    NaN when a probe's label is missing, as the rate is); and ``seconds``.
     This is the only summary: :meth:`SharpnessReport.summary` and the monitor's reduction over ranks both
     call it, so their keys (:func:`~memcallback.measure.names.summary_keys`) and values agree.
 
@@ -74,6 +77,9 @@ def summarize(per_sample: dict[str, Tensor], timesteps: Sequence[int], seconds: 
     out = {name: v.double().mean().item() for name, v in per_sample.items()}
     if names.NN_RATE in per_sample:
         copied = per_sample[names.NN_RATE] > 0.5
+        labelled = copied.numel() > 0 and bool(torch.isfinite(per_sample[names.NN_RATE]).all())
+        out[names.NN_RATE_LOWER] = (copy_rate_lower_bound(int(copied.sum()), copied.numel()) if labelled
+                                    else math.nan)
         for i, t in enumerate(timesteps):
             value = auroc(per_sample[names.at_timestep(t, names.SCORE)], copied)
             if i == 0:

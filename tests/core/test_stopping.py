@@ -72,3 +72,15 @@ def test_state_dict_resumes_half_way_through_patience() -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         StopConfig(**kwargs)
+
+
+def test_auto_picks_the_loss_gap_then_the_copy_rate_then_the_score() -> None:
+    from memcallback.core.calibration import CALIBRATED_RULES
+    from memcallback.measure import names
+
+    for logged, key in (({names.LOSS_GAP, names.NN_RATE_LOWER, names.SCORE}, names.LOSS_GAP),
+                        ({names.NN_RATE_LOWER, names.SCORE}, names.NN_RATE_LOWER), ({names.SCORE}, names.SCORE)):
+        resolved = StopConfig().resolve(names.PREFIX, logged)
+        rule = CALIBRATED_RULES[key]
+        assert (resolved.monitor, resolved.threshold, resolved.min_delta) == (
+            names.PREFIX + key, rule.threshold, rule.min_delta)

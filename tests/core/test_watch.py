@@ -561,15 +561,31 @@ def test_the_copy_flag_gives_way_to_the_score_flag_when_asked() -> None:
         assert torch.equal(primary.flagged, primary.memorization_score > result.scalars["flag_threshold"])
 
 
-def test_the_default_stop_is_the_loss_gap_with_heldout_data_and_the_score_without() -> None:
+def test_without_heldout_data_the_default_stop_fires_when_the_probes_start_to_copy() -> None:
+    """The same watch, training images only: quiet while no probe copies, fired at the first check where enough of
+    them copy that the rate's 95% lower bound passes 1%."""
+    model, train, _ = memorized_mixture()  # half the mass on a near point mass at a training image
+    far = IsotropicMixtureModel(torch.full((1, 4), -3.0), torch.ones(1), torch.ones(1), model.schedule)  # no copies
+    probes = dataclasses.replace(PROBES, num_samples=32)
+    w = watch(probes=probes)
+    w.setup(model, train_data=train)
+    quiet, fired = w.check(far, 0), w.check(model, 2)
+    assert quiet.scalars["nn_rate"] == quiet.scalars["nn_rate_lower"] == 0.0 and not quiet.fired
+    copies = round(fired.scalars["nn_rate"] * probes.num_samples)
+    assert copies >= 2 and fired.scalars["nn_rate_lower"] > 0.01 and fired.fired
+
+
+def test_the_default_stop_is_the_loss_gap_then_the_copy_rate_then_the_score() -> None:
+    """Held-out data: the loss gap; training images only: the probes' copy rate at 95% confidence; neither: the
+    score. Each with its calibrated constants."""
     model, train, heldout = memorized_mixture()
-    with_heldout, without = watch(), watch()
+    with_heldout, train_only, neither = watch(), watch(), watch()
     with_heldout.setup(model, train_data=train, heldout_data=heldout)
-    without.setup(model, train_data=train)
-    assert (with_heldout.monitor, with_heldout.rule.threshold, with_heldout.rule.min_delta) == (
-        "memorization/loss_gap", CALIBRATED_RULES["loss_gap"].threshold, CALIBRATED_RULES["loss_gap"].min_delta)
-    assert (without.monitor, without.rule.threshold, without.rule.min_delta) == (
-        "memorization/score", CALIBRATED_RULES["score"].threshold, CALIBRATED_RULES["score"].min_delta)
+    train_only.setup(model, train_data=train)
+    neither.setup(model)
+    for w, key in ((with_heldout, "loss_gap"), (train_only, "nn_rate_lower"), (neither, "score")):
+        assert (w.monitor, w.rule.threshold, w.rule.min_delta) == (
+            f"memorization/{key}", CALIBRATED_RULES[key].threshold, CALIBRATED_RULES[key].min_delta)
     assert with_heldout.stop.monitor == "auto"  # the configured value stays as given (checkpoint state keys)
     named = watch(stop=StopConfig(monitor="memorization/loss_gap", patience=2))
     named.setup(model, train_data=train, heldout_data=heldout)

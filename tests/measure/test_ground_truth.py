@@ -1,7 +1,15 @@
+import math
+
 import pytest
 import torch
 
-from memcallback.measure.ground_truth import MemorizationLabels, memorization_labels, nearest_neighbours
+from memcallback.measure.ground_truth import (
+    COPY_RATE_CONFIDENCE,
+    MemorizationLabels,
+    copy_rate_lower_bound,
+    memorization_labels,
+    nearest_neighbours,
+)
 
 
 def _reference(n: int = 50, shape: tuple[int, ...] = (1, 8, 8), seed: int = 0) -> torch.Tensor:
@@ -159,3 +167,36 @@ def test_bad_arguments_are_clear_errors():
         nearest_neighbours(reference, reference, k=0)
     with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
         nearest_neighbours(reference, reference, chunk_size=0)
+
+
+def _binomial_tail(copies: int, n: int, p: float) -> float:
+    """Reference: P(X >= copies) for X ~ Binomial(n, p), summed exactly over the pmf."""
+    return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(copies, n + 1))
+
+
+@pytest.mark.parametrize(("copies", "n"), [(1, 1), (1, 64), (2, 16), (3, 64), (10, 64), (63, 64), (64, 64)])
+def test_copy_rate_lower_bound_is_the_exact_clopper_pearson_bound(copies: int, n: int) -> None:
+    """At the bound the binomial tail is 1 - confidence (the defining equation); values from scipy's
+    ``beta.ppf(0.05, k, n - k + 1)`` pin it in absolute terms."""
+    low = copy_rate_lower_bound(copies, n)
+    assert 0 < low < copies / n or copies == n
+    assert _binomial_tail(copies, n, low) == pytest.approx(1 - COPY_RATE_CONFIDENCE, rel=1e-9)
+    scipy_values = {(2, 16): 0.022679, (3, 64): 0.012897}
+    if (copies, n) in scipy_values:
+        assert low == pytest.approx(scipy_values[copies, n], abs=1e-6)
+
+
+def test_copy_rate_lower_bound_edges_and_confidence() -> None:
+    assert copy_rate_lower_bound(0, 64) == 0.0
+    assert copy_rate_lower_bound(64, 64) == pytest.approx(0.05 ** (1 / 64))
+    # the default stop's arithmetic: with 64 probes two copies do not pass 1%, three do; with 16, two do
+    assert copy_rate_lower_bound(2, 64) < 0.01 < copy_rate_lower_bound(3, 64)
+    assert copy_rate_lower_bound(1, 16) < 0.01 < copy_rate_lower_bound(2, 16)
+    assert copy_rate_lower_bound(5, 64, confidence=0.99) < copy_rate_lower_bound(5, 64, confidence=0.9)
+
+
+@pytest.mark.parametrize(("copies", "n", "confidence"), [(-1, 4, 0.95), (5, 4, 0.95), (0, 0, 0.95), (1.0, 4, 0.95),
+                                                         (1, 4, 1.0), (1, 4, 0.0)])
+def test_copy_rate_lower_bound_rejects_bad_counts(copies, n, confidence) -> None:
+    with pytest.raises(ValueError, match=r"copies|confidence"):
+        copy_rate_lower_bound(copies, n, confidence)

@@ -56,3 +56,19 @@ def test_the_summary_has_exactly_the_keys_of_the_schema() -> None:
             for t in timesteps:
                 expected = auroc(report.stats[t].memorization_score, copied)
                 assert summary[names.at_timestep(t, names.AUROC)] == pytest.approx(expected, nan_ok=True)
+
+
+def test_the_summary_bounds_the_copy_rate_from_the_probes_labels() -> None:
+    """``nn_rate_lower`` is the Clopper-Pearson bound of the probes' copies; NaN when a label is missing."""
+    from memcallback.measure import names
+    from memcallback.measure.ground_truth import copy_rate_lower_bound
+    from memcallback.measure.report import summarize
+
+    copied = torch.zeros(64)
+    copied[[3, 17, 40]] = 1.0
+    per_sample = {names.NN_RATE: copied, names.at_timestep(20, names.SCORE): torch.linspace(0, 1, 64)}
+    summary = summarize(per_sample, [20], seconds=1.0)
+    assert summary[names.NN_RATE] == pytest.approx(3 / 64)
+    assert summary[names.NN_RATE_LOWER] == copy_rate_lower_bound(3, 64)
+    copied[5] = math.nan
+    assert math.isnan(summarize(per_sample, [20], seconds=1.0)[names.NN_RATE_LOWER])

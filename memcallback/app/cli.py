@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from memcallback.measure.ground_truth import COPY_RATIO
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--samples", type=_positive_int, default=64)
         p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
         p.add_argument("--seed", type=int, default=0)
-    sub.choices["rate"].add_argument("--copy-ratio", type=float, default=1 / 3,
+    sub.choices["rate"].add_argument("--copy-ratio", type=float, default=COPY_RATIO,
                                      help="nearest/second-nearest distance ratio under which a sample is a copy")
     sub.choices["analyze"].add_argument("--sigmas", type=float, nargs="+", default=[0.1])
     sub.choices["analyze"].add_argument("--json", type=Path, default=None, help="also write the summary here")

@@ -40,10 +40,10 @@ class ProbeConfig:
             ``flag_fpr`` (docs/transfer/results.md).
         copy_null_images: held-out images (a seeded random selection of at most this many) whose nearest-neighbour
             distance ratios against the training images are the null of the default per-sample flag
-            (:mod:`~memcallback.measure.copy_flag`), when both are given at setup: a probe is flagged when its
-            ratio is below their conformal quantile at ``SharpnessConfig.flag_fpr``. Measured once at setup (a
-            nearest-neighbour search of these images in the training set). 0: off (the score flag,
-            ``flag_threshold``).
+            (:mod:`~memcallback.measure.copy_flag`), when both are given at setup: a copy is flagged only when its
+            ratio is also below their conformal quantile at ``SharpnessConfig.flag_fpr``. Measured once at setup (a
+            nearest-neighbour search of these images in the training set). 0: no null (copies flagged by the 1/3
+            rule alone, at no stated rate).
         every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at most
             at the first check and every this many checks after it; the checks between measure the loss gap only,
             which costs a fraction of a full check. 1 (the default): any check may be full, as the cost governor
@@ -71,7 +71,7 @@ class ProbeConfig:
         require(is_int(self.null_images) and self.null_images >= 0, "null_images", self.null_images,
                 "an int >= 0 (0: the fixed flag_threshold)")
         require(is_int(self.copy_null_images) and self.copy_null_images >= 0, "copy_null_images",
-                self.copy_null_images, "an int >= 0 (0: no copy flag, the score flag)")
+                self.copy_null_images, "an int >= 0 (0: no null, the copy flag at no stated rate)")
         require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed", self.seed, "an int in [0, 2**63)")
         for name, example in (("sigmas", "[0.1]"), ("timesteps", "[27]")):
             value = getattr(self, name)

@@ -93,11 +93,13 @@ class MemorizationWatch:
     measure every probe and stay out of the accounts; the first check does too, unless the monitor is a loss-gap key
     and the governor can predict a full check's cost, when it is light (the baseline of the loss gap).
 
-    **Flag.** With training and held-out data at :meth:`setup` a probe is flagged (``flagged_fraction``) when its
-    nearest-neighbour distance ratio to the training images is below what all but ``sharpness.flag_fpr`` of the
-    held-out images reach (:mod:`~memcallback.measure.copy_flag`, measured once at setup): on a model that
-    generalizes, at most that fraction of the probes is flagged. Without held-out data the flag is the score above
-    ``sharpness.flag_threshold``, a level that does not carry over between data sets.
+    **Flag.** With training data at :meth:`setup` a probe is flagged (``flagged_fraction``) when it copies a training
+    image by the ground truth's rule (nearest-neighbour distance ratio below 1/3); with held-out data too, only when
+    its ratio is also below what all but ``sharpness.flag_fpr`` of the held-out images reach
+    (:mod:`~memcallback.measure.copy_flag`, measured once at setup): on a model that generalizes, at most that
+    fraction of the probes is flagged (logged as ``flag_fpr``; NaN without held-out data, where no rate can be
+    stated). Without training data the flag is the score above ``sharpness.flag_threshold``, a level that does not
+    carry over between data sets.
 
     **Light checks.** Also with ``probes.every_n_checks = n > 1``, only every ``n``-th check (the first included)
     may sample and measure the probes; the checks between measure the loss gap alone and log its keys with
@@ -304,8 +306,9 @@ class MemorizationWatch:
             null = NullImages(*(shard(x, rank, world_size)  # the noise stays on the CPU, like the probes'
                                 for x in (images, probe_noise(num_null, shape, seed + 3))))
         flag = None
-        if null is None and train_data is not None and heldout_data is not None and self.probes.copy_null_images > 0:
-            flag = self._copy_flag(train_data, heldout_data)
+        if null is None and train_data is not None:
+            flag = (self._copy_flag(train_data, heldout_data)
+                    if heldout_data is not None and self.probes.copy_null_images > 0 else CopyFlag.copy_rule())
         if self.probes.every_n_checks > 1 and loss_reference is None:
             raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
                              "full checks, but there is no loss gap: give training and held-out data at setup (with "
@@ -314,7 +317,7 @@ class MemorizationWatch:
                              "often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
-                                 loss_reference is not None, null is not None, flag is not None)
+                                 loss_reference is not None, null is not None)
         resolved = self.stop.resolve(self.prefix, known)
         self.monitor = resolved.monitor
         if self.monitor_key not in known:
@@ -537,7 +540,7 @@ class MemorizationWatch:
         ``cut`` is all of them). Every key of the schema is there on every rank: what a cut-short measurement did
         not reach is NaN. The primary timestep's flag, here and in ``report``: with a null threshold (``null``, from
         :meth:`_reduce_null`) the score above it; with the copy flag (set up only without score null) the probes'
-        distance ratio below its threshold; else the score above ``flag_threshold``."""
+        distance ratio below its threshold (with training data); else the score above ``flag_threshold``."""
         state = self.setup_state
         probes = state.probes
         if state.copy_flag is not None and report.labels is not None:

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["COPY_RATE_CONFIDENCE", "MemorizationLabels", "copy_rate_lower_bound", "memorization_labels",
+__all__ = ["COPY_RATE_CONFIDENCE", "COPY_RATIO", "MemorizationLabels", "copy_rate_lower_bound", "memorization_labels",
            "nearest_neighbours"]
+
+#: The distance ratio ``d1 / d2`` under which a sample is a copy (the rule of the papers above).
+COPY_RATIO = 1 / 3
 
 #: Confidence of the one-sided lower bound on the copy rate that ``nn_rate_lower`` logs.
 COPY_RATE_CONFIDENCE = 0.95
@@ -152,7 +155,7 @@ def nearest_neighbours(samples: Tensor, reference: Tensor, k: int = 2, chunk_siz
 
 @torch.no_grad()
 def memorization_labels(
-    samples: Tensor, reference: Tensor, ratio: float = 1 / 3, chunk_size: int = 4096
+    samples: Tensor, reference: Tensor, ratio: float = COPY_RATIO, chunk_size: int = 4096
 ) -> MemorizationLabels:
     """Label generated samples as copies of training images by the nearest / second-nearest distance ratio test.
 

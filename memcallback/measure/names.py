@@ -124,11 +124,11 @@ def conditional_summary_keys(num_conditions: int) -> set[str]:
 
 
 def check_keys(timesteps: Sequence[int], ground_truth: bool, num_conditions: int | None,
-               reference: bool = False, loss_gap: bool = False, null: bool = False,
-               copy_flag: bool = False) -> set[str]:
-    """Every key (without prefix) that one successful check of the monitoring core logs."""
+               reference: bool = False, loss_gap: bool = False, null: bool = False) -> set[str]:
+    """Every key (without prefix) that one successful check of the monitoring core logs (the copy flag's with the
+    ground truth, unless the score null flags)."""
     keys = summary_keys(timesteps, ground_truth) | {PARTIAL, CHECK_FAILURES, FLAG_THRESHOLD, PROBES_MEASURED}
-    keys |= set(COPY_FLAG) if copy_flag else set()
+    keys |= set(COPY_FLAG) if ground_truth and not null else set()
     keys |= set(REFERENCE) if reference else set()
     keys |= {*LOSS_REFERENCE, LOSS_GAP_IMAGES_MEASURED} if loss_gap else set()
     keys |= {SCORE_NULL_IMAGES} if null else set()

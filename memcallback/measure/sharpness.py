@@ -78,14 +78,15 @@ class SharpnessConfig:
             ``"effective_dim"``: ``1 - clamp(d_eff / d, 0, 1)``;
             ``"flat_fraction"``: ``1 - flat_count / k``.
         flag_threshold: a sample is flagged as memorized when its score exceeds this, where neither the copy flag
-            (training and held-out data at setup, ``ProbeConfig.copy_null_images > 0``) nor a score null
-            (``ProbeConfig.null_images > 0``) applies, and at the measurement timesteps after the primary one: a
-            level that does not carry over from one data set to another (docs/transfer/results.md).
+            (training data at setup) nor a score null (``ProbeConfig.null_images > 0``) applies, and at the
+            measurement timesteps after the primary one: a level that does not carry over from one data set to
+            another (docs/transfer/results.md).
         flag_fpr: the per-sample flag's false-positive rate where it is calibrated: the copy flag
-            (:mod:`~memcallback.measure.copy_flag`, the default with training and held-out data) flags a probe
-            whose nearest-neighbour distance ratio is below the held-out images' conformal quantile at this rate;
-            the opt-in score null (:mod:`~memcallback.measure.null`) flags a score above the noised held-out
-            images' quantile. 0.01: at most one sample in a hundred that is as novel as held-out data is flagged.
+            (:mod:`~memcallback.measure.copy_flag`, the default with training data) flags a copy (distance ratio
+            below 1/3) whose ratio is also below the held-out images' conformal quantile at this rate, when
+            held-out data are given; the opt-in score null (:mod:`~memcallback.measure.null`) flags a score above
+            the noised held-out images' quantile. 0.01: at most one sample in a hundred that is as novel as
+            held-out data is flagged.
         chunk_size: most vectors sent through the network at once (``None``: all).
     """
 

@@ -29,6 +29,7 @@ from memcallback.diffusion import NoiseSchedule
 from memcallback.measure import analyze, loss_gap, names, sharpness_gap
 from memcallback.measure.analysis import probe_noise
 from memcallback.measure.copy_flag import copy_flag
+from memcallback.measure.ground_truth import COPY_RATIO
 from memcallback.measure.null import conformal_threshold
 from memcallback.measure.reference import noised_image_stats
 from memcallback.measure.sharpness import SharpnessConfig
@@ -192,7 +193,7 @@ def test_the_sharpness_gap_is_measured_on_seeded_random_training_and_heldout_ima
     assert {k: result.scalars[k] for k in names.REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["sharpness_gap"] > 0.3  # 2 of the 5 training states sit on the memorized image
     assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, reference=True,
-                                                   loss_gap=True, copy_flag=True)  # both on by default
+                                                   loss_gap=True)  # both on by default
     assert f"gap {result.scalars['sharpness_gap']:+.3f}" in result.message
 
 
@@ -231,8 +232,7 @@ def test_the_loss_gap_is_measured_on_seeded_random_images_with_one_noise_draw() 
                         seed=PROBES.seed).summary()
     assert {k: result.scalars[k] for k in names.LOSS_REFERENCE} == pytest.approx(expected, rel=1e-6)
     assert result.scalars["loss_gap"] > 0.2  # 2 of the 6 training images are the memorized one
-    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True,
-                                                   copy_flag=True)
+    assert set(result.scalars) == names.check_keys(w.setup_state.timesteps, True, None, loss_gap=True)
     assert f"loss gap {result.scalars['loss_gap']:+.3f}" in result.message
 
 
@@ -549,12 +549,31 @@ def test_few_heldout_images_flag_at_the_rate_they_support_and_say_so() -> None:
     assert w.check(model, 0).scalars["flag_fpr"] == pytest.approx(1 / 11)
 
 
-def test_the_copy_flag_gives_way_to_the_score_flag_when_asked() -> None:
-    """copy_null_images=0, or the opt-in score null: no copy flag, the score flag at the primary timestep."""
+def test_without_a_null_the_flag_is_the_copy_rule_at_no_stated_rate() -> None:
+    """Training data without held-out data, or copy_null_images=0: a probe is flagged when it is a copy by the
+    ground truth's rule (d1/d2 < 1/3); flag_fpr is NaN, since no rate can be stated."""
     model, train, heldout = memorized_mixture()
-    for probes in (dataclasses.replace(PROBES, copy_null_images=0), dataclasses.replace(PROBES, null_images=100)):
+    base = dataclasses.replace(PROBES, num_samples=16)
+    for probes, data in ((base, {"train_data": train}),
+                         (dataclasses.replace(base, copy_null_images=0), {"train_data": train,
+                                                                           "heldout_data": heldout})):
         w = watch(probes=probes)
-        w.setup(model, train_data=train, heldout_data=heldout)
+        w.setup(model, **data)
+        result = w.check(model, 0)
+        copies = result.report.labels.copied
+        assert copies.any() and torch.equal(result.report.primary.flagged, copies)
+        assert result.scalars["flagged_fraction"] == pytest.approx(copies.double().mean().item())
+        assert result.scalars["flag_ratio"] == COPY_RATIO and math.isnan(result.scalars["flag_fpr"])
+
+
+def test_the_copy_flag_gives_way_to_the_score_flag_when_asked_or_without_training_data() -> None:
+    """The opt-in score null, or no training data: no copy flag, the score flag at the primary timestep."""
+    model, train, heldout = memorized_mixture()
+    for probes, data in ((dataclasses.replace(PROBES, null_images=100), {"train_data": train,
+                                                                         "heldout_data": heldout}),
+                         (PROBES, {})):
+        w = watch(probes=probes)
+        w.setup(model, **data)
         result = w.check(model, 0)
         assert "flag_ratio" not in result.scalars and "flag_fpr" not in result.scalars
         primary = result.report.primary

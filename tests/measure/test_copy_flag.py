@@ -1,5 +1,5 @@
-"""The copy flag: its conformal threshold against exact order statistics, its rate on exchangeable data, and the
-lowest rate a small held-out set supports."""
+"""The copy flag: its conformal threshold against exact order statistics, its rate on exchangeable data, the
+lowest rate a small held-out set supports, and the copy rule that bounds it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from memcallback.measure import memorization_labels
-from memcallback.measure.copy_flag import copy_flag, lower_conformal_threshold
+from memcallback.measure.copy_flag import CopyFlag, copy_flag, lower_conformal_threshold
+from memcallback.measure.ground_truth import COPY_RATIO
 
 
 def brute_ratio(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -42,30 +43,61 @@ def test_an_exchangeable_value_is_flagged_at_most_at_the_stated_rate(n: int, fpr
     assert abs(flagged.item() - exact) < 4 * math.sqrt(exact * (1 - exact) / trials)
 
 
-def test_the_flag_is_the_heldout_ratios_quantile_and_catches_copies() -> None:
+def test_the_flag_is_a_copy_below_the_heldout_ratios_quantile() -> None:
+    """Well-separated training images: the 5% quantile of the held-out ratios (0.77) is above 1/3, so the flag is the
+    copy rule; near copies are flagged, and held-out images exactly when they pass the 1/3 rule."""
     g = torch.Generator().manual_seed(1)
     train, heldout = torch.randn(20, 3, 4, generator=g), torch.randn(199, 3, 4, generator=g)
     flag = copy_flag(heldout, train, fpr=0.05)
     null = brute_ratio(heldout, train).sort().values
     assert (flag.fpr, flag.num_null) == (0.05, 199)
-    assert flag.ratio == pytest.approx(null[9].item(), rel=1e-6)  # floor(200 * 0.05) = 10th smallest
+    assert flag.null_ratio == pytest.approx(null[9].item(), rel=1e-6)  # floor(200 * 0.05) = 10th smallest
+    assert flag.null_ratio > COPY_RATIO and flag.ratio == COPY_RATIO
     copies = train[:5] + 1e-3 * torch.randn(5, 3, 4, generator=g)
     assert flag(brute_ratio(copies, train)).all()
-    held_ratio = memorization_labels(heldout, train).distance_ratio  # the statistic the flag is applied to
-    assert flag(held_ratio).sum().item() == 9  # strictly below the 10th smallest
+    held = memorization_labels(heldout, train)  # the statistic the flag is applied to
+    assert torch.equal(flag(held.distance_ratio), held.copied)
+
+
+def test_where_never_trained_images_pass_the_copy_rule_the_quantile_bounds_the_flag() -> None:
+    """Half the held-out images are near-duplicates of training images (as overlapping patches are): the 1/3 rule
+    alone would flag them all, the flag only those below the 5% quantile, strictly below the 10th smallest."""
+    g = torch.Generator().manual_seed(4)
+    train = torch.randn(20, 6, generator=g)
+    heldout = torch.cat([train[torch.arange(100) % 20] + 0.05 * torch.randn(100, 6, generator=g),
+                         torch.randn(99, 6, generator=g)])
+    flag = copy_flag(heldout, train, fpr=0.05)
+    held = memorization_labels(heldout, train)
+    assert flag.null_ratio < COPY_RATIO and flag.ratio == flag.null_ratio
+    assert held.copied.sum().item() >= 100
+    ratios = held.distance_ratio.sort().values
+    assert flag(held.distance_ratio).sum().item() == int((ratios < ratios[9]).sum())
+
+
+def test_without_heldout_images_the_flag_is_the_copy_rule_at_no_stated_rate() -> None:
+    g = torch.Generator().manual_seed(5)
+    train = torch.randn(12, 6, generator=g)
+    samples = torch.cat([train[:4] + 0.01 * torch.randn(4, 6, generator=g), torch.randn(60, 6, generator=g)])
+    flag = CopyFlag.copy_rule()
+    labels = memorization_labels(samples, train)
+    assert torch.equal(flag(labels.distance_ratio), labels.copied) and labels.copied[:4].all()
+    assert math.isnan(flag.fpr) and flag.num_null == 0 and flag.ratio == COPY_RATIO
 
 
 def test_samples_of_the_data_distribution_are_flagged_at_the_stated_rate() -> None:
     """A model that generalizes perfectly: its samples are new draws of the data distribution, exchangeable with
-    the held-out images, whatever the training set. Over 40 training sets, 2% of 1,000 samples each are flagged
-    at most (exactly floor(1000 * 0.02) / 1000 = 1.9% in expectation)."""
+    the held-out images, whatever the training set. Over 40 training sets, the samples below the quantile are
+    exactly floor(1000 * 0.02) / 1000 = 1.9% in expectation, and the flag, the copies among them, no more."""
     g = torch.Generator().manual_seed(2)
-    rates = []
+    below, flagged = [], []
     for _ in range(40):
         train, heldout, samples = (torch.randn(n, 6, generator=g) for n in (30, 999, 1000))
         flag = copy_flag(heldout, train, fpr=0.02)
-        rates.append(flag(brute_ratio(samples, train)).double().mean().item())
-    assert sum(rates) / len(rates) == pytest.approx(0.019, abs=0.004)
+        ratio = brute_ratio(samples, train)
+        below.append((ratio < flag.null_ratio).double().mean().item())
+        flagged.append(flag(ratio).double().mean().item())
+        assert flagged[-1] <= below[-1]
+    assert sum(below) / len(below) == pytest.approx(0.019, abs=0.004)
 
 
 def test_few_heldout_images_give_the_lowest_rate_they_support() -> None:
@@ -73,6 +105,6 @@ def test_few_heldout_images_give_the_lowest_rate_they_support() -> None:
     train, heldout = torch.randn(8, 5, generator=g), torch.randn(20, 5, generator=g)
     flag = copy_flag(heldout, train, fpr=0.01)  # 0.01 needs 99
     assert flag.fpr == pytest.approx(1 / 21)
-    assert flag.ratio == pytest.approx(brute_ratio(heldout, train).min().item(), rel=1e-6)
+    assert flag.null_ratio == pytest.approx(brute_ratio(heldout, train).min().item(), rel=1e-6)
     with pytest.raises(ValueError, match="fpr must be in"):
         copy_flag(heldout, train, fpr=0.0)

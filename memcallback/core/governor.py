@@ -14,9 +14,15 @@ monitored value and the checks of that value stay ``every_n_steps`` apart (the s
   check is not started on a guess. When even a light check costs more
   than ``max_overhead`` times one training interval, the loss gap measures half its images (a prefix of the fixed
   set), and so on down to ``min_fraction`` of them.
-* **The monitor needs the probes** (the copy rate or the score; no held-out data): every check measures a prefix
-  of the fixed probes, halved from the full set while a check costs more than ``max_overhead`` times one training
-  interval, down to ``min_fraction`` of them; the loss gap, when there is one, is halved alike.
+* **The monitor is the probes' copy rate** (training data but no held-out data, the default then): a check is full
+  (the sharpness of the probes measured too) or light (the probes sampled and labelled against the training images,
+  no Jacobian product: a fraction of a full check), chosen on the running overhead as for the loss gap, the first
+  check light too, a full check's cost predicted from the light checks' (``probe_cost`` sampled probes a probe).
+  When even a light check costs more than ``max_overhead`` times one training interval, the probes are halved, down
+  to ``min_fraction`` of them; the loss gap, when there is one, is halved alike.
+* **The monitor needs the sharpness** (the score, or another statistic of the probes): every check measures a
+  prefix of the fixed probes, halved from the full set while a check costs more than ``max_overhead`` times one
+  training interval, down to ``min_fraction`` of them; the loss gap, when there is one, is halved alike.
 
 The counts that are cut (the probes, or the loss gap's images) only ever fall within a run (a ratchet). A cut is
 decided one check ahead: that check measures the old count, the watch computes the monitored value on both from the
@@ -31,6 +37,7 @@ their maximum), so every rank picks the same tier; its state is a plain dict tha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -66,8 +73,10 @@ class Tier:
     """What one check measures.
 
     Attributes:
-        probes: probes sampled and measured, a prefix of the probe set (0: a light check).
+        probes: probes sampled (and labelled), a prefix of the probe set (0: a light check, the loss gap alone).
         images: training and as many held-out images of the loss gap, a prefix of its set (0 without a loss gap).
+        labels_only: the probes are sampled and labelled but their sharpness is not measured (a light check when
+            the monitor is their copy rate).
         cut_probes: the most probes the checks after this one measure (``None``: ``probes``); smaller when the
             governor cuts them, which this check prepares (the stop rule's best value is moved to the cut).
         cut_images: the same for the loss gap's images.
@@ -77,6 +86,7 @@ class Tier:
     images: int
     cut_probes: int | None = None
     cut_images: int | None = None
+    labels_only: bool = False
 
     def __post_init__(self) -> None:
         for name, count in (("cut_probes", self.probes), ("cut_images", self.images)):
@@ -85,8 +95,18 @@ class Tier:
 
     @property
     def key(self) -> str:
-        """``"{probes}/{images}"``: the tier in a state dict."""
-        return f"{self.probes}/{self.images}"
+        """``"{probes}/{images}"``, with ``"/labels"`` for a labels-only tier: the tier in a state dict."""
+        return f"{self.probes}/{self.images}" + ("/labels" if self.labels_only else "")
+
+    @property
+    def kind(self) -> str:
+        """``"loss_gap"`` (no probe), ``"labels"`` (probes sampled and labelled only) or ``"full"``."""
+        return "loss_gap" if self.probes == 0 else "labels" if self.labels_only else "full"
+
+    @property
+    def size(self) -> int:
+        """The count a check of this kind costs in proportion to: its images without probes, else its probes."""
+        return self.images if self.probes == 0 else self.probes
 
 
 class CostGovernor:
@@ -102,17 +122,24 @@ class CostGovernor:
         num_images: the loss gap's images of each kind (0: no loss gap).
         world_size: the number of processes: a prefix of ``n`` of a set sharded over ranks is ``ceil(n / W)`` rows
             on each rank, so the counts are those this layout gives.
-        light_measures_monitor: whether a light check measures the stop rule's monitor (a loss-gap key).
-        probe_cost: the predicted cost of the probe part of a full check per probe, in units of one loss-gap image
-            (:func:`predicted_probe_cost`); with it and ``light_measures_monitor`` the first check is light and a
-            full check's cost is predicted from the light checks' until one is timed. ``None``: the first check
-            measures everything.
+        light_measures_monitor: whether a light check (the loss gap alone) measures the stop rule's monitor (a
+            loss-gap key).
+        probe_cost: the predicted cost of the probe part of a full check per probe, in units of what a light check
+            costs in proportion to: one loss-gap image (:func:`predicted_probe_cost`), or with ``labels_monitor``
+            one sampled and labelled probe (:func:`predicted_labels_cost`); with it and a light check that measures
+            the monitor the first check is light and a full check's cost is predicted from the light checks' until
+            one is timed. ``None``: the first check measures everything.
+        labels_monitor: whether the monitor is the probes' copy rate, which a labels-only check measures (exclusive
+            with ``light_measures_monitor``).
     """
 
     def __init__(self, config: GovernorConfig, num_probes: int, num_images: int, world_size: int,
-                 light_measures_monitor: bool, probe_cost: float | None = None) -> None:
+                 light_measures_monitor: bool, probe_cost: float | None = None, labels_monitor: bool = False) -> None:
+        if light_measures_monitor and labels_monitor:
+            raise ValueError("the monitor is either a loss-gap key (light_measures_monitor) or the probes' copy rate "
+                             "(labels_monitor), not both")
         self.config, self.num_probes, self.num_images = config, num_probes, num_images
-        self.light_measures_monitor = light_measures_monitor
+        self.light_measures_monitor, self.labels_monitor = light_measures_monitor, labels_monitor
         self.probe_cost = probe_cost
         cut = num_images if light_measures_monitor else num_probes  # the count a cut check lowers
         self.cuts = _halvings(cut, math.ceil(config.min_fraction * cut), world_size)
@@ -144,28 +171,33 @@ class CostGovernor:
         """The tier of the first check of a run: light when a light check measures the monitor and the cost of a
         full one can be predicted (``probe_cost``), else every probe and image. A baseline that measures everything
         is paid before any training does, and is most of what a short run's checks cost."""
-        if self.config.max_overhead is not None and self.light_measures_monitor and self.probe_cost is not None:
-            return self.light()
+        if self.config.max_overhead is not None and self.probe_cost is not None:
+            if self.light_measures_monitor:
+                return self.light()
+            if self.labels_monitor:
+                return self._cut(self.ceiling)
         return self.full
 
     def estimate(self, tier: Tier) -> float:
         """The predicted seconds of a check of ``tier``: its last measured cost, else the cost measured for the
-        nearest tier of the same kind (light or not) scaled in proportion to the count that differs; a check with
-        probes before any was timed, from the light checks' seconds per image ``g``, as ``g (images + probe_cost
-        probes)`` (0 when nothing can predict it)."""
+        nearest tier of the same kind (:attr:`Tier.kind`) scaled in proportion to its size (:attr:`Tier.size`); a
+        full check before any was timed, from the light checks' seconds per unit ``g`` (a loss-gap image, or a
+        labelled probe), as ``g (images + probe_cost probes)`` after loss-gap checks and ``g probe_cost probes``
+        after labels-only ones (0 when nothing can predict it)."""
         if tier.key in self.costs:
             return self.costs[tier.key]
-        same = [_tier(key) for key in self.costs if (_tier(key).probes > 0) == (tier.probes > 0)]
+        timed = [_tier(key) for key in self.costs]
+        same = [t for t in timed if t.kind == tier.kind]
         if not same:
-            lights = [_tier(key) for key in self.costs if _tier(key).probes == 0 and _tier(key).images > 0]
-            if tier.probes == 0 or self.probe_cost is None or not lights:
+            lights = [t for t in timed if t.kind != "full" and t.size > 0]
+            if tier.kind != "full" or self.probe_cost is None or not lights:
                 return 0.0
-            nearest = min(lights, key=lambda t: abs(t.images - tier.images))
-            per_image = self.costs[nearest.key] / nearest.images
-            return per_image * (tier.images + self.probe_cost * tier.probes)
-        size = (lambda t: t.probes) if tier.probes > 0 else (lambda t: t.images)
-        nearest = min(same, key=lambda t: abs(size(t) - size(tier)))
-        return self.costs[nearest.key] * size(tier) / max(size(nearest), 1)
+            nearest = min(lights, key=lambda t: abs(t.size - tier.size))
+            per_unit = self.costs[nearest.key] / nearest.size
+            light_units = tier.images if nearest.kind == "loss_gap" else 0
+            return per_unit * (light_units + self.probe_cost * tier.probes)
+        nearest = min(same, key=lambda t: abs(t.size - tier.size))
+        return self.costs[nearest.key] * tier.size / max(nearest.size, 1)
 
     def choose(self) -> Tier:
         """The tier of the next check (see the module docstring)."""
@@ -178,11 +210,15 @@ class CostGovernor:
         steady = target * self.last_interval * (0.5 if behind else 1.0)
         cuts = [c for c in self.cuts if c <= self.ceiling]
         cut = next((c for c in cuts if self.estimate(self._cut(c)) <= steady), cuts[-1])
-        if not self.light_measures_monitor:  # the cut applies from the next check: this one measures both
-            return Tier(self.ceiling, self._images(self.ceiling), cut_probes=cut, cut_images=self._images(cut))
-        full = Tier(self.num_probes, self.ceiling, cut_images=cut)
+        if self.light_measures_monitor:
+            full, light = Tier(self.num_probes, self.ceiling, cut_images=cut), Tier(0, self.ceiling, cut_images=cut)
+        else:  # the cut applies from the next check: this one measures both
+            full = Tier(self.ceiling, self._images(self.ceiling), cut_probes=cut, cut_images=self._images(cut))
+            if not self.labels_monitor:
+                return full
+            light = dataclasses.replace(full, labels_only=True)
         spent = self.check_seconds + self.estimate(full)
-        return full if spent <= target * self.train_seconds else Tier(0, self.ceiling, cut_images=cut)
+        return full if spent <= target * self.train_seconds else light
 
     def light(self) -> Tier:
         """A light check at the loss gap's current count of images (the loss gap alone)."""
@@ -194,7 +230,9 @@ class CostGovernor:
 
     def _cut(self, count: int) -> Tier:
         """The cheapest check that measures the monitor on ``count`` of the cut set."""
-        return Tier(0, count) if self.light_measures_monitor else Tier(count, self._images(count))
+        if self.light_measures_monitor:
+            return Tier(0, count)
+        return Tier(count, self._images(count), labels_only=self.labels_monitor)
 
     def record(self, tier: Tier, seconds: float, *, measured: bool = True) -> None:
         """Count a check of ``tier`` that took ``seconds`` (``measured=False``: it failed, so its time counts but
@@ -213,6 +251,8 @@ class CostGovernor:
         check)."""
         parts = ["light (loss gap only)"] if tier.probes == 0 else (
             [f"{tier.probes}/{self.num_probes} probes"] if tier.probes < self.num_probes else [])
+        if tier.labels_only:
+            parts.append("light (probes labelled, no sharpness)")
         if tier.images < self.num_images:
             parts.append(f"loss gap on {tier.images}/{self.num_images} images")
         if tier.cut_probes < tier.probes:
@@ -257,14 +297,33 @@ def predicted_probe_cost(num_probes: int, num_sampling_steps: int, num_timesteps
     35.7M-parameter CIFAR UNet (docs/benchmarks.md): at most 6% above the prediction. A prediction that is low lets
     the first full check overshoot by as much; its timed cost decides from then on.
     """
+    return _full_passes(num_probes, num_sampling_steps, num_timesteps, products, measured_images) / (2 * num_levels)
+
+
+def predicted_labels_cost(num_probes: int, num_sampling_steps: int, num_timesteps: int, products: int,
+                          measured_images: int) -> float:
+    """The predicted cost of the probe part of a full check per probe, in units of one probe of a labels-only check
+    (sampled and labelled, ``S`` forward passes; the nearest-neighbour search is left out), counted as in
+    :func:`predicted_probe_cost`:
+
+        labels_cost = (N_p (S + L (1 + 2P)) + N_m (1 + 2P)) / (S N_p)
+
+    At the defaults (S = 50, L = 1, P = 61) it is 3.46: a labels-only check costs under a third of a full one.
+    """
+    return _full_passes(num_probes, num_sampling_steps, num_timesteps, products, measured_images) / num_sampling_steps
+
+
+def _full_passes(num_probes: int, num_sampling_steps: int, num_timesteps: int, products: int,
+                 measured_images: int) -> float:
+    """Network passes of a full check's probe part per probe (see :func:`predicted_probe_cost`)."""
     per_level = 1 + 2 * products
     passes = num_probes * (num_sampling_steps + num_timesteps * per_level) + measured_images * per_level
-    return passes / (2 * num_levels * num_probes)
+    return passes / num_probes
 
 
 def _tier(key: str) -> Tier:
-    probes, images = key.split("/")
-    return Tier(int(probes), int(images))
+    probes, images, *labels = key.split("/")
+    return Tier(int(probes), int(images), labels_only=bool(labels))
 
 
 def _halvings(count: int, floor: int, world_size: int) -> list[int]:

@@ -45,6 +45,8 @@ class MeasureRequest:
         null: this rank's share of the flag's null images and their noise, or ``None``.
         measure_probes: sample and measure the probes (with the sharpness gap and the conditional metrics);
             ``False`` at the light checks between full ones (``ProbeConfig.every_n_checks``): the loss gap only.
+        labels_only: with ``measure_probes``, sample the probes and label them against ``train_data`` only (no
+            sharpness, sharpness gap, null or conditional metrics): a light check of the copy rate.
     """
 
     noise: Tensor
@@ -60,6 +62,7 @@ class MeasureRequest:
     loss_reference: ReferenceImages | None = None
     null: NullImages | None = None
     measure_probes: bool = True
+    labels_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,15 @@ def measure(model: DiffusionModel, request: MeasureRequest) -> Measurement:
     :func:`~memcallback.measure.analyze` of this rank's probes, the sharpness gap of its reference images and the
     statistics at its null images at the primary timestep (unless the probes were cut short) and the conditional
     metrics of every watched condition (the paper's ``||H^D s^D||`` at the first sampling step); with
-    ``measure_probes=False`` the loss gap only."""
+    ``measure_probes=False`` the loss gap only, with ``labels_only`` the loss gap and the probes' labels."""
     losses = _loss_gap(model, request.loss_reference)
     if not request.measure_probes:
         return Measurement(report=None, conditional={}, loss_gap=losses)
     report = analyze(model, noise=request.noise, timesteps=request.timesteps, sigmas=(), config=request.sharpness,
                      num_sampling_steps=request.num_sampling_steps, seed=request.seed, train_data=request.train_data,
-                     warm_start=request.warm_start, interrupt=request.interrupt)
+                     warm_start=request.warm_start, interrupt=request.interrupt, labels_only=request.labels_only)
+    if request.labels_only:
+        return Measurement(report=report, conditional={}, loss_gap=losses)
     gap = None
     if request.reference is not None and not report.partial:
         ref = request.reference

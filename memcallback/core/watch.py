@@ -29,7 +29,14 @@ from torch import Tensor, nn
 
 from memcallback.arguments import is_int, is_real, require
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes, max_over_ranks
-from memcallback.core.governor import CostGovernor, GovernorConfig, Tier, local_rows, predicted_probe_cost
+from memcallback.core.governor import (
+    CostGovernor,
+    GovernorConfig,
+    Tier,
+    local_rows,
+    predicted_labels_cost,
+    predicted_probe_cost,
+)
 from memcallback.core.measurement import (
     MeasureFn,
     MeasureRequest,
@@ -87,11 +94,13 @@ class MemorizationWatch:
     **Cost.** The cost governor (:class:`~memcallback.core.GovernorConfig`, on by default at 5%) keeps what the
     checks add to the training wall time under ``governor.max_overhead``: it times each check and the training between
     checks (the maximum over ranks, so every rank decides alike) and picks, check by check, a light check (the loss
-    gap alone, when the stop rule monitors a loss-gap key), a reduced check (a prefix of the probes, when the
-    monitor needs them) or a full one; see :mod:`memcallback.core.governor`. Every check logs ``overhead`` (check
-    seconds over training seconds so far) and ``probes_measured``. Checks outside training (``can_stop=False``)
-    measure every probe and stay out of the accounts; the first check does too, unless the monitor is a loss-gap key
-    and the governor can predict a full check's cost, when it is light (the baseline of the loss gap).
+    gap alone, when the stop rule monitors a loss-gap key; the probes sampled and labelled without their sharpness,
+    when it monitors their copy rate), a reduced check (a prefix of the probes, when the monitor needs them) or a
+    full one; see :mod:`memcallback.core.governor`. Every check logs ``overhead`` (check seconds over training
+    seconds so far) and ``probes_measured`` (sampled; the sharpness keys are NaN at a labels-only check). Checks
+    outside training (``can_stop=False``) measure every probe and stay out of the accounts; the first check does
+    too, unless a light check measures the monitor and the governor can predict a full check's cost, when it is
+    light (the baseline of the loss gap or of the copy rate).
 
     **Flag.** With training data at :meth:`setup` a probe is flagged (``flagged_fraction``) when it copies a training
     image by the ground truth's rule (nearest-neighbour distance ratio below 1/3); with held-out data too, only when
@@ -341,12 +350,15 @@ class MemorizationWatch:
                                   null=null, num_null=num_null, copy_flag=flag, averaged=averaged,
                                   warm_start=self._pending_warm_start)
         light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
+        labels_monitor = train_data is not None and self.monitor_key in names.COPY_RATE
         products = self.sharpness.products_per_sample(math.prod(shape))
-        probe_cost = None if products is None or self.conditions is not None else predicted_probe_cost(
-            self.probes.num_samples, self.probes.num_sampling_steps, len(timesteps), products,
-            2 * num_reference + num_null, NUM_LEVELS)  # the conditional metrics' cost is not predicted: timed first
+        probe_cost = None
+        if products is not None and self.conditions is None:  # the conditional metrics' cost is not predicted
+            counts = (self.probes.num_samples, self.probes.num_sampling_steps, len(timesteps), products,
+                      2 * num_reference + num_null)
+            probe_cost = predicted_labels_cost(*counts) if labels_monitor else predicted_probe_cost(*counts, NUM_LEVELS)
         self.governor = CostGovernor(self.governor_config, self.probes.num_samples, num_loss, world_size,
-                                     light_measures_monitor, probe_cost)
+                                     light_measures_monitor, probe_cost, labels_monitor=labels_monitor)
         self.governor.load_state_dict(self._governor_state)
         self._since = self.clock()
 
@@ -410,7 +422,8 @@ class MemorizationWatch:
                                  sharpness=self.sharpness, train_data=state.train_data,
                                  warm_start=_first_rows(state.warm_start, rows), interrupt=self._interrupt(),
                                  conditions=self.conditions, reference=state.reference,
-                                 loss_reference=loss_reference, null=state.null, measure_probes=full)
+                                 loss_reference=loss_reference, null=state.null, measure_probes=full,
+                                 labels_only=tier.labels_only)
         error = None
         start = self.clock()
         try:
@@ -543,9 +556,13 @@ class MemorizationWatch:
         distance ratio below its threshold (with training data); else the score above ``flag_threshold``."""
         state = self.setup_state
         probes = state.probes
-        if state.copy_flag is not None and report.labels is not None:
-            report.primary.flagged = state.copy_flag(report.labels.distance_ratio)
         per_sample = report.per_sample()
+        if state.copy_flag is not None and report.labels is not None:  # labels-only checks too
+            flagged = state.copy_flag(report.labels.distance_ratio)
+            if report.stats:
+                report.primary.flagged = flagged
+            for key in (names.FLAGGED_FRACTION, names.at_timestep(state.timesteps[0], names.FLAGGED_FRACTION)):
+                per_sample[key] = flagged.float()
         keys = sorted(names.per_sample_keys(state.timesteps, state.train_data is not None))
         missing = torch.full((local_rows(num_probes, probes.world_size),), math.nan, dtype=torch.float64)
         local = torch.stack([per_sample[k].detach().to(torch.float64).reshape(-1) if k in per_sample
@@ -646,7 +663,7 @@ class MemorizationWatch:
 
     def _warn_unconverged(self, converged_fraction: float, step: int) -> None:
         """Warn once when the eigenvalue solver stopped short of ``tol`` on some probes (the check still counts)."""
-        if converged_fraction >= 1.0 or "convergence" in self._reported or self.setup_state.probes.rank != 0:
+        if not converged_fraction < 1.0 or "convergence" in self._reported or self.setup_state.probes.rank != 0:
             return
         self._reported.add("convergence")
         warnings.warn(f"memcallback: at step {step} the eigenvalue solver did not reach tol={self.sharpness.tol:g} on "
@@ -660,9 +677,13 @@ class MemorizationWatch:
         """The one-line summary of a check, e.g. ``[memorization] step 1250 | score 0.127 | flagged 0% | ...``;
         ``skipped``: what the check left out (the cost governor's tier), shown after the step."""
         parts = [f"step {step}"] + ([skipped] if skipped else [])
-        if names.SCORE in scalars:  # not at a light check
-            parts += [f"score {scalars[names.SCORE]:.3f}", f"flagged {scalars[names.FLAGGED_FRACTION]:.0%}",
-                      f"d_eff {scalars['effective_dim']:.1f}", f"mu_max {scalars['mu_max']:.3f}"]
+        measured = not math.isnan(scalars.get(names.SCORE, math.nan))  # not at a light or cut-short check
+        if measured:
+            parts.append(f"score {scalars[names.SCORE]:.3f}")
+        if not math.isnan(scalars.get(names.FLAGGED_FRACTION, math.nan)):
+            parts.append(f"flagged {scalars[names.FLAGGED_FRACTION]:.0%}")
+        if measured:
+            parts += [f"d_eff {scalars['effective_dim']:.1f}", f"mu_max {scalars['mu_max']:.3f}"]
         if names.NN_RATE in scalars:
             parts.append(f"nn-rate {scalars[names.NN_RATE]:.0%}")
         if not math.isnan(scalars.get(names.AUROC, math.nan)):

@@ -89,6 +89,7 @@ def analyze(
     train_data: Tensor | None = None,
     warm_start: dict[int, Tensor] | None = None,
     interrupt: Callable[[], bool] | None = None,
+    labels_only: bool = False,
 ) -> SharpnessReport:
     """Measure how sharp the learned density is around the model's own samples.
 
@@ -118,6 +119,8 @@ def analyze(
             the report has ``partial=True``: cut during sampling, ``stats`` is empty; cut during a noise
             level, that level's :class:`SharpnessStats` has ``partial=True`` (parts not reached are NaN,
             see ``SharpnessStats.products``) and later levels are missing.
+        labels_only: sample the probes and label them against ``train_data`` but measure no level (``stats`` is
+            empty): the copy rate for the cost of sampling.
 
     Returns:
         A :class:`SharpnessReport`.
@@ -130,6 +133,8 @@ def analyze(
         noise = probe_noise(num_samples, model.data_shape, seed, dtype)
     elif tuple(noise.shape[1:]) != tuple(model.data_shape):
         raise ValueError(f"noise must have shape [B, *{tuple(model.data_shape)}], got {tuple(noise.shape)}.")
+    if labels_only and train_data is None:
+        raise ValueError("labels_only=True labels the samples against train_data: give train_data.")
     if train_data is not None and tuple(train_data.shape[1:]) != tuple(model.data_shape):
         raise ValueError(f"train_data must have shape [N, *{tuple(model.data_shape)}], got {tuple(train_data.shape)}.")
     start = time.perf_counter()
@@ -145,7 +150,7 @@ def analyze(
         if not torch.isfinite(out.sample).all():
             raise FloatingPointError("The model produced non-finite values while sampling the probes; "
                                      "check the training loss and learning rate.")
-        for t in ts:
+        for t in () if labels_only else ts:
             if stop():
                 break
             sigma = model.schedule.sigma(t, torch.float64).item()

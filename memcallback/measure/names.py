@@ -30,8 +30,9 @@ memorization score is ``"memorization/score"``. One check logs:
 ``check_failures``             failed checks so far
 ``overhead``                   check seconds / training seconds so far (``GovernorConfig``), from the first check
                                after some training on (not in ``check_keys``: the first check has none)
-``probes_measured``            probes this check measured: all of them, a prefix (a reduced check) or 0
-                               (a light check, the loss gap only), as the cost governor chose
+``probes_measured``            probes this check sampled: all of them, a prefix (a reduced check) or 0
+                               (a light check, the loss gap only), as the cost governor chose; at a labels-only
+                               check (the copy rate's light check) they are labelled and the sharpness keys NaN
 ``loss_gap_images_measured``   training (and as many held-out) images of the loss gap this check measured
 =============================  =====================================================================
 
@@ -58,6 +59,8 @@ CONVERGED_FRACTION = "converged_fraction"
 PER_TIMESTEP = (*SHARPNESS, FLAGGED_FRACTION, CONVERGED_FRACTION)
 NN_RATE = "nn_rate"
 NN_RATE_LOWER = "nn_rate_lower"
+#: The keys of the probes' copy rate, which a labels-only check (sampled and labelled, no sharpness) measures.
+COPY_RATE = (NN_RATE, NN_RATE_LOWER)
 AUROC = "auroc"
 SECONDS = "seconds"
 PARTIAL = "partial"

@@ -99,13 +99,13 @@ def auroc(values: Tensor, positive: Tensor) -> float:
     with ranks of ``values`` among all samples (ties get their average rank), ``P`` positives and ``N``
     negatives. Unlike a logit-based implementation it needs no rescaling of ``values`` into ``[0, 1]``:
     raw norms (``||H^D s^D||`` in the hundreds) and negative values rank as they are. NaN when only one
-    class is present.
+    class is present, or when a value is NaN (not measured).
     """
     positive = positive.bool().flatten().cpu()
     values = values.detach().double().flatten().cpu()
     num_pos = int(positive.sum())
     num_neg = positive.numel() - num_pos
-    if num_pos == 0 or num_neg == 0:
+    if num_pos == 0 or num_neg == 0 or not bool(torch.isfinite(values).all()):
         return float("nan")
     _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()

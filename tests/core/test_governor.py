@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from test_watch import DENSE, PROBES, TrainableGaussian, memorized_mixture, run_ranks, watch
+from test_watch import DENSE, PROBES, IsotropicMixtureModel, TrainableGaussian, memorized_mixture, run_ranks, watch
 
 from memcallback.core import GovernorConfig, MeasureRequest, MemorizationWatch, StopConfig, measure, sample_rows
-from memcallback.core.governor import CostGovernor, Tier, predicted_probe_cost
+from memcallback.core.governor import CostGovernor, Tier, predicted_labels_cost, predicted_probe_cost
 from memcallback.measure import loss_gap, names
 from memcallback.measure.loss_gap import NUM_LEVELS, loss_noise
 
@@ -30,16 +30,17 @@ class FakeClock:
 
 
 def costed(clock: FakeClock, per_probe: float, light: float, series: list[float] | None = None,
-           per_image: float = 0.0):
-    """The real measurement, advancing ``clock`` by ``light`` plus ``per_probe`` per probe row and ``per_image`` per
-    loss-gap image row measured; with ``series``, the loss gap of check ``i`` set to ``series[i]`` (a scripted
-    rise)."""
+           per_image: float = 0.0, per_label: float = 0.0):
+    """The real measurement, advancing ``clock`` by ``light`` plus ``per_probe`` per probe row (``per_label`` when
+    the probes are only sampled and labelled) and ``per_image`` per loss-gap image row measured; with ``series``,
+    the loss gap of check ``i`` set to ``series[i]`` (a scripted rise)."""
     calls = iter(series or [])
 
     def measure_fn(model, request: MeasureRequest):
         measured = measure(model, request)
         images = 0 if request.loss_reference is None else request.loss_reference.train.shape[0]
-        clock.now += light + per_image * images + (per_probe * request.noise.shape[0] if request.measure_probes else 0)
+        per_row = (per_label if request.labels_only else per_probe) if request.measure_probes else 0.0
+        clock.now += light + per_image * images + per_row * request.noise.shape[0]
         if series is not None:
             measured.loss_gap.heldout.fill_(1.0 + next(calls))
             measured.loss_gap.train.fill_(1.0)
@@ -335,3 +336,69 @@ def test_a_resume_under_another_monitor_keeps_the_sums_and_starts_the_cut_afresh
     cutting_images.load_state_dict(cutting_probes.state_dict())
     assert (cutting_images.train_seconds, cutting_images.check_seconds) == (100.0, 10.0)
     assert cutting_images.ceiling == 32 and cutting_images.costs == {}
+
+
+def test_with_the_copy_rate_monitor_light_checks_label_the_probes_and_a_full_check_waits_for_room() -> None:
+    """Training images only (the copy rate is the monitor): the baseline and the light checks sample and label every
+    probe (0.25 s each, 2 s a check) without measuring their sharpness; a full check (predicted from the light
+    checks' cost and the passes of the two, 5.6 s) comes whenever the running overhead leaves room for it; the
+    copy rate is measured at every check and the overhead stays under the target."""
+    model, train, _ = memorized_mixture()
+    clock, per_label = FakeClock(), 0.25
+    cost = predicted_labels_cost(8, PROBES.num_sampling_steps, 1, DENSE.products_per_sample(4), 0)
+    assert cost == pytest.approx((5 + 1 + 2 * 4) / 5)  # (S + L (1 + 2P)) / S
+    w = governed(clock, costed(clock, per_probe=per_label * cost, light=0.0, per_label=per_label))
+    w.setup(model, train_data=train)
+    assert w.monitor == "memorization/nn_rate_lower" and w.governor.probe_cost == pytest.approx(cost)
+    results = [w.check(model, step) for step in range(0, 60, 2)]
+    full = [not math.isnan(r.scalars[names.SCORE]) for r in results]
+    assert full[:3] == [False, False, True]  # 2 + 5.6 s > 5% of 100 s, 4 + 5.6 s <= 5% of 200 s
+    assert probes_measured(results) == [8] * 30  # every check samples and labels all 8
+    assert all(math.isfinite(r.scalars[names.NN_RATE_LOWER]) for r in results)
+    assert all(r.scalars[names.OVERHEAD] <= 0.05 for r in results[1:])
+    assert "light (probes labelled, no sharpness)" in results[1].message and "score" not in results[1].message
+    labelled = results[1].report
+    assert labelled.stats == {} and torch.equal(results[1].scalars[names.FLAGGED_FRACTION] * torch.ones(()),
+                                                labelled.labels.copied.double().mean())  # the copy rule flags
+
+
+def test_the_stop_on_the_copy_rate_comes_at_the_same_check_governed_or_not() -> None:
+    """No probe copies until the model memorizes at the 8th check: light checks label every probe, so the governed
+    watch fires at the very check the ungoverned one does."""
+    model, train, _ = memorized_mixture()
+    far = IsotropicMixtureModel(torch.full((1, 4), -3.0), torch.ones(1), torch.ones(1), model.schedule)  # no copies
+    stops = {}
+    for target in (None, 0.05):
+        clock = FakeClock()
+        w = governed(clock, costed(clock, per_probe=0.5, light=0.0, per_label=0.05), governor=GovernorConfig(
+            max_overhead=target), probes=dataclasses.replace(PROBES, num_samples=32))
+        w.setup(model, train_data=train)
+        for step in range(0, 40, 2):
+            result = w.check(far if step < 14 else model, step)
+            assert result.scalars[names.PROBES_MEASURED] == 32
+            if result.stop:
+                break
+        stops[target] = w.stopped_step
+        labelled_only = [math.isnan(row[names.SCORE]) for row in w.history]
+        assert (labelled_only.count(True) >= 4) if target else not any(labelled_only)
+    assert stops[None] == stops[0.05] == 14
+
+
+def test_labels_only_checks_too_dear_for_one_interval_are_cut_and_their_tier_survives_a_resume() -> None:
+    governor = CostGovernor(GovernorConfig(), 64, 0, 1, light_measures_monitor=False, probe_cost=3.0,
+                            labels_monitor=True)
+    first = governor.first()
+    assert first == Tier(64, 0, labels_only=True) and first.key == "64/0/labels"
+    governor.record(first, 16.0)  # 0.25 s a labelled probe
+    governor.add_training(100.0)  # 16% so far: a check may cost half of 5 s while it is paid back
+    tier = governor.choose()
+    assert (tier.probes, tier.cut_probes, tier.labels_only) == (64, 16, True)  # 16 probes: 4 s > 2.5 s, the floor
+    governor.record(tier, 16.0)
+    assert governor.choose() == Tier(16, 0, labels_only=True)
+    assert governor.estimate(Tier(16, 0)) == pytest.approx(0.25 * 3.0 * 16)  # a full check, from the labelled ones
+    resumed = CostGovernor(GovernorConfig(), 64, 0, 1, light_measures_monitor=False, probe_cost=3.0,
+                           labels_monitor=True)
+    resumed.load_state_dict(governor.state_dict())
+    assert resumed.choose() == governor.choose() and resumed.costs == {"64/0/labels": 16.0}
+    with pytest.raises(ValueError, match="either a loss-gap key"):
+        CostGovernor(GovernorConfig(), 64, 8, 1, light_measures_monitor=True, labels_monitor=True)

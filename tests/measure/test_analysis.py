@@ -44,6 +44,19 @@ def test_point_mass_is_flagged_and_ground_truth_agrees() -> None:
     assert math.isnan(report.summary()["auroc"])  # one class only: AUROC is undefined, not 0 or 1
 
 
+def test_labels_only_samples_and_labels_the_probes_as_a_full_measurement_does() -> None:
+    model = gaussian([1e-5] * 3 + [1.0] * 3)
+    train = torch.stack([torch.zeros(6), torch.ones(6), -torch.ones(6)])
+    full = analyze(model, num_samples=16, sigmas=(0.1,), config=SharpnessConfig(k=3), train_data=train)
+    labelled = analyze(model, num_samples=16, sigmas=(0.1,), config=SharpnessConfig(k=3), train_data=train,
+                       labels_only=True)
+    assert labelled.stats == {} and not labelled.partial
+    assert torch.equal(labelled.samples, full.samples)
+    assert torch.equal(labelled.labels.distance_ratio, full.labels.distance_ratio)
+    with pytest.raises(ValueError, match="labels_only=True labels the samples against train_data"):
+        analyze(model, num_samples=4, labels_only=True)
+
+
 def test_probes_are_fixed_and_measurement_is_deterministic() -> None:
     model = gaussian([1.0, 0.1, 0.01])
     torch.testing.assert_close(probe_noise(4, (3,), seed=3), probe_noise(4, (3,), seed=3))

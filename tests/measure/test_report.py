@@ -34,6 +34,10 @@ def test_all_tied_is_one_half_and_one_class_is_nan() -> None:
     assert math.isnan(auroc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])))
 
 
+def test_an_unmeasured_value_makes_the_auroc_nan_not_a_rank() -> None:
+    assert math.isnan(auroc(torch.tensor([1.0, math.nan, 3.0]), torch.tensor([1, 0, 1])))
+
+
 def test_the_summary_has_exactly_the_keys_of_the_schema() -> None:
     """One summary path, one schema: ``SharpnessReport.summary()`` keys are ``names.summary_keys``, with and
     without ground truth, for two timesteps; the AUROC keys are the AUROC of the score against the copy label."""

@@ -8,10 +8,10 @@ rule of ``memcallback.core.calibration`` replayed on the same checks) and the sc
 the watch gets no training images either; replayed the same way), each with the nn-rate there and its 95% bootstrap
 interval, the step at which that interval's lower bound first passes 10% (the deadline), points of memorization
 prevented, and quality at the stop against the run's best; the flag (the copy flag,
-``memcallback.measure.copy_flag``): its stated rate (``flag_fpr`` as logged), the flagged fraction on generalizing
-runs (its realized false-positive rate: none of their samples is a copy), TPR among the ground-truth copies, and
-flagged / nn-rate at the checks where the nn-rate passes 10%; each as the callback logged it (its 64 probes) and on
-the 256 ground-truth samples.
+``memcallback.measure.copy_flag``: copies below the held-out quantile): its stated rate (``flag_fpr`` as logged),
+the flagged fraction on generalizing runs (its realized false-positive rate: none of their samples is a copy), TPR
+among the ground-truth copies, and flagged / nn-rate at the checks where the nn-rate passes 10%; each as the callback
+logged it (its 64 probes) and on the 256 ground-truth samples.
 """
 
 from __future__ import annotations
@@ -120,9 +120,13 @@ def write(summaries: list[dict[str, Any]], out: Path) -> None:
             end = f"{s['rows'][-1]['step']} | {fmt_rate(s['rates'][-1])}"
             lines.append(f"| {spec.label} | {role} | {end} | {s['deadline'] or 'never'} | {rule} | "
                          + " | ".join(cells) + " |")
-    lines += ["", "## The flag", "", "The shipped flag: a probe is flagged when its nearest-neighbour distance ratio "
-              "is below the held-out images' conformal quantile at `flag_fpr` (`flag ratio`; the stated rate is the "
-              "one logged, above 0.01 only where the held-out images are too few). *Logged*: the callback's 64 "
+    lines += ["", "## The flag", "", "The shipped flag (amendment 3 of constants.md): a probe is flagged when its "
+              "nearest-neighbour distance ratio is below both the ground truth's 1/3 and the held-out images' "
+              "conformal quantile at `flag_fpr` (`flag ratio`: the lower of the two; the stated rate is the one "
+              "logged, above 0.01 only where the held-out images are too few). Where the flag ratio is 1/3 the flag "
+              "is the copy label itself, so its tracking of the nn-rate holds by construction: on the samples "
+              "exactly, on the logged probes up to the difference between the two sample sets. *Logged*: the "
+              "callback's 64 "
               "probes at each check; *samples*: the same test on the 256 ground-truth samples. On a generalizing run "
               "every flag is a false positive (criterion: mean <= 2x the stated rate); TPR: flagged among the "
               "ground-truth copies (d1/d2 < 1/3), pooled over checks; tracking: flagged / nn-rate at the checks "

@@ -33,7 +33,7 @@ DEADLINE_RATE = 0.10
 TRACK_FACTOR = 1.5
 SCORE_RULE = StopConfig(monitor=names.PREFIX + names.SCORE).resolve(names.PREFIX, ())
 COPY_RATE_RULE = StopConfig().resolve(names.PREFIX, (names.NN_RATE_LOWER,))  # the default without held-out data
-FIXED_FLAG = SharpnessConfig().flag_threshold  # the score flag (without held-out data)
+FIXED_FLAG = SharpnessConfig().flag_threshold  # the score flag (without training data)
 
 
 def rate_interval(copied: torch.Tensor, seed: int = 0) -> tuple[float, float, float]:

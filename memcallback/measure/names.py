@@ -5,11 +5,13 @@ memorization score is ``"memorization/score"``. One check logs:
 
 =============================  =====================================================================
 ``{name}`` for ``SHARPNESS``   mean over the probes of a per-sample statistic at the primary timestep
-``flagged_fraction``           fraction of probes flagged as likely copies: at the primary timestep, with the
-                               copy flag, those whose nearest-neighbour distance ratio is below ``flag_ratio``;
-                               else (and at later timesteps) those whose score exceeds ``flag_threshold``
-``flag_ratio``, ``flag_fpr``   the copy flag (training and held-out data given): the held-out images' conformal
-                               quantile of the distance ratio, and the false-positive rate it holds
+``flagged_fraction``           fraction of probes flagged as copies: at the primary timestep, with the copy flag
+                               (training data given), those whose nearest-neighbour distance ratio is below
+                               ``flag_ratio``; else (and at later timesteps) those whose score exceeds
+                               ``flag_threshold``
+``flag_ratio``, ``flag_fpr``   the copy flag: the lower of 1/3 and (held-out data given) the held-out images'
+                               conformal quantile of the distance ratio, and the false-positive rate it holds
+                               (NaN without held-out data)
 ``flag_threshold``             the score level of the score flag: the conformal quantile of the scores at
                                noised held-out images (``score_null_images``, their mean) when null images are
                                given (the primary timestep's flag then), else ``SharpnessConfig.flag_threshold``

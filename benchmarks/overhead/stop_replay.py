@@ -11,8 +11,9 @@ either). The watches' clock is the wall clock plus the run's own training time b
 its ``run.json`` spread over its steps), so the governor decides on the check times measured here against the
 training time the run took. Monitors: ``loss_gap``, ``nn_rate_lower`` and ``score`` (``StopConfig(monitor=...)``,
 threshold and min_delta as calibrated for each, ``memcallback.core.CALIBRATED_RULES``). Prints, per run and monitor,
-the step at which each watch's rule fired, how many full checks the governed watch made and how many of them lie
-between the two stops (the criterion: the governed stop is at most one full check later), and the governed overhead.
+the step at which each watch's rule fired, the governed watch's full checks (every probe, sharpness measured) and how
+many of them lie between the two stops (the criterion: the governed stop is at most one full check later), the probe
+counts its checks sampled, and the governed overhead.
 """
 
 from __future__ import annotations
@@ -69,13 +70,15 @@ def replay(text: str, monitor: str, cache: Path) -> str:
         if all(w.stopped_step is not None for w in watches.values()):
             break
     ungoverned, governed = (watches[n].stopped_step for n in ("ungoverned", "governed"))
-    full = [int(row["step"]) for row in watches["governed"].history
-            if row.get(names.PROBES_MEASURED) == watches["governed"].probes.num_samples]
+    history = watches["governed"].history
+    full = [int(row["step"]) for row in history  # every probe, sharpness measured (not a labels-only check)
+            if row.get(names.PROBES_MEASURED) == watches["governed"].probes.num_samples
+            and math.isfinite(row.get(names.SCORE, math.nan))]
+    labelled = sorted({int(row[names.PROBES_MEASURED]) for row in history if row.get(names.PROBES_MEASURED)})
     between = "-" if ungoverned is None or governed is None else str(
         sum(ungoverned < s <= governed for s in full))
-    last = watches["governed"].history[-1]
-    return (f"| {spec.label} | {monitor} | {ungoverned} | {governed} | {between} | {full} | "
-            f"{last.get(names.OVERHEAD, math.nan):.1%} | {interval:.0f} |")
+    return (f"| {spec.label} | {monitor} | {ungoverned} | {governed} | {between} | {full} | {labelled} | "
+            f"{history[-1].get(names.OVERHEAD, math.nan):.1%} | {interval:.0f} |")
 
 
 def main() -> None:
@@ -87,8 +90,9 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     print("| run | monitor | stop, ungoverned | stop, governed | governed full checks after the ungoverned stop, up "
-          "to its own | governed full checks at | governed overhead at the end | training s between checks |")
-    print("|---|---|---|---|---|---|---|---|")
+          "to its own | governed full checks at | governed probes per check | governed overhead at the end | "
+          "training s between checks |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for text in args.runs:
         for monitor in args.monitor:
             print(replay(text, monitor, args.cache), flush=True)

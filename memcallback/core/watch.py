@@ -77,7 +77,7 @@ class _Setup:
     loss_reference: ReferenceImages | None = None  # this rank's share of the loss gap's images
     null: NullImages | None = None  # this rank's share of the flag's null images
     num_null: int = 0
-    copy_flag: CopyFlag | None = None  # the default per-sample flag (training and held-out data given)
+    copy_flag: CopyFlag | None = None  # the default per-sample flag (training data given)
     warm_start: dict[int, Tensor] | None = field(default=None)
     averaged: AveragedWeights | None = None  # the model's averaged (EMA) copy, when setup was given one
 

@@ -85,6 +85,13 @@ class ProbeConfig:
         require(all(is_int(t) and t >= 0 for t in self.timesteps), "timesteps", list(self.timesteps),
                 "ints in [0, num_timesteps - 1] of the model's schedule, e.g. [27]")
 
+    @property
+    def uses_heldout(self) -> bool:
+        """Whether anything set here measures held-out images: the sharpness gap, the loss gap, the score null or
+        the copy flag's null."""
+        return any(n > 0 for n in (self.reference_images, self.loss_gap_images, self.null_images,
+                                   self.copy_null_images))
+
 
 @dataclass(frozen=True)
 class ProbeSet:

@@ -67,8 +67,8 @@ class MemorizationMonitor(Callback):
             ``cond/cond{i}/...`` and ``cond/sharpest_condition``; ``None``: the unconditional measurement only.
         ground_truth: with a datamodule that has ``unique_train_data()``, also log the nearest-neighbour
             memorization rate and the AUROC of the score against it, and when it also has ``heldout_data()``
-            the sharpness gap (``probes.reference_images`` of each) and the loss gap (``probes.loss_gap_images``);
-            only scalars are logged.
+            the sharpness gap (``probes.reference_images`` of each), the loss gap (``probes.loss_gap_images``) and
+            the copy flag's null (``probes.copy_null_images``); only scalars are logged.
         time_budget_s: a check running longer is cut short and kept as partial (``None``: no budget).
         governor: what the checks may add to the training wall time, and what they may skip to keep it
             (:class:`~memcallback.core.GovernorConfig`; on by default at 5%, ``max_overhead=None``: off).
@@ -178,8 +178,7 @@ class MemorizationMonitor(Callback):
         train = heldout = None
         if self.ground_truth and hasattr(datamodule, "unique_train_data"):
             train = datamodule.unique_train_data().to(pl_module.device)
-            wants_heldout = self.watch.probes.reference_images > 0 or self.watch.probes.loss_gap_images > 0
-            if (wants_heldout and hasattr(datamodule, "heldout_data")
+            if (self.watch.probes.uses_heldout and hasattr(datamodule, "heldout_data")
                     and len(held := datamodule.heldout_data()) > 0):
                 heldout = held.to(pl_module.device)
         self._trainer = trainer

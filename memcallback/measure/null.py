@@ -20,6 +20,7 @@ of the probes at a nominal 2% (docs/transfer/constants.md). The null is therefor
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
@@ -28,8 +29,10 @@ __all__ = ["conformal_threshold", "min_null_size"]
 
 
 def min_null_size(fpr: float) -> int:
-    """The fewest null scores for which a conformal threshold at ``fpr`` exists: ``ceil(1 / fpr) - 1``."""
-    return max(1, math.ceil(1.0 / fpr - 1e-12) - 1)
+    """The fewest null scores for which a conformal threshold at ``fpr`` exists: ``ceil(1 / fpr) - 1``
+    (``sys.maxsize`` where ``1 / fpr`` overflows: no null set is large enough)."""
+    inverse = 1.0 / fpr
+    return max(1, math.ceil(inverse - 1e-12) - 1) if math.isfinite(inverse) else sys.maxsize
 
 
 def conformal_threshold(null_scores: Tensor, fpr: float) -> float:

@@ -156,3 +156,25 @@ def test_light_checks_log_the_loss_gap_between_full_checks(tmp_path, fast_monito
     assert all(math.isfinite(h["loss_gap"]) for h in monitor.history)
     assert monitor.safe_step == 4  # only checks that measured the monitored score can be safe
     assert (tmp_path / "memorization.png").is_file()
+
+
+def test_without_heldout_images_the_governed_checks_label_the_probes_and_the_flag_is_the_copy_rule(tmp_path) -> None:
+    """No held-out images reach the watch (nothing set here measures them): the default stop is the copy rate, the
+    governed baseline only samples and labels the probes (the later checks' tiers depend on this machine's timing),
+    NaN sharpness keys reach the logger and the plot, and the flag is the 1/3 rule at every check."""
+    probes = ProbeConfig(num_samples=8, num_sampling_steps=5, loss_gap_images=0, copy_null_images=0)
+    assert not probes.uses_heldout and ProbeConfig().uses_heldout and ProbeConfig(loss_gap_images=0).uses_heldout
+    monitor = MemorizationMonitor(probes=probes, every_n_train_steps=2, save_plot=True, media="none",
+                                  stop=StopConfig(stop_training=False))
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(tmp_path, [monitor], logger=logger)
+    trainer.fit(make_module(), datamodule=make_data())
+    assert monitor.watch.monitor == "memorization/nn_rate_lower"
+    assert [h["step"] for h in monitor.history] == [0, 2, 4, 6]
+    assert all(math.isfinite(h["nn_rate_lower"]) for h in monitor.history)
+    first = monitor.history[0]
+    assert math.isnan(first["score"]) and first["probes_measured"] == 8  # a full check's cost is predicted
+    assert all(h["flagged_fraction"] == h["nn_rate"] and math.isnan(h["flag_fpr"]) for h in monitor.history)
+    rows = [r for r in read_csv_metrics(logger.log_dir + "/metrics.csv") if r.get("memorization/nn_rate")]
+    assert len(rows) == 4
+    assert (tmp_path / "csv" / "version_0" / "memorization.png").is_file()  # the plot copes with the NaN rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ def test_the_threshold_is_the_conformal_order_statistic() -> None:
     with_nan = torch.cat([scores, torch.tensor([math.nan, math.inf])])
     assert conformal_threshold(with_nan, 0.02) == 63.0  # non-finite values are left out
     assert [min_null_size(fpr) for fpr in (0.5, 0.1, 0.05, 0.02, 0.01)] == [1, 9, 19, 49, 99]
+    assert min_null_size(1e-320) == sys.maxsize  # 1 / fpr overflows: no null set is large enough
+    assert conformal_threshold(scores, 1e-320) == math.inf
 
 
 @pytest.mark.parametrize("fpr", [0, 1, -0.1, 1.5])

@@ -221,7 +221,10 @@ class CostGovernor:
         return full if spent <= target * self.train_seconds else light
 
     def light(self) -> Tier:
-        """A light check at the loss gap's current count of images (the loss gap alone)."""
+        """A light check at the current counts: the loss gap alone, or with ``labels_monitor`` the probes sampled
+        and labelled too (what measures the monitor then)."""
+        if self.labels_monitor:
+            return self._cut(self.ceiling)
         return Tier(0, self.ceiling if self.light_measures_monitor else self._images(self.ceiling))
 
     def _images(self, probes: int) -> int:
@@ -243,7 +246,7 @@ class CostGovernor:
         self.costs[tier.key] = float(seconds)
         if self.light_measures_monitor:
             self.ceiling = min(self.ceiling, tier.cut_images)
-        elif tier.probes > 0:  # a light check (every_n_checks) says nothing about the probes
+        elif tier.probes > 0:  # a loss-gap check (every_n_checks) says nothing about the probes
             self.ceiling = min(self.ceiling, tier.cut_probes)
 
     def skipped(self, tier: Tier) -> str:

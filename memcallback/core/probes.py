@@ -45,9 +45,10 @@ class ProbeConfig:
             nearest-neighbour search of these images in the training set). 0: no null (copies flagged by the 1/3
             rule alone, at no stated rate).
         every_n_checks: sample and measure the probes (with the sharpness gap and the conditional metrics) at most
-            at the first check and every this many checks after it; the checks between measure the loss gap only,
-            which costs a fraction of a full check. 1 (the default): any check may be full, as the cost governor
-            (:class:`~memcallback.core.GovernorConfig`) allows. Needs the loss gap when > 1.
+            at the first check and every this many checks after it; the checks between measure the loss gap only
+            (and, when the stop monitors the probes' copy rate, sample and label the probes without their
+            sharpness), a fraction of a full check. 1 (the default): any check may be full, as the cost governor
+            (:class:`~memcallback.core.GovernorConfig`) allows. Needs the loss gap or a copy-rate monitor when > 1.
     """
 
     num_samples: int = 64

@@ -112,7 +112,8 @@ class MemorizationWatch:
 
     **Light checks.** Also with ``probes.every_n_checks = n > 1``, only every ``n``-th check (the first included)
     may sample and measure the probes; the checks between measure the loss gap alone and log its keys with
-    ``seconds``, ``partial``, ``check_failures``, ``overhead`` and ``probes_measured``. The stop rule sees a value
+    ``seconds``, ``partial``, ``check_failures``, ``overhead`` and ``probes_measured``, or, when the stop monitors the
+    probes' copy rate, also sample and label the probes (no sharpness: its keys are NaN). The stop rule sees a value
     only at checks that measure its monitor.
 
     **Safe check.** A successful check that measured the monitored value and at which the stop rule did not alarm:
@@ -318,12 +319,6 @@ class MemorizationWatch:
         if null is None and train_data is not None:
             flag = (self._copy_flag(train_data, heldout_data)
                     if heldout_data is not None and self.probes.copy_null_images > 0 else CopyFlag.copy_rule())
-        if self.probes.every_n_checks > 1 and loss_reference is None:
-            raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
-                             "full checks, but there is no loss gap: give training and held-out data at setup (with "
-                             "MemorizationMonitor: ground_truth=True and a datamodule with unique_train_data() and "
-                             "heldout_data()) and probes.loss_gap_images > 0, or set every_n_checks=1 and check less "
-                             "often instead.")
         num_conditions = None if self.conditions is None else len(self.conditions.labels)
         known = names.check_keys(timesteps, train_data is not None, num_conditions, reference is not None,
                                  loss_reference is not None, null is not None)
@@ -339,6 +334,15 @@ class MemorizationWatch:
                         "probes.loss_gap_images > 0)")
             raise ValueError(f"monitor={self.monitor!r} is not logged by this MemorizationMonitor{hint}; choose "
                              f"one of {sorted(self.prefix + name for name in known)}.")
+        light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
+        labels_monitor = train_data is not None and self.monitor_key in names.COPY_RATE
+        if self.probes.every_n_checks > 1 and loss_reference is None and not labels_monitor:
+            raise ValueError(f"probes.every_n_checks={self.probes.every_n_checks} measures the loss gap alone between "
+                             "full checks, but there is no loss gap: give training and held-out data at setup (with "
+                             "MemorizationMonitor: ground_truth=True and a datamodule with unique_train_data() and "
+                             "heldout_data()) and probes.loss_gap_images > 0, or stop on the probes' copy rate "
+                             "(training data given: the checks between label the probes), or set every_n_checks=1 "
+                             "and check less often instead.")
         self.rule.configure(resolved)
         require(averaged is None or isinstance(averaged, AveragedWeights), "averaged", averaged,
                 "an AveragedWeights, e.g. AveragedWeights.from_ema_model(ema_model, unet), or None")
@@ -349,8 +353,6 @@ class MemorizationWatch:
                                   reference=reference, num_reference=num_reference, loss_reference=loss_reference,
                                   null=null, num_null=num_null, copy_flag=flag, averaged=averaged,
                                   warm_start=self._pending_warm_start)
-        light_measures_monitor = loss_reference is not None and self.monitor_key in names.LOSS_REFERENCE
-        labels_monitor = train_data is not None and self.monitor_key in names.COPY_RATE
         products = self.sharpness.products_per_sample(math.prod(shape))
         probe_cost = None
         if products is not None and self.conditions is None:  # the conditional metrics' cost is not predicted
@@ -492,7 +494,7 @@ class MemorizationWatch:
 
     def _tier(self, can_stop: bool) -> Tier:
         """What this check measures: everything outside training, the cost governor's first tier at the first check,
-        the loss gap alone off the ``every_n_checks`` cycle, else the cost governor's choice."""
+        a light one off the ``every_n_checks`` cycle, else the cost governor's choice."""
         if not can_stop:
             return self.governor.full
         if self.num_checks == 0:

@@ -299,11 +299,26 @@ def test_a_loss_gap_monitor_is_decided_at_every_check_light_or_full() -> None:
     assert all(w.check(model, step).safe for step in range(4))
 
 
+def test_with_a_copy_rate_monitor_the_checks_between_label_the_probes() -> None:
+    """every_n_checks=2 without held-out data, stopping on the copy rate (the default then): the checks between
+    sample and label the probes without their sharpness, so the stop rule decides at every check."""
+    model, train, _ = memorized_mixture()
+    w = watch(probes=dataclasses.replace(PROBES, num_samples=32, every_n_checks=2))
+    w.setup(model, train_data=train)
+    assert w.monitor == "memorization/nn_rate_lower"
+    results = [w.check(model, step) for step in range(4)]
+    light = results[1].scalars
+    assert [math.isnan(r.scalars["score"]) for r in results] == [False, True, False, True]
+    assert light[names.PROBES_MEASURED] == 32 and light["nn_rate"] == results[0].scalars["nn_rate"]
+    assert light["nn_rate"] > 0 and all(r.safe for r in results)  # the monitor measured at every check
+    assert results[1].message.startswith("[memorization] step 1 | light (probes labelled, no sharpness)")
+
+
 def test_light_checks_need_the_loss_gap_and_a_measurement_that_skips_the_probes() -> None:
     model, train, heldout = memorized_mixture()
     probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=2)
     with pytest.raises(ValueError, match=r"every_n_checks=2 measures the loss gap alone .*heldout_data\(\)"):
-        watch(probes=probes).setup(model, train_data=train)
+        watch(probes=probes, stop=StopConfig(monitor="memorization/score")).setup(model, train_data=train)
 
     def probes_always(model, request: MeasureRequest):
         return measure(model, dataclasses.replace(request, measure_probes=True))

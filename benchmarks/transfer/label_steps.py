@@ -88,7 +88,7 @@ def summary(text: str, rows: list[dict[str, Any]], k: int) -> str:
     at_k = stop_step([(r["step"], r["probe_copies"], r["num_probes"]) for r in mine])
     at_ref = stop_step([(r["step"], r["reference_probe_copies"], r["num_probes"]) for r in mine])
     peak = max(mine, key=lambda r: r["reference_rate"])
-    return (f"| {text} | {k} | {len(mine)} | {-min(0.0, min(diffs)):.3f} | {max(0.0, max(diffs)):.3f} | "
+    return (f"| {text} | {k} | {len(mine)} | {max(0.0, -min(diffs)):.3f} | {max(0.0, max(diffs)):.3f} | "
             f"{min(r['agreement'] for r in mine):.3f} | {peak['reference_rate']:.3f} -> {peak['rate']:.3f} | "
             f"{at_ref} | {at_k} |")
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 from memcallback.measure import names
 
+#: The copy rate the copy-rate stop is meant to catch: the transfer study's deadline (the nn-rate's lower bound past
+#: 10%, issue 17). Not a threshold of any rule: the rule's power at this rate (``copy_rate_power``) is what the watch
+#: states when the cost governor cuts the probes it labels.
+COPY_RATE_TO_CATCH = 0.10
+
 
 @dataclass(frozen=True)
 class CalibratedRule:

@@ -73,7 +73,7 @@ class Tier:
     """What one check measures.
 
     Attributes:
-        probes: probes sampled (and labelled), a prefix of the probe set (0: a light check, the loss gap alone).
+        probes: probes sampled (and labelled), a prefix of the probe set (0: a loss-gap check, the loss gap alone).
         images: training and as many held-out images of the loss gap, a prefix of its set (0 without a loss gap).
         labels_only: the probes are sampled and labelled but their sharpness is not measured (a light check when
             the monitor is their copy rate).
@@ -175,7 +175,7 @@ class CostGovernor:
             if self.light_measures_monitor:
                 return self.light()
             if self.labels_monitor:
-                return self._cut(self.ceiling)
+                return self.light()
         return self.full
 
     def estimate(self, tier: Tier) -> float:
@@ -183,7 +183,9 @@ class CostGovernor:
         nearest tier of the same kind (:attr:`Tier.kind`) scaled in proportion to its size (:attr:`Tier.size`); a
         full check before any was timed, from the light checks' seconds per unit ``g`` (a loss-gap image, or a
         labelled probe), as ``g (images + probe_cost probes)`` after loss-gap checks and ``g probe_cost probes``
-        after labels-only ones (0 when nothing can predict it)."""
+        after labels-only ones (0 when nothing can predict it). With a loss gap beside the copy rate a labels-only
+        check's seconds per probe include its images' share, so the prediction errs high: a full check waits longer,
+        never overshoots by it."""
         if tier.key in self.costs:
             return self.costs[tier.key]
         timed = [_tier(key) for key in self.costs]
@@ -264,20 +266,28 @@ class CostGovernor:
             parts.append(f"next checks' loss gap on {tier.cut_images} images")
         return ", ".join(parts)
 
+    @property
+    def mode(self) -> str:
+        """What the light checks measure and the ratchet cuts: ``"loss_gap"`` (the loss gap's images), ``"labels"``
+        (labelled probes) or ``"probes"`` (measured probes, no light check)."""
+        return "loss_gap" if self.light_measures_monitor else "labels" if self.labels_monitor else "probes"
+
     def state_dict(self) -> dict[str, Any]:
-        """The running sums, the measured costs and the ratchet (with what it cuts)."""
+        """The running sums, the measured costs and the ratchet (with what it cuts, and in which mode)."""
         return {"train_seconds": self.train_seconds, "check_seconds": self.check_seconds,
                 "last_interval": self.last_interval, "costs": dict(self.costs), "ceiling": self.ceiling,
-                "cuts": list(self.cuts)}
+                "cuts": list(self.cuts), "mode": self.mode}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (missing keys keep their fresh values, for older checkpoints). The measured
-        costs and the ratchet are kept only when they cut the same set as this governor (same monitor, probes and
-        images); the running sums always."""
+        costs and the ratchet are kept only when they cut the same set in the same mode as this governor (same
+        monitor, probes and images; a checkpoint without a mode predates the labels mode); the running sums always."""
         self.train_seconds = float(state.get("train_seconds", self.train_seconds))
         self.check_seconds = float(state.get("check_seconds", self.check_seconds))
         self.last_interval = float(state.get("last_interval", self.last_interval))
-        if list(state.get("cuts", self.cuts)) == self.cuts:
+        saved_mode = state.get("mode")
+        same_mode = saved_mode == self.mode if saved_mode is not None else self.mode != "labels"
+        if same_mode and list(state.get("cuts", self.cuts)) == self.cuts:
             self.costs = {str(key): float(s) for key, s in state.get("costs", self.costs).items()}
             self.ceiling = int(state.get("ceiling", self.ceiling))
 

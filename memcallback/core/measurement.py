@@ -44,7 +44,8 @@ class MeasureRequest:
         loss_reference: this rank's share of the loss gap's images and noise, or ``None``.
         null: this rank's share of the flag's null images and their noise, or ``None``.
         measure_probes: sample and measure the probes (with the sharpness gap and the conditional metrics);
-            ``False`` at the light checks between full ones (``ProbeConfig.every_n_checks``): the loss gap only.
+            ``False`` at a loss-gap check (the governor's, or off the ``ProbeConfig.every_n_checks`` cycle): the
+            loss gap only.
         labels_only: with ``measure_probes``, sample the probes and label them against ``train_data`` only (no
             sharpness, sharpness gap, null or conditional metrics): a light check of the copy rate.
     """

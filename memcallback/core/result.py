@@ -18,7 +18,7 @@ class CheckResult:
             has ``check_failures`` only); identical on every rank except ``seconds``.
         prefix: the namespace of the logged keys.
         report: this rank's :class:`~memcallback.measure.SharpnessReport`, the payload of media (``None`` when
-            the check failed or was a light check, ``ProbeConfig.every_n_checks``).
+            the check failed or was a loss-gap check; at a labels-only check its ``stats`` are empty).
         failed: the check raised or met non-finite values on some rank; it was skipped.
         error: why it failed (this rank's error, or that it failed on another rank).
         partial: the time budget cut the measurement short on some rank; its values are kept.

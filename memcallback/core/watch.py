@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from memcallback.arguments import is_int, is_real, require
+from memcallback.core.calibration import COPY_RATE_TO_CATCH
 from memcallback.core.distributed import NoDistribution, Reducer, TorchDistributed, gather_probes, max_over_ranks
 from memcallback.core.governor import (
     CostGovernor,
@@ -56,6 +57,7 @@ from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise, resolve_timesteps
 from memcallback.measure.conditional import ConditionalConfig
 from memcallback.measure.copy_flag import CopyFlag, copy_flag
+from memcallback.measure.ground_truth import copy_rate_power
 from memcallback.measure.loss_gap import NUM_LEVELS, LossGap, loss_gap_summary, loss_noise
 from memcallback.measure.null import conformal_threshold, min_null_size
 from memcallback.measure.reference import SharpnessGap
@@ -451,7 +453,7 @@ class MemorizationWatch:
         report = measured.report
         gap_partial = False
         cut: dict[str, float] = {}  # the values on the governor's cut (a prefix), when it cuts from the next check
-        if report is None:  # a light check: the loss gap only
+        if report is None:  # a loss-gap check: the loss gap only
             scalars = {}
         else:
             scalars, cut_probes = self._reduce(report, self._reduce_null(measured.null), tier.probes, tier.cut_probes)
@@ -482,7 +484,23 @@ class MemorizationWatch:
         if can_stop:
             self._decide(model, result)
             self._rebase(scalars, cut)
+            if tier.cut_probes < tier.probes:
+                self._warn_weaker_copy_stop(tier.probes, tier.cut_probes)
         return result
+
+    def _warn_weaker_copy_stop(self, before: int, after: int) -> None:
+        """Say what the governor's cut of the probes costs the copy-rate stop (its power at ``COPY_RATE_TO_CATCH``
+        on ``after`` probes against ``before``), and what keeps it."""
+        if self.monitor_key != names.NN_RATE_LOWER or self.rule.threshold is None:
+            return
+        rate, threshold = COPY_RATE_TO_CATCH, self.rule.threshold
+        warnings.warn(
+            f"memcallback: to keep governor.max_overhead={self.governor_config.max_overhead:g}, the checks of the copy "
+            f"rate label {after} of the {before} probes from now on: a model whose samples copy at {rate:.0%} now "
+            f"passes the stop rule with probability {copy_rate_power(rate, after, threshold):.2f} at a check "
+            f"({copy_rate_power(rate, before, threshold):.2f} with {before}). To keep the stop as sharp, raise "
+            "governor.max_overhead, check less often (every_n_train_steps), or give held-out images (the loss gap's "
+            "light checks cost forward passes only).", stacklevel=3)
 
     def _rebase(self, scalars: dict[str, float], cut: dict[str, float]) -> None:
         """From the next check the monitor is measured on a prefix of its probes or images (the governor's cut):
@@ -617,7 +635,7 @@ class MemorizationWatch:
         return summary(values), summary(values[:, :cut]) if cut < num_images else {}
 
     def _decide(self, model: nn.Module, result: CheckResult) -> None:
-        if self.monitor_key not in result.scalars:  # a light check does not measure the monitored value
+        if self.monitor_key not in result.scalars:  # a loss-gap check does not measure another monitor
             return
         value = result.scalars[self.monitor_key]
         result.fired = self.setup_state.reducer.any_true(self.rule.update(value))
@@ -771,14 +789,17 @@ def _first_images(images: ReferenceImages, rows: int) -> ReferenceImages:
 
 def _merge_rows(old: dict[int, Tensor] | None, new: dict[int, Tensor]) -> dict[int, Tensor] | None:
     """The warm start after a check that measured the first rows of the probes: its vectors there, the older
-    vectors of the rows it did not measure."""
+    vectors of the rows it did not measure; the older ones alone after a check that measured no level (labels only,
+    or cut short while sampling)."""
+    if not new:
+        return old
     merged = {}
     for t, vectors in new.items():
         previous = None if old is None else old.get(t)
         if previous is not None and previous.shape[0] > vectors.shape[0] and previous.shape[1:] == vectors.shape[1:]:
             vectors = torch.cat([vectors, previous[vectors.shape[0]:].to(vectors)])
         merged[t] = vectors
-    return merged or None
+    return merged
 
 
 def _reference_share(train_data: Tensor, heldout_data: Tensor, noise: Tensor, seed: int, rank: int,

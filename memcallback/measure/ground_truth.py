@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["COPY_RATE_CONFIDENCE", "COPY_RATIO", "MemorizationLabels", "copy_rate_lower_bound", "memorization_labels",
-           "nearest_neighbours"]
+__all__ = ["COPY_RATE_CONFIDENCE", "COPY_RATIO", "MemorizationLabels", "binomial_tail", "copy_rate_lower_bound",
+           "copy_rate_power", "memorization_labels", "nearest_neighbours"]
 
 #: The distance ratio ``d1 / d2`` under which a sample is a copy (the rule of the papers above).
 COPY_RATIO = 1 / 3
@@ -224,14 +224,34 @@ def copy_rate_lower_bound(copies: int, n: int, confidence: float = COPY_RATE_CON
         return 0.0
     if copies == n:
         return (1.0 - confidence) ** (1.0 / n)
-
-    def tail(p: float) -> float:  # P(X >= copies | n, p), increasing in p
-        log_p, log_q = math.log(p), math.log1p(-p)
-        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p
-                            + (n - j) * log_q) for j in range(copies, n + 1))
-
     low, high = 0.0, copies / n
     for _ in range(60):
         mid = (low + high) / 2
-        low, high = (mid, high) if tail(mid) < 1.0 - confidence else (low, mid)
+        low, high = (mid, high) if binomial_tail(copies, n, mid) < 1.0 - confidence else (low, mid)
     return (low + high) / 2
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``, summed in log space (float64); ``p`` in ``[0, 1]``."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0 or k > n:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    return sum(math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p
+                        + (n - j) * log_q) for j in range(k, n + 1))
+
+
+def copy_rate_power(rate: float, n: int, threshold: float, confidence: float = COPY_RATE_CONFIDENCE) -> float:
+    r"""The probability that ``n`` samples of a model whose samples copy at ``rate`` give a lower bound
+    (:func:`copy_rate_lower_bound`) above ``threshold``: the power of the copy-rate stop at one check::
+
+        power = P(X >= k*),   k* = min{k : p_L(k, n) > threshold},   X ~ Binomial(n, rate)
+
+    (0 when no count of ``n`` passes). At the default rule (threshold 0.01, 95%) and a rate of 10% it is 0.96 with
+    64 samples, 0.84 with 32 and 0.49 with 16.
+    """
+    passing = next((k for k in range(1, n + 1) if copy_rate_lower_bound(k, n, confidence) > threshold), None)
+    return 0.0 if passing is None else binomial_tail(passing, n, rate)

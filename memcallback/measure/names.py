@@ -38,10 +38,12 @@ memorization score is ``"memorization/score"``. One check logs:
 ``loss_gap_images_measured``   training (and as many held-out) images of the loss gap this check measured
 =============================  =====================================================================
 
-A light check (chosen by the cost governor, or ``ProbeConfig.every_n_checks > 1``) logs the loss gap's keys with
-``loss_gap_images_measured``, ``seconds``, ``partial``, ``check_failures``, ``overhead`` and ``probes_measured``
-only. Outside the per-check values come ``stopped`` (1.0 at the step the stop rule fired) and ``safe_step`` (the
-last check at which the model was not memorizing, in the run summary).
+A light check (chosen by the cost governor, or ``ProbeConfig.every_n_checks > 1``) is of one of two kinds. A
+loss-gap check (the monitor is the loss gap, or a check off the ``every_n_checks`` cycle of another monitor) logs the
+loss gap's keys with ``loss_gap_images_measured``, ``seconds``, ``partial``, ``check_failures``, ``overhead`` and
+``probes_measured`` only. A labels-only check (the monitor is the copy rate) logs every key of a full check, its
+sharpness keys NaN. Outside the per-check values come ``stopped`` (1.0 at the step the stop rule fired) and
+``safe_step`` (the last check at which the model was not memorizing, in the run summary).
 """
 
 from __future__ import annotations

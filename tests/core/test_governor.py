@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from test_watch import DENSE, PROBES, IsotropicMixtureModel, TrainableGaussian, 
 from memcallback.core import GovernorConfig, MeasureRequest, MemorizationWatch, StopConfig, measure, sample_rows
 from memcallback.core.governor import CostGovernor, Tier, predicted_labels_cost, predicted_probe_cost
 from memcallback.measure import loss_gap, names
+from memcallback.measure.ground_truth import copy_rate_power
 from memcallback.measure.loss_gap import NUM_LEVELS, loss_noise
 
 LOSS_MONITOR = StopConfig(monitor="memorization/loss_gap")
@@ -336,6 +338,19 @@ def test_a_resume_under_another_monitor_keeps_the_sums_and_starts_the_cut_afresh
     cutting_images.load_state_dict(cutting_probes.state_dict())
     assert (cutting_images.train_seconds, cutting_images.check_seconds) == (100.0, 10.0)
     assert cutting_images.ceiling == 32 and cutting_images.costs == {}
+    # the same cuts in another mode: a loss-gap run's image ratchet is no ceiling of labelled probes
+    loss_gap = CostGovernor(GovernorConfig(), 64, 64, 1, light_measures_monitor=True)
+    loss_gap.add_training(100.0)
+    loss_gap.record(Tier(0, 64, cut_images=16), 4.0)
+    labels = CostGovernor(GovernorConfig(), 64, 64, 1, light_measures_monitor=False, labels_monitor=True)
+    assert labels.cuts == loss_gap.cuts and loss_gap.ceiling == 16
+    labels.load_state_dict(loss_gap.state_dict())
+    assert labels.check_seconds == 4.0 and labels.ceiling == 64 and labels.costs == {}
+    older = {k: v for k, v in loss_gap.state_dict().items() if k != "mode"}  # a checkpoint from before the mode
+    for governor, kept in ((CostGovernor(GovernorConfig(), 64, 64, 1, light_measures_monitor=True), 16),
+                           (CostGovernor(GovernorConfig(), 64, 64, 1, False, labels_monitor=True), 64)):
+        governor.load_state_dict(older)
+        assert governor.ceiling == kept
 
 
 def test_with_the_copy_rate_monitor_light_checks_label_the_probes_and_a_full_check_waits_for_room() -> None:
@@ -358,8 +373,8 @@ def test_with_the_copy_rate_monitor_light_checks_label_the_probes_and_a_full_che
     assert all(r.scalars[names.OVERHEAD] <= 0.05 for r in results[1:])
     assert "light (probes labelled, no sharpness)" in results[1].message and "score" not in results[1].message
     labelled = results[1].report
-    assert labelled.stats == {} and torch.equal(results[1].scalars[names.FLAGGED_FRACTION] * torch.ones(()),
-                                                labelled.labels.copied.double().mean())  # the copy rule flags
+    copy_rate = labelled.labels.copied.double().mean().item()
+    assert labelled.stats == {} and results[1].scalars[names.FLAGGED_FRACTION] == pytest.approx(copy_rate)  # copy rule
 
 
 def test_the_stop_on_the_copy_rate_comes_at_the_same_check_governed_or_not() -> None:
@@ -382,6 +397,29 @@ def test_the_stop_on_the_copy_rate_comes_at_the_same_check_governed_or_not() -> 
         labelled_only = [math.isnan(row[names.SCORE]) for row in w.history]
         assert (labelled_only.count(True) >= 4) if target else not any(labelled_only)
     assert stops[None] == stops[0.05] == 14
+
+
+def test_a_cut_of_the_labelled_probes_states_what_the_copy_rate_stop_loses() -> None:
+    """32 probes labelled at 0.25 s each (8 s a check) against 100 s of training: the governor cuts them to the floor
+    of 8 (16 would cost 4 s, over half of 5% while the baseline is paid back), and the cut warns once with the rule's
+    power at a 10% copy rate on the new count against the old (copy_rate_power: 0.19 on 8, 0.84 on 32)."""
+    model, train, _ = memorized_mixture()
+    clock = FakeClock()
+    w = governed(clock, costed(clock, per_probe=1.0, light=0.0, per_label=0.25),
+                 probes=dataclasses.replace(PROBES, num_samples=32))
+    w.setup(model, train_data=train)
+    with pytest.warns(UserWarning) as caught:
+        results = [w.check(model, step) for step in range(0, 12, 2)]
+    stated = [str(warning.message) for warning in caught if "the checks of the copy rate label" in str(warning.message)]
+    powers = {n: copy_rate_power(0.1, n, 0.01) for n in (32, 16, 8)}
+    assert [round(p, 2) for p in powers.values()] == [0.84, 0.49, 0.19]
+    assert len(stated) == 1 and "label 8 of the 32 probes from now on" in stated[0]
+    assert f"probability {powers[8]:.2f} at a check ({powers[32]:.2f} with 32)" in stated[0]
+    assert probes_measured(results)[-1] == 8
+    model, _, score = reduced_watch()  # the score's checks cut alike: no copy-rate stop to speak of
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert probes_measured([score.check(model, step) for step in range(0, 12, 2)])[-1] == 8
 
 
 def test_labels_only_checks_too_dear_for_one_interval_are_cut_and_their_tier_survives_a_resume() -> None:

@@ -314,6 +314,27 @@ def test_with_a_copy_rate_monitor_the_checks_between_label_the_probes() -> None:
     assert results[1].message.startswith("[memorization] step 1 | light (probes labelled, no sharpness)")
 
 
+def test_a_labels_only_check_keeps_the_warm_start_of_the_full_checks() -> None:
+    """The Krylov solver's warm start (the last full check's Ritz vectors) survives a labels-only check between
+    two full ones, which measures no level."""
+    model, train, _ = memorized_mixture()
+    requests: list[MeasureRequest] = []
+
+    def recording(model, request: MeasureRequest):
+        requests.append(request)
+        return measure(model, request)
+
+    w = watch(probes=dataclasses.replace(PROBES, every_n_checks=2), measure_fn=recording,
+              sharpness=SharpnessConfig(k=2, solver="lanczos", krylov_steps=3))
+    w.setup(model, train_data=train)
+    for step in range(3):
+        w.check(model, step)
+    assert [r.labels_only for r in requests] == [False, True, False]
+    assert requests[0].warm_start is None and w.state_dict()["warm_start"] is not None
+    before, after = requests[1].warm_start, requests[2].warm_start  # the state before and after the labels
+    assert before and after.keys() == before.keys() and all(torch.equal(after[t], before[t]) for t in before)
+
+
 def test_light_checks_need_the_loss_gap_and_a_measurement_that_skips_the_probes() -> None:
     model, train, heldout = memorized_mixture()
     probes = ProbeConfig(num_samples=8, num_sampling_steps=5, sigmas=(0.1,), every_n_checks=2)

@@ -6,7 +6,9 @@ import torch
 from memcallback.measure.ground_truth import (
     COPY_RATE_CONFIDENCE,
     MemorizationLabels,
+    binomial_tail,
     copy_rate_lower_bound,
+    copy_rate_power,
     memorization_labels,
     nearest_neighbours,
 )
@@ -193,6 +195,28 @@ def test_copy_rate_lower_bound_edges_and_confidence() -> None:
     assert copy_rate_lower_bound(2, 64) < 0.01 < copy_rate_lower_bound(3, 64)
     assert copy_rate_lower_bound(1, 16) < 0.01 < copy_rate_lower_bound(2, 16)
     assert copy_rate_lower_bound(5, 64, confidence=0.99) < copy_rate_lower_bound(5, 64, confidence=0.9)
+
+
+def test_binomial_tail_against_exact_sums() -> None:
+    for k, n, p in ((0, 8, 0.3), (1, 8, 0.3), (3, 16, 0.1), (16, 16, 0.5), (17, 16, 0.5), (2, 5, 0.0), (2, 5, 1.0)):
+        assert binomial_tail(k, n, p) == pytest.approx(_binomial_tail(k, n, p), rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("n", [8, 16, 32, 64, 100])
+def test_copy_rate_power_is_the_tail_at_the_fewest_copies_that_pass(n: int) -> None:
+    """The power at rate p: P(X >= k*) with k* the fewest copies whose lower bound passes the threshold; at most
+    1 - confidence at a rate at the threshold (the bound's guarantee), rising with the rate."""
+    passing = min(k for k in range(1, n + 1) if copy_rate_lower_bound(k, n) > 0.01)
+    assert copy_rate_power(0.1, n, 0.01) == pytest.approx(sum(
+        math.comb(n, j) * 0.1**j * 0.9 ** (n - j) for j in range(passing, n + 1)), rel=1e-12)
+    assert copy_rate_power(0.01, n, 0.01) <= 1 - COPY_RATE_CONFIDENCE
+    assert copy_rate_power(0.05, n, 0.01) < copy_rate_power(0.1, n, 0.01) < copy_rate_power(0.3, n, 0.01)
+
+
+def test_copy_rate_power_of_the_default_rule() -> None:
+    """The numbers the default rule's documentation states (CALIBRATED_RULES: 0.96 with 64 probes at 10%)."""
+    assert [round(copy_rate_power(0.1, n, 0.01), 2) for n in (64, 32, 16)] == [0.96, 0.84, 0.49]
+    assert copy_rate_power(0.5, 1, 0.99) == 0.0  # no count of one sample passes 99%
 
 
 @pytest.mark.parametrize(("copies", "n", "confidence"), [(-1, 4, 0.95), (5, 4, 0.95), (0, 0, 0.95), (1.0, 4, 0.95),

@@ -22,16 +22,13 @@ from typing import Any
 import torch
 
 from benchmarks.transfer.measure import GT_SEED
+from benchmarks.transfer.report import COPY_RATE_RULE, replay
 from benchmarks.transfer.runs import CACHE, checkpoint, datamodule, parse_spec, run_dir
-from memcallback.core import ProbeConfig, StopConfig
-from memcallback.core.stopping import StopRule
+from memcallback.core import ProbeConfig
 from memcallback.diffusion import ddim_sample
-from memcallback.measure import names
 from memcallback.measure.analysis import probe_noise
 from memcallback.measure.ground_truth import copy_rate_lower_bound, memorization_labels
 
-#: the stop rule the labels decide: the default without held-out data, as calibrated
-STOP = StopConfig(monitor=names.PREFIX + names.NN_RATE_LOWER)
 #: the reference sampler steps (the labels cached by the transfer measurement)
 REFERENCE_STEPS = 50
 
@@ -74,11 +71,8 @@ def label_checkpoints(text: str, steps: list[int], cache: Path) -> list[dict[str
 
 def stop_step(series: list[tuple[int, int, int]]) -> int | None:
     """The step at which the default copy-rate stop fires on ``(step, copies, n)`` checks in order."""
-    rule = StopRule(STOP)
-    for step, copies, n in series:
-        if rule.update(copy_rate_lower_bound(copies, n)):
-            return step
-    return None
+    fired = replay([copy_rate_lower_bound(copies, n) for _, copies, n in series], COPY_RATE_RULE)
+    return None if fired is None else series[fired][0]
 
 
 def summary(text: str, rows: list[dict[str, Any]], k: int) -> str:

@@ -84,18 +84,17 @@ def train_once(case: str, steps: int, every: int, variant: int,
 def describe(history: list[dict[str, float]], num_probes: int) -> str:
     """What the governed checks measured: counts of full checks (sharpness measured), cut ones (on fewer probes),
     labels-only and loss-gap checks, and the last logged overhead."""
-    scored = [math.isfinite(row.get(names.SCORE, math.nan)) for row in history]
-    probes = [row.get(names.PROBES_MEASURED) for row in history]
-    full = sum(s and p == num_probes for s, p in zip(scored, probes, strict=True))
-    cut = sorted({int(p) for s, p in zip(scored, probes, strict=True) if s and p < num_probes})
-    labels = sum(not s and p > 0 for s, p in zip(scored, probes, strict=True))
-    light = sum(p == 0 for p in probes)
+    checks = [(math.isfinite(row.get(names.SCORE, math.nan)), row.get(names.PROBES_MEASURED)) for row in history]
+    full = sum(scored and p == num_probes for scored, p in checks)
+    cut = sorted({int(p) for scored, p in checks if scored and p < num_probes})
+    labels = sum(not scored and p > 0 for scored, p in checks)
+    light = sum(p == 0 for _, p in checks)
     images = sorted({int(row[names.LOSS_GAP_IMAGES_MEASURED]) for row in history
                      if names.LOSS_GAP_IMAGES_MEASURED in row})
-    return (f"{len(history)} checks: {full} with every probe, "
-            f"{sum(scored) - full} on fewer probes ({cut}), {labels} without a score (labels-only or cut short), "
-            f"{light} loss gap only; "
-            f"loss-gap images {images}; logged overhead at the end {history[-1].get(names.OVERHEAD, math.nan):.1%}")
+    reduced = sum(scored for scored, _ in checks) - full
+    return (f"{len(history)} checks: {full} with every probe, {reduced} on fewer probes ({cut}), {labels} without a "
+            f"score (labels-only or cut short), {light} loss gap only; loss-gap images {images}; logged overhead at "
+            f"the end {history[-1].get(names.OVERHEAD, math.nan):.1%}")
 
 
 def main() -> None:
